@@ -40,6 +40,7 @@ N_ATOMS = "n_atoms"  # (n_structures,)    | atoms per structure, long
 EDGE_INDEX = "edge_index"  # (2, n_edges) | [receiver, sender] atom indices, long
 EDGE_SHIFT = "edge_shift"  # (n_edges, 3) | Angstrom, periodic image shift added to the sender
 ENERGY_WEIGHT = "energy_weight"  # (n_structures,) | 1 where an energy label exists, else 0
+FORCE_WEIGHT = "force_weight"  # (n_structures,) | 1 where force labels may be trained on, else 0
 
 SPLITS = ("train", "val", "test")
 STATUS_OK = "ok"
