@@ -1,0 +1,222 @@
+"""Load ``config.yaml``, fill defaults from the JSON schema, and turn schema errors into one line.
+
+The schema (``workflow/schemas/config.schema.yaml``, JSON Schema 2020-12) is the single place
+where defaults live; the Snakefile validates against the same file. Errors name the file and
+the key path the way a user would write it, e.g.
+``config.yaml: sampling.generators[0].amplitude: expected number, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pilip.errors import PilipError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+# Names of systems and references end up in file names: letters, digits, _ and -.
+SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+SAFE_NAME_HINT = "use letters, digits, _ and -, starting with a letter"
+
+_TYPE_NAMES = {"object": "mapping", "array": "list", "boolean": "true/false"}
+
+
+def check_name(name: str, what: str) -> str:
+    """Return ``name`` if it is a safe identifier, else raise a one-line PilipError."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        raise PilipError(f"{what}: {name!r} is not a safe name ({SAFE_NAME_HINT})")
+    return name
+
+
+def load_schema(path: str | os.PathLike | None = None) -> dict:
+    """The config JSON schema as a dict."""
+    import yaml
+
+    path = Path(path) if path is not None else SCHEMA_PATH
+    if not path.is_file():
+        raise PilipError(
+            f"{path}: config schema not found; is pilip installed from its repository?"
+        )
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file, with one-line errors for a missing, binary or malformed file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PilipError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PilipError(f"{path}: not a text file (is it binary?); give a YAML config") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PilipError(f"{path}: invalid YAML at {where}{problem}") from None
+
+
+def load_config(
+    path: str | os.PathLike, schema: Mapping | str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Read, default-fill and validate a config file; returns the complete config dict.
+
+    Every key the schema gives a default is present in the result. Unknown keys, wrong types
+    and out-of-range values raise PilipError naming the file and the key path.
+    """
+    config = read_yaml(path)
+    if config is None:
+        config = {}
+    return validate_config(config, schema, source=str(path))
+
+
+def validate_config(
+    config: Any, schema: Mapping | str | os.PathLike | None = None, source: str = "config"
+) -> dict[str, Any]:
+    """Fill defaults into a copy of ``config`` and validate it against the schema."""
+    if not isinstance(config, Mapping):
+        raise PilipError(f"{source}: expected a mapping of keys at the top level")
+    if schema is None or isinstance(schema, (str, os.PathLike)):
+        schema = load_schema(schema)
+    config = copy.deepcopy(dict(config))
+    validator_class = _defaulting_validator()
+    validator = validator_class(schema)
+    errors = list(validator.iter_errors(config))
+    if errors:
+        import jsonschema.exceptions
+
+        # An invalid value inside an if/then branch also makes its key "unevaluated": report
+        # the value, not a spurious unknown key.
+        specific = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
+        error = jsonschema.exceptions.best_match(specific)
+        raise PilipError(f"{source}: {describe_error(error)}")
+    return config
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """16 hex characters of a sha256 over the canonical JSON of a (default-filled) config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def key_path(parts: Iterator[Any] | list[Any]) -> str:
+    """``["sampling", "generators", 0, "n"]`` -> ``sampling.generators[0].n``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (Mapping, list)):
+        return f"a {_TYPE_NAMES[_json_type(value)]}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_error(error: Any) -> str:
+    """One line for a jsonschema ValidationError: ``key.path: what is wrong``."""
+    path = list(error.absolute_path)
+    value, schema, kind = error.instance, error.schema, error.validator
+    if kind in ("additionalProperties", "unevaluatedProperties") and isinstance(value, Mapping):
+        allowed = _allowed_keys(schema, value)
+        unknown = sorted(k for k in value if k not in allowed)
+        name = unknown[0] if unknown else "?"
+        hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+        return f"{key_path([*path, name])}: unknown key{hint}"
+    where = key_path(path) or "top level"
+    if "propertyNames" in error.absolute_schema_path:
+        return f"{where}: {_shown(value)} is not a safe name ({SAFE_NAME_HINT})"
+    if kind == "type":
+        wanted = error.validator_value
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        names = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
+        return f"{where}: expected {names}, got {_shown(value)}"
+    if kind == "required":
+        missing = re.findall(r"'([^']*)' is a required property", error.message)
+        name = missing[0] if missing else error.message
+        return f"{key_path([*path, name])}: missing (required)"
+    if kind == "enum":
+        options = ", ".join(str(o) for o in error.validator_value)
+        return f"{where}: expected one of {options}, got {_shown(value)}"
+    if kind == "const":
+        return f"{where}: expected {error.validator_value!r}, got {_shown(value)}"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return f"{where}: must be {sign[kind]} {error.validator_value}, got {_shown(value)}"
+    if kind in ("minItems", "maxItems", "minProperties", "maxProperties"):
+        return f"{where}: {error.message}"
+    if kind == "pattern":
+        return f"{where}: {_shown(value)} does not match {error.validator_value}"
+    return f"{where}: {error.message.splitlines()[0]}"
+
+
+def _allowed_keys(schema: Mapping, instance: Mapping) -> set[str]:
+    """Keys an object schema allows, including those of ``if``/``then`` branches that apply."""
+    allowed = set(schema.get("properties", {}))
+    for branch in schema.get("allOf", []):
+        condition = branch.get("if")
+        if condition is None or _matches(condition, instance):
+            allowed |= set(branch.get("then", branch).get("properties", {}))
+    return allowed
+
+
+def _matches(schema: Mapping, instance: Any) -> bool:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema).is_valid(instance)
+
+
+# --- default filling -------------------------------------------------------------------------
+
+
+def _defaulting_validator() -> type:
+    """A Draft 2020-12 validator that inserts ``default`` values of absent properties.
+
+    Defaults are set as the validator walks the schema, so defaults inside ``then`` branches
+    apply only when their ``if`` matches and nested defaults fill freshly inserted objects.
+    """
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, Mapping) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties})
