@@ -33,6 +33,15 @@ ERROR = "error"  # ()                     | error text of a failed calculation, 
 WALL_TIME = "wall_time"  # ()             | seconds
 SPLIT = "split"  # ()                     | train | val | test
 FORCE_VALIDATION = "force_validation"  # () | bool: forces for evaluation only, never training
+COMPONENTS = "components"  # map<name, E> | Hartree (field metadata), e.g. "mp2_corl/cc-pvtz"
+ATTEMPTS = "attempts"  # ()               | calculations tried for this row (2 after a retry)
+PROGRAM = "program"  # ()                 | program that computed the label, e.g. psi4
+PROGRAM_VERSION = "program_version"  # () | its version string
+METHOD = "method"  # ()                   | method/basis/recipe string as run
+OPTIONS = "options"  # ()                 | JSON object of the program options used
+THREADS = "threads"  # ()                 | threads of the calculation, int
+HOST = "host"  # ()                       | host name the calculation ran on
+DATE = "date"  # ()                       | ISO-8601 UTC time the row was finished
 
 # --- batch keys (torch) ----------------------------------------------------------------------
 BATCH = "batch"  # (n_atoms,)             | index of the structure each atom belongs to, long
