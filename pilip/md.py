@@ -1,0 +1,189 @@
+"""MD stability test: Langevin NVT with any ASE calculator and a bond-length failure criterion.
+
+A run starts from one configuration, takes the bonded pairs of its topology (covalent radii,
+ASE ``natural_cutoffs``) and stops as unstable as soon as any of those distances moved by more
+than ``bond_threshold`` from its starting value, or the energy, forces or positions become
+non-finite. Time is in fs inside ASE's unit system and reported in ps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixCom
+from ase.geometry import find_mic
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+from ase.neighborlist import natural_cutoffs, neighbor_list
+
+from pilip.atomic_io import atomic_path
+
+# Two atoms are bonded when closer than BOND_SCALE times the sum of their covalent radii
+# (the usual 20 % tolerance: every bond of common organic molecules, no geminal H...H pairs).
+BOND_SCALE = 1.2
+
+
+@dataclass
+class MDSettings:
+    """Langevin NVT settings (same names and defaults as the ``md`` config section)."""
+
+    temperature: float = 300.0  # K, thermostat target and initial Maxwell-Boltzmann velocities
+    timestep: float = 0.5  # fs
+    steps: int = 2000  # MD steps per run
+    friction: float = 0.01  # 1/fs, Langevin friction
+    bond_threshold: float = 0.5  # A, largest allowed change of a starting bond length
+    trajectory_interval: int = 10  # steps between saved frames (the failing frame is always saved)
+    seed: int = 0  # random seed of velocities and thermostat noise
+
+
+@dataclass
+class MDResult:
+    """Outcome of one MD run. Times in ps, temperatures in K, lengths in A."""
+
+    stable: bool
+    reason: str  # "completed", "bond", "non-finite energy", "non-finite forces or positions"
+    steps_done: int
+    time_ps: float  # simulated time reached
+    time_to_failure_ps: float | None  # None when stable
+    mean_temperature_K: float  # over the steps done (nan when none)
+    max_bond_deviation: float  # A, largest |d - d0| seen over all bonds and steps
+    n_bonds: int
+    wall_time_s: float
+    frames: list[Atoms] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready dict of everything but the frames (non-finite numbers become None)."""
+        out = asdict(self)
+        del out["frames"]
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in out.items()
+        }
+
+
+def bonded_pairs(atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Bonds of the starting topology: pairs closer than 1.2 x the sum of their covalent radii.
+
+    Returns:
+        pairs: (n_bonds, 3 + 2) int array ``[i, j, S_x, S_y, S_z]`` with i < j or a periodic
+            image shift S (cell vectors) added to atom j;
+        lengths: (n_bonds,) A, the starting bond lengths.
+    """
+    i, j, shift = neighbor_list("ijS", atoms, natural_cutoffs(atoms, mult=BOND_SCALE))
+    # neighbor_list lists each bond both ways: keep i < j, and one half of self-image bonds
+    keep = (i < j) | ((i == j) & _first_nonzero_positive(shift))
+    pairs = np.column_stack([i[keep], j[keep], shift[keep]]).astype(np.int64)
+    return pairs, bond_lengths(atoms, pairs)
+
+
+def _first_nonzero_positive(shift: np.ndarray) -> np.ndarray:
+    """(n,) bool: whether the first non-zero entry of each (3,) shift vector is positive."""
+    first = np.argmax(shift != 0, axis=1)
+    return shift[np.arange(len(shift)), first] > 0
+
+
+def bond_lengths(atoms: Atoms, pairs: np.ndarray) -> np.ndarray:
+    """(n_bonds,) A: current lengths of the bonds in ``pairs`` (see ``bonded_pairs``)."""
+    positions = atoms.get_positions()
+    vectors = positions[pairs[:, 1]] - positions[pairs[:, 0]] + pairs[:, 2:] @ atoms.cell.array
+    if atoms.pbc.any():
+        # atoms are not wrapped during MD, so the image shift stays valid; mic only for safety
+        vectors, _ = find_mic(vectors, atoms.cell, atoms.pbc)
+    return np.linalg.norm(vectors, axis=1)
+
+
+def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> MDResult:
+    """Run Langevin NVT from ``atoms`` (not modified) with ``calculator`` until failure or end.
+
+    Frames (positions, momenta, energy and forces in eV and eV/A, ``info`` with ``step``,
+    ``time_fs``, ``temperature_K``) are kept every ``trajectory_interval`` steps, plus the first
+    and the last (failing) one.
+    """
+    start = time.perf_counter()
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    pairs, reference = bonded_pairs(atoms)
+    rng = np.random.default_rng(settings.seed)
+    thermalize_momenta(atoms, settings.temperature, rng=rng)
+    Stationary(atoms)
+    if len(atoms) > 2:  # a diatomic's rotation about its axis is undefined (ASE divides by 0)
+        ZeroRotation(atoms)
+    atoms.set_constraint(FixCom())
+    dynamics = Langevin(
+        atoms,
+        timestep=settings.timestep * units.fs,
+        temperature_K=settings.temperature,
+        friction=settings.friction / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    frames = [_frame(atoms, 0, settings.timestep)]
+    temperatures: list[float] = []
+    max_deviation = 0.0
+    reason = "completed"
+    step = 0
+    while step < settings.steps:
+        dynamics.step()
+        step += 1
+        energy = atoms.get_potential_energy()
+        forces = atoms.get_forces()
+        if not math.isfinite(energy):
+            reason = "non-finite energy"
+        elif not (np.isfinite(forces).all() and np.isfinite(atoms.positions).all()):
+            reason = "non-finite forces or positions"
+        else:
+            temperatures.append(atoms.get_temperature())
+            if len(pairs):
+                deviation = float(np.max(np.abs(bond_lengths(atoms, pairs) - reference)))
+                max_deviation = max(max_deviation, deviation)
+                if deviation > settings.bond_threshold:
+                    reason = "bond"
+        if (
+            reason != "completed"
+            or step % settings.trajectory_interval == 0
+            or step == settings.steps
+        ):
+            frames.append(_frame(atoms, step, settings.timestep))
+        if reason != "completed":
+            break
+    stable = reason == "completed"
+    time_ps = step * settings.timestep / 1000.0
+    return MDResult(
+        stable=stable,
+        reason=reason,
+        steps_done=step,
+        time_ps=time_ps,
+        time_to_failure_ps=None if stable else time_ps,
+        mean_temperature_K=float(np.mean(temperatures)) if temperatures else float("nan"),
+        max_bond_deviation=max_deviation,
+        n_bonds=len(pairs),
+        wall_time_s=time.perf_counter() - start,
+        frames=frames,
+    )
+
+
+def _frame(atoms: Atoms, step: int, timestep_fs: float) -> Atoms:
+    """A constraint-free copy of ``atoms`` carrying its energy, forces and MD step info."""
+    frame = atoms.copy()
+    frame.set_constraint()
+    frame.info.update(
+        step=step, time_fs=step * timestep_fs, temperature_K=float(atoms.get_temperature())
+    )
+    frame.calc = SinglePointCalculator(
+        frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces()
+    )
+    return frame
+
+
+def write_trajectory(frames: list[Atoms], path: str | Path) -> None:
+    """Write ``frames`` as one extended-XYZ file (atomic; ``ase.io.read(path, ":")`` reads it)."""
+    with atomic_path(path) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
