@@ -1,0 +1,101 @@
+"""ASE calculator wrapping a trained pilip model: atoms -> batch -> model -> eV, eV/A.
+
+from pilip.calculator import PilipCalculator
+atoms.calc = PilipCalculator("models/weak/model.pt", device="auto")
+atoms.get_potential_energy()  # eV
+atoms.get_forces()            # eV/A, -dE/dR by autograd
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from torch import nn
+
+from pilip import keys
+from pilip.errors import PilipError
+from pilip.forces import energy_and_forces
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise PilipError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PilipError(f"--device {device}: CUDA is not available here; use cpu or auto")
+    return resolved
+
+
+def atoms_to_batch(atoms: Atoms, device: torch.device, dtype: torch.dtype) -> dict:
+    """The one-structure model batch of ``atoms`` (positions in A; cell only if periodic)."""
+    n = len(atoms)
+    batch = {
+        keys.NUMBERS: torch.as_tensor(atoms.numbers, dtype=torch.long, device=device),
+        keys.POSITIONS: torch.as_tensor(atoms.positions, dtype=dtype, device=device),
+        keys.BATCH: torch.zeros(n, dtype=torch.long, device=device),
+        keys.N_ATOMS: torch.tensor([n], dtype=torch.long, device=device),
+    }
+    if atoms.pbc.any():
+        batch[keys.CELL] = torch.as_tensor(atoms.cell.array[None], dtype=dtype, device=device)
+        batch[keys.PBC] = torch.as_tensor(atoms.pbc[None], device=device)
+    return batch
+
+
+class PilipCalculator(Calculator):
+    """Energy (eV) and forces (eV/A) of a pilip model, on CPU or CUDA.
+
+    Args:
+        model: a checkpoint path (``models/<run>/model.pt``) or an energy model
+            (``nn.Module`` from a batch dict to energies in eV).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        elements: atomic numbers the model was trained on; read from the checkpoint when
+            ``model`` is a path. Atoms of other elements are refused with a PilipError.
+    """
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(
+        self,
+        model: str | Path | nn.Module,
+        device: str | torch.device = "auto",
+        elements: list[int] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.device = resolve_device(device)
+        if isinstance(model, (str, Path)):
+            from pilip.checkpoint import load_model
+
+            model, meta = load_model(model, self.device)
+            elements = meta.get("elements", elements)
+        self.model = model.to(self.device).eval()
+        self.dtype = next(self.model.parameters()).dtype
+        self.elements = None if elements is None else {int(z) for z in elements}
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: list[str] | tuple[str, ...] = ("energy",),
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        if self.elements is not None:
+            unknown = sorted(set(self.atoms.numbers.tolist()) - self.elements)
+            if unknown:
+                names = ", ".join(chemical_symbols[z] for z in unknown)
+                raise PilipError(f"the model was not trained on element(s) {names}")
+        batch = atoms_to_batch(self.atoms, self.device, self.dtype)
+        energy, forces = energy_and_forces(self.model, batch)
+        self.results = {
+            "energy": float(energy.detach()[0]),
+            "forces": forces.detach().cpu().numpy().astype(np.float64),
+        }
