@@ -15,7 +15,9 @@ from pilip import __version__
 from pilip.errors import PilipError
 
 # subcommand name -> module under pilip.commands
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "label": "label",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

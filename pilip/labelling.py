@@ -1,0 +1,229 @@
+"""Label a configurations table with one reference method, resumably.
+
+``label_table`` is what ``pilip label`` runs:
+
+1. read the configurations and resolve the reference (a name in the config's ``references``
+   or an inline Psi4 method string such as ``mp2/cc-pv[dt]z``, run with Psi4's defaults);
+2. pre-flight, before any quantum chemistry: the backend validates its spec and checks the
+   configurations (electron count, elements, interpreter, ...);
+3. the backend appends one JSON line per finished configuration to the results file beside
+   the output (``<out stem>.results.jsonl``); a rerun computes only configurations without a
+   line, so a killed job loses at most the geometries in progress;
+4. the labels table (every configuration, failures as rows) is written atomically.
+
+``--retry-failed`` forgets the failed/timed-out lines first, so only those are recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pilip import keys, labels, tables
+from pilip.backends import Backend, make_backend
+from pilip.backends.base import read_results
+from pilip.errors import PilipError
+
+PSI4_PYTHON_ENV = "PILIP_PSI4_PYTHON"
+
+
+@dataclasses.dataclass
+class Reference:
+    """A resolved reference: its name (the labels' ``reference`` column) and config entry."""
+
+    name: str
+    spec: dict[str, Any]
+    inline: bool = False
+
+
+@dataclasses.dataclass
+class LabelReport:
+    """What one ``label_table`` call did."""
+
+    output: Path
+    counts: dict[str, int]  # status -> rows
+    computed: int  # configurations computed by this call
+    retried: int  # failed rows forgotten by --retry-failed
+
+
+def labelling_defaults() -> dict[str, Any]:
+    """The ``labelling`` section's defaults from the config schema."""
+    from pilip.config import load_schema
+
+    section = load_schema()["properties"]["labelling"]["properties"]
+    return {name: spec.get("default") for name, spec in section.items()}
+
+
+def load_study_config(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The validated config at ``path``, or None when ``path`` is None or absent."""
+    from pilip.config import load_config
+
+    if path is None or not Path(path).is_file():
+        return None
+    return load_config(path)
+
+
+def resolve_reference(reference: str, config: dict[str, Any] | None, config_path: Any) -> Reference:
+    """A reference name from ``config['references']``, else an inline Psi4 method string."""
+    known = (config or {}).get("references", {})
+    if reference in known:
+        return Reference(reference, dict(known[reference]))
+    if "/" in reference and not reference.startswith("/"):
+        # run with Psi4's own defaults, so the numbers equal psi4.energy(reference)
+        return Reference(reference, {"backend": "psi4", "method": reference}, inline=True)
+    where = f"{config_path}" if config is not None else f"{config_path} (not found)"
+    names = ", ".join(known) or "none"
+    raise PilipError(
+        f"--reference {reference!r} is neither a reference in {where} (known: {names}) nor a "
+        "Psi4 method string like mp2/cc-pv[dt]z"
+    )
+
+
+def read_configs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Configurations as backend config dicts (positions in Angstrom), checked for NaN/inf."""
+    table = tables.read_table(path, kind=("configurations", "dataset"))
+    needed = (keys.ID, keys.NUMBERS, keys.POSITIONS, keys.CHARGE, keys.MULTIPLICITY)
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise PilipError(
+            f"{path}: no column(s) {', '.join(missing)}; is it a configurations table?"
+        )
+    ids = table.column(keys.ID).to_pylist()
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+    if duplicates:
+        raise PilipError(
+            f"{path}: configuration id {duplicates[0]} appears twice; remove duplicates"
+        )
+    positions = tables.rows_of(table.column(keys.POSITIONS)) if table.num_rows else []
+    numbers = table.column(keys.NUMBERS).to_pylist()
+    configs = []
+    for i, config_id in enumerate(ids):
+        xyz = positions[i]
+        if not np.all(np.isfinite(xyz)):
+            raise PilipError(f"{path}: configuration {config_id} has NaN or infinite positions")
+        if len(numbers[i]) != len(xyz):
+            raise PilipError(
+                f"{path}: configuration {config_id}: numbers and positions differ in length"
+            )
+        configs.append(
+            {
+                "id": config_id,
+                "numbers": [int(z) for z in numbers[i]],
+                "positions": np.asarray(xyz, dtype=np.float64).tolist(),
+                "charge": int(table.column(keys.CHARGE)[i].as_py()),
+                "multiplicity": int(table.column(keys.MULTIPLICITY)[i].as_py()),
+            }
+        )
+    return configs
+
+
+def check_results_match(results: Path, backend: Backend) -> None:
+    """Refuse to resume from a results file written by another method or program."""
+    records = read_results(results)
+    if not records:
+        return
+    want = backend.provenance()
+    for record in records.values():
+        if record.get("status") == keys.STATUS_OK and (
+            record.get("program") != want["program"] or record.get("method") != want["method"]
+        ):
+            raise PilipError(
+                f"{results} holds {record.get('program')} {record.get('method')!r} results, not "
+                f"{want['program']} {want['method']!r}; delete it or write to another -o"
+            )
+
+
+def label_table(
+    configs_path: str | os.PathLike,
+    reference: str,
+    output: str | os.PathLike,
+    *,
+    config_path: str | os.PathLike | None = "config.yaml",
+    threads: int | None = None,
+    gradients: bool = False,
+    retry_failed: bool = False,
+) -> LabelReport:
+    """Label every configuration of ``configs_path`` and write the labels table ``output``.
+
+    Energies in eV, forces (with ``gradients``) in eV/A, components in Hartree. All input
+    checks run before any quantum chemistry; nothing is written when one fails.
+    """
+    output = Path(output)
+    config = load_study_config(config_path)
+    settings = labelling_defaults()
+    if config is not None:
+        settings.update(config.get("labelling", {}))
+    if threads is not None:
+        if threads < 1:
+            raise PilipError(f"--threads must be at least 1, got {threads}")
+        settings["threads"] = threads
+    ref = resolve_reference(reference, config, config_path)
+    if ref.spec.get("backend") == "psi4" and settings.get("psi4_python"):
+        os.environ[PSI4_PYTHON_ENV] = str(settings["psi4_python"])
+    # in-process backends (tblite, PySCF) read the thread count when their libraries load
+    os.environ["OMP_NUM_THREADS"] = str(settings["threads"])
+
+    configs = read_configs(configs_path)
+    backend = make_backend(ref.name, ref.spec)
+    backend.check(configs)
+
+    results = labels.results_path_for(output)
+    if not results.exists() and output.exists():
+        labels.seed_results(results, labels.read_labels(output))
+    check_results_match(results, backend)
+    retried = labels.drop_failed_results(results) if retry_failed else []
+    if gradients:
+        # rows computed earlier without forces must be computed again with them
+        labels.rewrite_results(
+            results, lambda r: r.get("status") == keys.STATUS_OK and r.get("forces") is None
+        )
+    before = len(read_results(results))
+
+    retry_options = ref.spec.get("retry_options") if settings["retry"] else None
+    scratch_root = settings.get("scratch")
+    if scratch_root:
+        Path(scratch_root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pilip-label-", dir=scratch_root) as scratch:
+        backend.run(
+            configs,
+            results,
+            threads=int(settings["threads"]),
+            gradients=gradients,
+            scratch=Path(scratch),
+            retry_options=retry_options,
+            timeout_s=settings.get("timeout"),
+        )
+
+    done = read_results(results)
+    provenance = backend.provenance()
+    records = [
+        done.get(c["id"])
+        or labels.missing_record(c["id"], provenance, "the backend wrote no result for it")
+        for c in configs
+    ]
+    table = labels.labels_table(records, ref.name)
+    labels.write_labels(
+        table,
+        output,
+        provenance={
+            "command": "pilip label",
+            "configurations": str(configs_path),
+            "reference": ref.name,
+            "spec": ref.spec,
+            "gradients": gradients,
+            **{k: provenance[k] for k in ("program", "program_version", "method")},
+        },
+    )
+    counts = Counter(r["status"] for r in records)
+    return LabelReport(
+        output=output,
+        counts={s: counts.get(s, 0) for s in labels.STATUSES},
+        computed=len(done) - before,
+        retried=len(retried),
+    )

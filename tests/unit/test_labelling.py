@@ -1,0 +1,299 @@
+"""`pilip label` with the xtb backend: values, units, resume, retry, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from ase import Atoms
+from ase.build import molecule
+from tblite.ase import TBLite
+
+from pilip import keys, labels, tables
+from pilip.backends.xtb_backend import XTBBackend
+from pilip.cli import main
+from pilip.errors import PilipError
+from pilip.labelling import label_table
+
+REFERENCES = {
+    "xtb": {"backend": "xtb", "method": "GFN2-xTB"},
+    # one SCC iteration never converges: every first attempt fails
+    "xtb_broken": {"backend": "xtb", "method": "GFN2-xTB", "options": {"max_iterations": 1}},
+    "xtb_rescued": {
+        "backend": "xtb",
+        "method": "GFN2-xTB",
+        "options": {"max_iterations": 1},
+        "retry_options": {"max_iterations": 250},
+    },
+    "gfn1": {"backend": "xtb", "method": "GFN1-xTB"},
+}
+
+
+def write_config(path, references=None, **labelling):
+    config = {
+        "systems": {"water": {"seed": "H2O"}},
+        "references": references or REFERENCES,
+        "labelling": {"reference": "xtb", **labelling},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def rattled(name: str, n: int, seed: int) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = molecule(name)
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    """A config and a configurations table of 4 water + 2 methanol geometries in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    atoms = rattled("H2O", 4, 0) + rattled("CH3OH", 2, 1)
+    table = tables.configurations_from_atoms(atoms, system="mixed", generator="rattle")
+    tables.write_table(table, tmp_path / "configs.parquet", "configurations", {})
+    write_config(tmp_path / "config.yaml")
+    return tmp_path, atoms
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """Count single-point calculations done by the xtb backend (optionally failing some ids)."""
+    calls: list[str] = []
+    fail_ids: set[str] = set()
+    original = XTBBackend._single_point
+
+    def counted(self, config, options, gradients):
+        calls.append(config["id"])
+        if config["id"] in fail_ids:
+            raise RuntimeError("simulated SCF failure")
+        return original(self, config, options, gradients)
+
+    monkeypatch.setattr(XTBBackend, "_single_point", counted)
+    return calls, fail_ids
+
+
+def test_energies_and_forces_equal_direct_tblite_in_ev(study):
+    root, atoms = study
+    label_table("configs.parquet", "xtb", "labels.parquet", gradients=True)
+    table = labels.read_labels(root / "labels.parquet")
+    assert table.num_rows == len(atoms)
+    assert set(table.column(keys.STATUS).to_pylist()) == {keys.STATUS_OK}
+    energies = table.column(keys.ENERGY).to_pylist()
+    forces = table.column(keys.FORCES).to_pylist()
+    for frame, energy, force in zip(atoms, energies, forces, strict=True):
+        frame = frame.copy()
+        frame.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        assert energy == pytest.approx(frame.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(np.array(force), frame.get_forces(), atol=1e-9)
+    # a water molecule's GFN2-xTB energy is about -5.07 Eh = -137.9 eV: eV, not Hartree
+    assert -140.0 < energies[0] < -135.0
+    assert tables.field_unit(table, keys.ENERGY) == "eV"
+    assert tables.field_unit(table, keys.FORCES) == "eV/A"
+    assert tables.field_unit(table, keys.COMPONENTS) == "Eh"
+    assert table.column(keys.REFERENCE).to_pylist() == ["xtb"] * len(atoms)
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row[keys.PROGRAM] == "tblite" and row[keys.METHOD] == "GFN2-xTB"
+    assert row[keys.THREADS] == 1 and row[keys.ATTEMPTS] == 1 and row[keys.HOST]
+
+
+def test_energy_only_by_default_and_gfn1_differs(study):
+    root, _ = study
+    label_table("configs.parquet", "xtb", "gfn2.parquet")
+    label_table("configs.parquet", "gfn1", "gfn1.parquet")
+    gfn2 = labels.read_labels(root / "gfn2.parquet")
+    gfn1 = labels.read_labels(root / "gfn1.parquet")
+    assert gfn2.column(keys.FORCES).null_count == gfn2.num_rows
+    difference = np.subtract(gfn1.column(keys.ENERGY), gfn2.column(keys.ENERGY))
+    assert np.all(np.abs(difference) > 0.1)  # eV: the option reached tblite
+
+
+def test_resume_after_crash_recomputes_only_unfinished(study, count_calls):
+    root, atoms = study
+    calls, _ = count_calls
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    assert len(calls) == len(atoms)
+    reference = labels.read_labels(root / "labels.parquet")
+
+    # simulate kill -9 mid-run: no table yet, 3 finished lines and half of the fourth
+    results = labels.results_path_for(root / "labels.parquet")
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(lines[:3]) + lines[3][:40])
+    (root / "labels.parquet").unlink()
+    calls.clear()
+
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    assert len(calls) == len(atoms) - 3
+    resumed = labels.read_labels(root / "labels.parquet")
+    assert resumed.column(keys.ENERGY).to_pylist() == reference.column(keys.ENERGY).to_pylist()
+    ids = [json.loads(line)["config_id"] for line in results.read_text().splitlines()]
+    assert sorted(ids) == sorted(reference.column(keys.CONFIG_ID).to_pylist())
+
+    calls.clear()
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    assert calls == []  # everything finished: a rerun computes nothing
+
+
+def test_failures_are_rows_and_retry_failed_recomputes_only_them(study, count_calls):
+    root, atoms = study
+    calls, fail_ids = count_calls
+    configs = tables.read_table(root / "configs.parquet")
+    ids = configs.column(keys.ID).to_pylist()
+    fail_ids.update(ids[1:3])
+
+    report = label_table("configs.parquet", "xtb", "labels.parquet")
+    assert report.counts == {"ok": 4, "failed": 2, "timeout": 0}
+    table = labels.read_labels(root / "labels.parquet")
+    assert table.column(keys.CONFIG_ID).to_pylist() == ids  # every row, in input order
+    failed = table.filter(pa.compute.equal(table.column(keys.STATUS), keys.STATUS_FAILED))
+    assert failed.column(keys.CONFIG_ID).to_pylist() == ids[1:3]
+    assert failed.column(keys.ENERGY).null_count == 2
+    assert all("simulated SCF failure" in e for e in failed.column(keys.ERROR).to_pylist())
+
+    # a plain rerun keeps the failures (they are results, not missing work)
+    calls.clear()
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    assert calls == []
+
+    fail_ids.clear()
+    report = label_table("configs.parquet", "xtb", "labels.parquet", retry_failed=True)
+    assert sorted(calls) == sorted(ids[1:3])
+    assert report.retried == 2 and report.counts["ok"] == len(atoms)
+
+
+def test_retry_failed_works_from_the_table_alone(study, count_calls):
+    root, atoms = study
+    calls, fail_ids = count_calls
+    fail_ids.add(tables.read_table(root / "configs.parquet").column(keys.ID)[0].as_py())
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    labels.results_path_for(root / "labels.parquet").unlink()
+    fail_ids.clear()
+    calls.clear()
+    assert main(["label", "configs.parquet", "--reference", "xtb", "-o", "labels.parquet",
+                 "--retry-failed"]) == 0  # fmt: skip
+    assert len(calls) == 1
+    table = labels.read_labels(root / "labels.parquet")
+    assert table.column(keys.STATUS).to_pylist() == [keys.STATUS_OK] * len(atoms)
+
+
+def test_unconverged_scf_is_failed_row_with_error_text(study):
+    root, atoms = study
+    write_config(root / "config.yaml", retry=False)
+    report = label_table("configs.parquet", "xtb_broken", "labels.parquet")
+    assert report.counts["failed"] == len(atoms)
+    table = labels.read_labels(root / "labels.parquet")
+    assert table.column(keys.ENERGY).null_count == len(atoms)
+    assert all("not converged" in e for e in table.column(keys.ERROR).to_pylist())
+    assert table.column(keys.ATTEMPTS).to_pylist() == [1] * len(atoms)
+
+
+def test_retry_with_fallback_options_rescues_the_row(study):
+    root, atoms = study
+    label_table("configs.parquet", "xtb_rescued", "rescued.parquet")
+    label_table("configs.parquet", "xtb", "plain.parquet")
+    rescued = labels.read_labels(root / "rescued.parquet")
+    plain = labels.read_labels(root / "plain.parquet")
+    assert rescued.column(keys.ATTEMPTS).to_pylist() == [2] * len(atoms)
+    np.testing.assert_allclose(
+        rescued.column(keys.ENERGY).to_numpy(), plain.column(keys.ENERGY).to_numpy(), atol=1e-6
+    )
+
+
+def test_forces_requested_later_recompute_energy_only_rows(study, count_calls):
+    root, atoms = study
+    calls, _ = count_calls
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    calls.clear()
+    label_table("configs.parquet", "xtb", "labels.parquet", gradients=True)
+    assert len(calls) == len(atoms)
+    table = labels.read_labels(root / "labels.parquet")
+    assert table.column(keys.FORCES).null_count == 0
+
+
+def test_results_of_another_method_are_not_reused(study):
+    label_table("configs.parquet", "xtb", "labels.parquet")
+    with pytest.raises(PilipError, match="holds tblite 'GFN2-xTB' results, not tblite 'GFN1-xTB'"):
+        label_table("configs.parquet", "gfn1", "labels.parquet")
+
+
+def run_cli_error(capsys, root, *args):
+    """Run `pilip label` expecting a one-line error; return it. Nothing may be written."""
+    before = set(root.iterdir())
+    code = main(["label", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("pilip label: error: ")
+    assert "Traceback" not in err
+    assert set(root.iterdir()) == before, "no output or results file after bad input"
+    return err
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ({"backend": "turbomole"}, "unknown backend 'turbomole'; known backends: "),
+        ({"backend": "xtb", "method": "GFN3-xTB"}, "references.bad.method: unknown xtb method"),
+        (
+            {"backend": "xtb", "options": {"acuracy": 1}},
+            "references.bad.options: unknown xtb option",
+        ),
+        ({"backend": "xtb", "retry_options": {"maxiter": 9}}, "references.bad.retry_options"),
+        ({"backend": "xtb", "basis": "cc-pvdz"}, "references.bad.basis: xtb has no basis"),
+    ],
+)
+def test_bad_reference_spec(study, capsys, reference, expected):
+    root, _ = study
+    write_config(root / "config.yaml", references={"bad": reference})
+    err = run_cli_error(capsys, root, "configs.parquet", "--reference", "bad", "-o", "l.parquet")
+    assert expected in err
+
+
+def test_unknown_reference_name(study, capsys):
+    root, _ = study
+    err = run_cli_error(capsys, root, "configs.parquet", "--reference", "xtbb", "-o", "l.parquet")
+    assert "--reference 'xtbb' is neither a reference in config.yaml (known: gfn1, xtb," in err
+
+
+def test_odd_electron_count_with_singlet(study, capsys):
+    root, _ = study
+    radical = Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]])
+    table = tables.configurations_from_atoms([radical], system="oh", generator="seed")
+    tables.write_table(table, root / "oh.parquet", "configurations", {})
+    err = run_cli_error(capsys, root, "oh.parquet", "--reference", "xtb", "-o", "l.parquet")
+    assert "9 electrons (charge 0) cannot have multiplicity 1" in err
+
+
+def test_missing_and_wrong_input_tables(study, capsys):
+    root, _ = study
+    err = run_cli_error(capsys, root, "nope.parquet", "--reference", "xtb", "-o", "l.parquet")
+    assert "nope.parquet: no such file" in err
+    (root / "garbage.parquet").write_bytes(b"\x00\x01 not parquet")
+    err = run_cli_error(capsys, root, "garbage.parquet", "--reference", "xtb", "-o", "l.parquet")
+    assert "garbage.parquet: not a readable Parquet file" in err
+
+
+def test_nan_positions(study, capsys):
+    root, _ = study
+    table = tables.read_table(root / "configs.parquet").slice(0, 1)
+    bad = [[[np.nan, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]]
+    index = table.schema.get_field_index(keys.POSITIONS)
+    table = table.set_column(index, table.schema.field(index), pa.array(bad, tables.VECTOR3_LIST))
+    pq.write_table(table, root / "nan.parquet")
+    err = run_cli_error(capsys, root, "nan.parquet", "--reference", "xtb", "-o", "l.parquet")
+    assert "NaN or infinite positions" in err
+
+
+def test_threads_must_be_positive(study, capsys):
+    root, _ = study
+    err = run_cli_error(
+        capsys, root, "configs.parquet", "--reference", "xtb", "-o", "l.parquet", "--threads", "0"
+    )
+    assert "--threads must be at least 1" in err
