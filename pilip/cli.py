@@ -17,6 +17,7 @@ from pilip.errors import PilipError
 # subcommand name -> module under pilip.commands
 COMMANDS: dict[str, str] = {
     "label": "label",
+    "evaluate": "evaluate",
 }
 
 

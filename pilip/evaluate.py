@@ -1,0 +1,435 @@
+"""Evaluate a trained model on a dataset table: metrics.json, parity plots, learning curves.
+
+Which rows count (so that no number is measured on data the model was fitted to):
+
+* energies: rows of the ``test`` split with an energy that are not ``force_validation`` rows
+  (those may carry energies of another reference, e.g. MP2/cc-pVDZ next to MP2/CBS);
+* forces: rows that carry forces and are either ``force_validation`` rows (any split; training
+  never reads them) or rows of the ``test`` split (an imported dataset with forces).
+
+Energies in eV (and meV/atom), forces in eV/A; ``metrics.json`` keys are stable (see
+``METRIC_KEYS``) and null where a set is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from pilip import __version__, keys, units
+from pilip.atomic_io import atomic_path
+from pilip.data import Structures, structures_from_arrays
+from pilip.errors import PilipError
+from pilip.forces import energy_and_forces
+from pilip.metrics import energy_metrics, force_metrics, rmse
+from pilip.tables import field_unit, read_table, rows_of
+
+METRICS_FILE = "metrics.json"
+PARITY_ENERGY_FILE = "parity_energy.png"
+PARITY_FORCES_FILE = "parity_forces.png"
+LEARNING_CURVE_FILE = "learning_curve.png"
+
+# Keys every metrics.json has (values null where the set is empty); the report relies on them.
+METRIC_KEYS = (
+    "energy_rmse",
+    "energy_mae",
+    "energy_rmse_mev_per_atom",
+    "energy_mae_mev_per_atom",
+    "force_rmse",
+    "force_mae",
+    "force_rmse_per_element",
+    "force_mae_per_element",
+    "n_energy",
+    "n_force_structures",
+    "n_force_components",
+    "units",
+)
+UNITS = {
+    "energy_rmse": units.ENERGY,
+    "energy_mae": units.ENERGY,
+    "energy_rmse_mev_per_atom": "meV/atom",
+    "energy_mae_mev_per_atom": "meV/atom",
+    "energy_rmse_per_system": units.ENERGY,
+    "force_rmse": units.FORCE,
+    "force_mae": units.FORCE,
+    "force_rmse_per_element": units.FORCE,
+    "force_mae_per_element": units.FORCE,
+    "train_time_s": "s",
+}
+
+
+@dataclass
+class LabelledSet:
+    """Structures with labels plus, per structure, the system name and reference."""
+
+    structures: Structures  # energies (n,) eV or forces (n_atoms, 3) eV/A attached
+    system: list[str]
+    reference: list[str]
+
+
+@dataclass
+class EvaluationSets:
+    energy: LabelledSet  # test split, not force_validation, with energies
+    forces: LabelledSet  # rows with forces: force_validation rows or test split
+
+
+def _column_or(table: pa.Table, name: str, default: object) -> list:
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [default] * table.num_rows
+
+
+def read_evaluation_sets(path: str | Path) -> EvaluationSets:
+    """Read a dataset table and select the energy and force evaluation rows (see module doc)."""
+    path = Path(path)
+    table = read_table(path, kind="dataset")
+    required = (keys.NUMBERS, keys.POSITIONS, keys.ENERGY, keys.SPLIT)
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise PilipError(
+            f"{path}: missing column(s) {', '.join(missing)}; re-create it with collect"
+        )
+    for column, unit in ((keys.ENERGY, units.ENERGY), (keys.FORCES, units.FORCE)):
+        found = field_unit(table, column) if column in table.column_names else unit
+        if found not in (None, unit):
+            raise PilipError(f"{path}: column '{column}' is in {found}; pilip expects {unit}")
+    split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
+    fv = np.asarray(_column_or(table, keys.FORCE_VALIDATION, False), dtype=bool)
+    has_energy = table.column(keys.ENERGY).is_valid().to_numpy(zero_copy_only=False)
+    if keys.FORCES in table.column_names:
+        has_forces = table.column(keys.FORCES).is_valid().to_numpy(zero_copy_only=False)
+    else:
+        has_forces = np.zeros(table.num_rows, dtype=bool)
+    energy_rows = np.flatnonzero((split == "test") & ~fv & has_energy)
+    force_rows = np.flatnonzero(has_forces & (fv | (split == "test")))
+    if len(energy_rows) == 0 and len(force_rows) == 0:
+        raise PilipError(
+            f"{path}: nothing to evaluate: no test-split rows with energies and no rows with "
+            "forces; give the splits a test fraction or add force_validation labels"
+        )
+    system = _column_or(table, keys.SYSTEM, "")
+    reference = _column_or(table, keys.REFERENCE, "")
+    return EvaluationSets(
+        energy=_labelled(table, energy_rows, system, reference, forces=False),
+        forces=_labelled(table, force_rows, system, reference, forces=True),
+    )
+
+
+def _labelled(
+    table: pa.Table, rows: np.ndarray, system: list, reference: list, forces: bool
+) -> LabelledSet:
+    sub = table.take(pa.array(rows, type=pa.int64()))
+    numbers = [np.asarray(z, dtype=np.int64) for z in sub.column(keys.NUMBERS).to_pylist()]
+    positions = rows_of(sub.column(keys.POSITIONS)) if len(rows) else []
+    if forces:
+        force_rows = rows_of(sub.column(keys.FORCES)) if len(rows) else []
+        structures = _from_arrays(numbers, positions, forces=force_rows)
+    else:
+        energy = np.array(
+            pc.cast(sub.column(keys.ENERGY), pa.float64()).to_numpy(zero_copy_only=False)
+        )
+        structures = _from_arrays(numbers, positions, energy=energy)
+    return LabelledSet(
+        structures=structures,
+        system=[system[i] for i in rows],
+        reference=[reference[i] for i in rows],
+    )
+
+
+def _from_arrays(numbers, positions, energy=None, forces=None) -> Structures:
+    if numbers:
+        return structures_from_arrays(numbers, positions, energy=energy, forces=forces)
+    empty = Structures(
+        numbers=torch.zeros(0, dtype=torch.long),
+        positions=torch.zeros((0, 3), dtype=torch.float64),
+        offsets=torch.zeros(1, dtype=torch.long),
+    )
+    return replace(
+        empty,
+        energy=torch.zeros(0, dtype=torch.float64) if forces is None else None,
+        forces=torch.zeros((0, 3), dtype=torch.float64) if forces is not None else None,
+    )
+
+
+def check_elements(sets: EvaluationSets, elements: list[int] | None, dataset: Path) -> None:
+    """PilipError when the dataset has elements the model was not trained on."""
+    if not elements:
+        return
+    present = set(sets.energy.structures.elements()) | set(sets.forces.structures.elements())
+    unknown = sorted(present - {int(z) for z in elements})
+    if unknown:
+        names = ", ".join(chemical_symbols[z] for z in unknown)
+        raise PilipError(f"{dataset}: element(s) {names} unknown to the model; train on them first")
+
+
+def predict(
+    model: nn.Module,
+    structures: Structures,
+    device: torch.device,
+    batch_size: int = 64,
+    forces: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model energies (n,) eV and, if ``forces``, forces (n_atoms_total, 3) eV/A, in order."""
+    if len(structures) == 0:
+        return np.zeros(0), (np.zeros((0, 3)) if forces else None)
+    dtype = next(model.parameters()).dtype
+    on_device = structures.to(device, dtype)
+    energies, force_blocks = [], []
+    for batch in on_device.batches(batch_size):
+        if forces:
+            energy, force = energy_and_forces(model, batch)
+            force_blocks.append(force.detach().cpu().double().numpy())
+        else:
+            with torch.no_grad():
+                energy = model(batch)
+        energies.append(energy.detach().cpu().double().numpy())
+    return np.concatenate(energies), (np.concatenate(force_blocks) if forces else None)
+
+
+def evaluate_model(
+    model: nn.Module,
+    sets: EvaluationSets,
+    device: torch.device,
+    batch_size: int = 64,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics (stable keys, see ``METRIC_KEYS``) and the predictions behind them.
+
+    Predictions: ``energy_pred``/``energy_ref`` (n_energy,) eV, ``force_pred``/``force_ref``
+    (n_atoms, 3) eV/A, ``force_numbers`` (n_atoms,).
+    """
+    e_set, f_set = sets.energy.structures, sets.forces.structures
+    energy_pred, _ = predict(model, e_set, device, batch_size)
+    _, force_pred = predict(model, f_set, device, batch_size, forces=True)
+    energy_ref = e_set.energy.numpy()
+    n_atoms = e_set.n_atoms.numpy()
+    metrics: dict[str, Any] = {}
+    metrics.update(energy_metrics(energy_pred, energy_ref, n_atoms))
+    metrics.update(
+        force_metrics(force_pred, f_set.forces.numpy(), f_set.numbers.numpy(), len(f_set))
+    )
+    systems = np.asarray(sets.energy.system, dtype=object)
+    metrics["energy_rmse_per_system"] = {
+        str(s): rmse(energy_pred[systems == s] - energy_ref[systems == s])
+        for s in sorted(set(sets.energy.system))
+    }
+    metrics["energy_reference"] = sorted(set(sets.energy.reference))
+    metrics["force_reference"] = sorted(set(sets.forces.reference))
+    predictions = {
+        "energy_pred": energy_pred,
+        "energy_ref": energy_ref,
+        "energy_system": systems,
+        "force_pred": force_pred,
+        "force_ref": f_set.forces.numpy(),
+        "force_numbers": f_set.numbers.numpy(),
+    }
+    return metrics, predictions
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def _parity_axes(ax, low: float, high: float) -> None:
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.5", lw=1, zorder=0)
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_aspect("equal")
+
+
+def plot_energy_parity(predictions: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Predicted vs reference energies, each system shifted by its mean reference energy.
+
+    Total energies of different molecules differ by thousands of eV; subtracting each system's
+    mean reference energy (from both axes alike) keeps the parity line and the errors intact.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    pred, ref, systems = (predictions[k] for k in ("energy_pred", "energy_ref", "energy_system"))
+    low, high = math.inf, -math.inf
+    for system in sorted(set(systems.tolist())):
+        mask = systems == system
+        shift = ref[mask].mean()
+        x, y = ref[mask] - shift, pred[mask] - shift
+        label = f"{system} (RMSE {1000 * rmse(y - x):.1f} meV)"
+        ax.scatter(x, y, s=12, alpha=0.8, label=label)
+        low, high = min(low, x.min(), y.min()), max(high, x.max(), y.max())
+    if math.isfinite(low):
+        _parity_axes(ax, low, high)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no test energies", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("reference E - <E_ref>_system (eV)")
+    ax.set_ylabel("predicted E - <E_ref>_system (eV)")
+    ax.set_title(title or "Test-set energies")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_force_parity(predictions: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Predicted vs reference force components (eV/A), coloured by element."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    pred, ref, numbers = (predictions[k] for k in ("force_pred", "force_ref", "force_numbers"))
+    for z in np.unique(numbers):
+        mask = numbers == z
+        x, y = ref[mask].ravel(), pred[mask].ravel()
+        label = f"{chemical_symbols[int(z)]} (RMSE {rmse(y - x):.3f} eV/A)"
+        ax.scatter(x, y, s=6, alpha=0.6, label=label)
+    if len(numbers):
+        _parity_axes(ax, min(ref.min(), pred.min()), max(ref.max(), pred.max()))
+        ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5, 0.5, "no structures with reference forces", ha="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("reference force component (eV/A)")
+    ax.set_ylabel("predicted force component (eV/A)")
+    ax.set_title(title or "Forces (never trained on)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_learning_curve(log_path: Path, path: Path, title: str = "") -> None:
+    """Loss terms (left) and validation metrics (right) per epoch from a training metrics.csv.
+
+    Every numeric column whose name contains ``loss`` goes left, every other column starting
+    with ``val`` goes right; both on log scales (non-positive values are not drawn).
+    """
+    import pandas as pd
+
+    log = pd.read_csv(log_path)
+    x_name = next((c for c in ("epoch", "step") if c in log.columns), None)
+    x = log[x_name] if x_name else pd.Series(range(len(log)))
+    numeric = [c for c in log.columns if c != x_name and pd.api.types.is_numeric_dtype(log[c])]
+    losses = [c for c in numeric if "loss" in c]
+    validation = [c for c in numeric if c.startswith("val") and c not in losses]
+    if not losses and not validation:
+        raise PilipError(f"{log_path}: no loss or validation columns to plot")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
+    for ax, columns, ylabel in (
+        (axes[0], losses, "loss"),
+        (axes[1], validation, "validation metric"),
+    ):
+        for column in columns:
+            values = log[column].where(log[column] > 0)
+            if values.notna().any():
+                ax.plot(x, values, label=column)
+        ax.set_yscale("log")
+        ax.set_xlabel(x_name or "row")
+        ax.set_ylabel(ylabel)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title or "Learning curves")
+    _save(fig, path)
+    plt.close(fig)
+
+
+# --- the whole evaluation --------------------------------------------------------------------
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: replace non-finite floats (also nested) by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
+    """Losses, model name and training wall time from the checkpoint meta and training log."""
+    config = meta.get("config") or {}
+    summary: dict[str, Any] = {
+        "model_name": meta.get("model"),
+        "losses": meta.get("losses", config.get("losses")),
+        "train_time_s": meta.get("train_time_s"),
+        "epochs": meta.get("epochs", meta.get("epoch")),
+    }
+    if summary["train_time_s"] is None and log_path is not None and log_path.is_file():
+        import pandas as pd
+
+        log = pd.read_csv(log_path)
+        for column in ("wall_time", "time", "elapsed_s", "time_s"):
+            if column in log.columns and len(log):
+                summary["train_time_s"] = float(log[column].iloc[-1])
+                break
+    return summary
+
+
+def write_evaluation(
+    model: nn.Module,
+    meta: dict[str, Any],
+    dataset: str | Path,
+    out_dir: str | Path,
+    *,
+    device: torch.device,
+    model_path: str | Path | None = None,
+    training_log: str | Path | None = None,
+    batch_size: int = 64,
+    title: str = "",
+) -> dict[str, Any]:
+    """Evaluate, then write ``out_dir``/metrics.json and the PNG plots; returns the metrics.
+
+    ``training_log`` (a training ``metrics.csv``) gives the learning curves; without it no
+    learning-curve file is written and ``plots.learning_curve`` is null. metrics.json is
+    written last, so its presence means the evaluation finished.
+    """
+    dataset, out_dir = Path(dataset), Path(out_dir)
+    log_path = Path(training_log) if training_log is not None else None
+    if log_path is not None and not log_path.is_file():
+        raise PilipError(f"{log_path}: no such training log; pass the run's metrics.csv")
+    sets = read_evaluation_sets(dataset)
+    check_elements(sets, meta.get("elements"), dataset)
+    model = model.to(device).eval()
+    metrics, predictions = evaluate_model(model, sets, device, batch_size)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {"parity_energy": PARITY_ENERGY_FILE, "parity_forces": PARITY_FORCES_FILE}
+    plot_energy_parity(predictions, out_dir / PARITY_ENERGY_FILE, title and f"{title}: energies")
+    plot_force_parity(predictions, out_dir / PARITY_FORCES_FILE, title and f"{title}: forces")
+    if log_path is not None:
+        plot_learning_curve(log_path, out_dir / LEARNING_CURVE_FILE, title)
+        plots["learning_curve"] = LEARNING_CURVE_FILE
+    else:
+        plots["learning_curve"] = None
+
+    metrics["units"] = UNITS
+    metrics.update(training_summary(meta, log_path))
+    metrics.update(
+        model=None if model_path is None else str(model_path),
+        dataset=str(dataset),
+        device=str(device),
+        plots=plots,
+        pilip_version=__version__,
+    )
+    metrics = _finite_or_none(metrics)
+    with atomic_path(out_dir / METRICS_FILE) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

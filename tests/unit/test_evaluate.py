@@ -1,0 +1,137 @@
+"""pilip evaluate: the right rows count, the numbers match by hand, files and errors are right.
+
+The reference labels are the model's own predictions plus known offsets, so every metric is
+known exactly; rows that must not count (training rows, force-validation energies) carry huge
+offsets that would show up in any metric that wrongly included them.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from model_batches import molecules, to_batch
+
+from pilip.checkpoint import save_checkpoint
+from pilip.cli import main
+from pilip.evaluate import METRIC_KEYS, read_evaluation_sets
+from pilip.forces import energy_and_forces
+from pilip.models import build_model
+from pilip.tables import configurations_from_atoms, dataset_table, write_table
+
+torch.set_num_threads(1)
+
+# row: (molecule, split, force_validation, energy offset eV, force offset eV/A or None)
+ROWS = [
+    ("H2O", "test", False, 0.03, None),
+    ("CH4", "test", False, -0.04, None),
+    ("CH3CH2OH", "test", False, 0.05, 0.2),  # an imported test row with forces: counts twice
+    ("H2O", "train", False, 100.0, 50.0),  # trained on: must never count
+    ("CH4", "val", False, 100.0, None),
+    ("H2O", "test", True, 100.0, -0.1),  # force validation: forces count, energy does not
+    ("CH4", "train", True, 100.0, 0.3),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(
+        "schnet", n_features=16, n_filters=16, n_rbf=8, n_interactions=2, dtype="float64"
+    ).eval()
+
+
+@pytest.fixture
+def files(tmp_path, model):
+    structures = molecules(tuple(r[0] for r in ROWS), seed=1)
+    energy, forces = energy_and_forces(model, to_batch(structures))
+    forces = forces.numpy()
+    ref_energy, ref_forces, start = [], [], 0
+    for (_, _, _, de, df), atoms in zip(ROWS, structures, strict=True):
+        n = len(atoms)
+        ref_energy.append(float(energy[len(ref_energy)]) + de)
+        ref_forces.append(None if df is None else forces[start : start + n] + df)
+        start += n
+    configurations = configurations_from_atoms(
+        structures, system=[r[0] for r in ROWS], generator="rattle"
+    )
+    table = dataset_table(
+        configurations,
+        ref_energy,
+        ref_forces,
+        reference=["cbs" if not r[2] else "dz" for r in ROWS],
+        split=[r[1] for r in ROWS],
+        force_validation=[r[2] for r in ROWS],
+    )
+    dataset = write_table(table, tmp_path / "dataset.parquet", "dataset", {"test": True})
+    checkpoint = tmp_path / "run" / "model.pt"
+    save_checkpoint(checkpoint, model=model, model_name="schnet", meta={"elements": [1, 6, 8]})
+    log = tmp_path / "run" / "metrics.csv"
+    log.write_text(
+        "epoch,train_loss,train_loss_energy,train_loss_pitc,val_energy_rmse,wall_time\n"
+        "1,2.0,1.5,0.5,0.30,10.0\n2,1.0,0.8,0.2,0.20,20.5\n3,0.5,0.4,0.1,0.15,31.0\n"
+    )
+    return {"dataset": dataset, "checkpoint": checkpoint, "log": log, "dir": tmp_path}
+
+
+def test_rows_selected_for_energies_and_forces(files):
+    sets = read_evaluation_sets(files["dataset"])
+    assert len(sets.energy.structures) == 3  # test split, not force validation
+    assert sets.energy.system == ["H2O", "CH4", "CH3CH2OH"]
+    assert len(sets.forces.structures) == 3  # ethanol (test) + both force-validation rows
+    assert sets.forces.system == ["CH3CH2OH", "H2O", "CH4"]
+
+
+def test_evaluate_metrics_by_hand_and_files(files):
+    out = files["dir"] / "results"
+    code = main(
+        ["evaluate", str(files["checkpoint"]), str(files["dataset"]), "--out", str(out),
+         "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    offsets = np.array([0.03, -0.04, 0.05])  # predicted - reference = -offset
+    assert metrics["energy_rmse"] == pytest.approx(np.sqrt(np.mean(offsets**2)), abs=1e-9)
+    assert metrics["energy_mae"] == pytest.approx(0.04, abs=1e-9)
+    per_atom = 1000 * offsets / np.array([3, 5, 9])
+    assert metrics["energy_mae_mev_per_atom"] == pytest.approx(np.mean(np.abs(per_atom)))
+    # force components: 9 atoms x 3 at 0.2, 3 x 3 at 0.1, 5 x 3 at 0.3
+    sq = (27 * 0.2**2 + 9 * 0.1**2 + 15 * 0.3**2) / 51
+    assert metrics["force_rmse"] == pytest.approx(np.sqrt(sq), abs=1e-9)
+    assert metrics["force_mae"] == pytest.approx((27 * 0.2 + 9 * 0.1 + 15 * 0.3) / 51)
+    assert metrics["force_rmse_per_element"]["O"] == pytest.approx(
+        np.sqrt((3 * 0.04 + 3 * 0.01) / 6)
+    )
+    assert metrics["n_energy"] == 3
+    assert metrics["n_force_structures"] == 3
+    assert metrics["n_force_components"] == 51
+    assert metrics["units"]["energy_rmse"] == "eV"
+    assert metrics["units"]["force_rmse"] == "eV/A"
+    assert metrics["force_reference"] == ["cbs", "dz"]
+    assert metrics["energy_reference"] == ["cbs"]
+    assert metrics["train_time_s"] == pytest.approx(31.0)
+    assert metrics["energy_rmse_per_system"]["CH4"] == pytest.approx(0.04, abs=1e-9)
+    for name in ("parity_energy.png", "parity_forces.png", "learning_curve.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert metrics["plots"]["learning_curve"] == "learning_curve.png"
+
+
+def test_missing_dataset_is_a_one_line_error_and_writes_nothing(files, capsys):
+    out = files["dir"] / "nothing"
+    code = main(["evaluate", str(files["checkpoint"]), "missing.parquet", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing.parquet" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_dataset_with_an_element_the_model_never_saw_is_refused(files, model, capsys):
+    checkpoint = files["dir"] / "ho" / "model.pt"
+    save_checkpoint(checkpoint, model=model, model_name="schnet", meta={"elements": [1, 8]})
+    out = files["dir"] / "ho-results"
+    code = main(["evaluate", str(checkpoint), str(files["dataset"]), "--out", str(out)])
+    assert code == 2
+    assert "element(s) C unknown to the model" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
