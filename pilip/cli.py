@@ -18,6 +18,7 @@ from pilip.errors import PilipError
 COMMANDS: dict[str, str] = {
     "label": "label",
     "evaluate": "evaluate",
+    "md": "md",
 }
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import ase.io
 import numpy as np
+import pyarrow.compute as pc
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -24,7 +25,10 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.neighborlist import natural_cutoffs, neighbor_list
 
+from pilip import keys
 from pilip.atomic_io import atomic_path
+from pilip.errors import PilipError
+from pilip.tables import atoms_list, read_table
 
 # Two atoms are bonded when closer than BOND_SCALE times the sum of their covalent radii
 # (the usual 20 % tolerance: every bond of common organic molecules, no geminal H...H pairs).
@@ -187,3 +191,67 @@ def write_trajectory(frames: list[Atoms], path: str | Path) -> None:
     """Write ``frames`` as one extended-XYZ file (atomic; ``ase.io.read(path, ":")`` reads it)."""
     with atomic_path(path) as tmp:
         ase.io.write(tmp, frames, format="extxyz")
+
+
+def select_starts(dataset: str | Path, per_system: int) -> list[Atoms]:
+    """The first ``per_system`` test-split configurations of each system, in id order.
+
+    ``info`` keeps ``id`` and ``system``. Raises PilipError when the dataset has no test rows.
+    """
+    table = read_table(dataset, kind="dataset")
+    table = table.filter(pc.equal(table.column(keys.SPLIT), "test"))
+    if table.num_rows == 0:
+        raise PilipError(f"{dataset}: no test-split rows to start MD from; give splits.test > 0")
+    table = table.sort_by([(keys.SYSTEM, "ascending"), (keys.ID, "ascending")])
+    starts, taken = [], {}
+    for atoms in atoms_list(table):
+        system = atoms.info.get(keys.SYSTEM, "")
+        if taken.get(system, 0) < per_system:
+            taken[system] = taken.get(system, 0) + 1
+            atoms.calc = None
+            starts.append(atoms)
+    return starts
+
+
+def stability_test(
+    starts: list[Atoms], calculator: Calculator, settings: MDSettings
+) -> tuple[dict[str, object], list[Atoms]]:
+    """One Langevin run per start (seed ``settings.seed + k``): md.json content and all frames.
+
+    Frames carry ``info["run"]`` (k), ``system`` and ``config_id`` so one extxyz file holds
+    every run.
+    """
+    runs, frames = [], []
+    for k, atoms in enumerate(starts):
+        result = run_langevin(atoms, calculator, replace(settings, seed=settings.seed + k))
+        system, config_id = atoms.info.get("system"), atoms.info.get("id")
+        runs.append({"run": k, "system": system, "config_id": config_id, **result.summary()})
+        for frame in result.frames:
+            frame.info.update(run=k, system=system, config_id=config_id)
+        frames.extend(result.frames)
+    failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
+    steps = np.array([r["steps_done"] for r in runs], dtype=float)
+    temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan
+    weighted = np.isfinite(temps) & (steps > 0)
+    summary = {
+        "n_runs": len(runs),
+        "n_stable": len(runs) - len(failures),
+        "stable_fraction": (len(runs) - len(failures)) / len(runs) if runs else None,
+        "min_time_to_failure_ps": min(failures) if failures else None,
+        "mean_time_ps": float(np.mean([r["time_ps"] for r in runs])) if runs else None,
+        "mean_temperature_K": float(np.average(temps[weighted], weights=steps[weighted]))
+        if weighted.any()
+        else None,
+        "settings": asdict(settings),
+        "units": {
+            "temperature": "K",
+            "timestep": "fs",
+            "friction": "1/fs",
+            "bond_threshold": "A",
+            "time": "ps",
+            "max_bond_deviation": "A",
+            "wall_time_s": "s",
+        },
+        "runs": runs,
+    }
+    return summary, frames

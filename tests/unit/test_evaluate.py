@@ -84,10 +84,8 @@ def test_rows_selected_for_energies_and_forces(files):
 
 def test_evaluate_metrics_by_hand_and_files(files):
     out = files["dir"] / "results"
-    code = main(
-        ["evaluate", str(files["checkpoint"]), str(files["dataset"]), "--out", str(out),
-         "--device", "cpu"]
-    )  # fmt: skip
+    argv = ["evaluate", str(files["checkpoint"]), str(files["dataset"]), "--out", str(out)]
+    code = main([*argv, "--device", "cpu"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics)

@@ -100,3 +100,56 @@ def test_trajectory_is_readable_by_ase(tmp_path):
     assert np.isfinite(frames[-1].get_potential_energy())
     assert frames[-1].get_forces().shape == (3, 3)
     np.testing.assert_allclose(frames[-1].positions, result.frames[-1].positions, atol=1e-7)
+
+
+def _model_and_dataset(tmp_path, splits):
+    import torch
+    from model_batches import molecules
+
+    from pilip.checkpoint import save_checkpoint
+    from pilip.models import build_model
+    from pilip.tables import configurations_from_atoms, dataset_table, write_table
+
+    torch.manual_seed(0)
+    model = build_model("schnet", n_features=8, n_filters=8, n_rbf=8, n_interactions=1)
+    checkpoint = tmp_path / "run" / "model.pt"
+    save_checkpoint(checkpoint, model=model, model_name="schnet", meta={"elements": [1, 6, 8]})
+    names = ("H2O", "H2O", "CH4", "CH4")
+    structures = molecules(names, seed=2)
+    configurations = configurations_from_atoms(structures, system=list(names), generator="rattle")
+    table = dataset_table(configurations, [0.0] * 4, [None] * 4, reference="x", split=splits)
+    return checkpoint, write_table(table, tmp_path / "data.parquet", "dataset", {})
+
+
+def test_md_command_writes_summary_and_readable_trajectory(tmp_path):
+    import json
+
+    from pilip.cli import main
+
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "test", "test", "train"])
+    out = tmp_path / "md"
+    options = "--device cpu --steps 20 --trajectory-interval 5 --starts 2 --seed 7".split()
+    argv = ["md", str(checkpoint), str(dataset), "--out", str(out), *options]
+    assert main(argv) == 0
+    summary = json.loads((out / "md.json").read_text())
+    # two H2O test rows, one CH4 test row (the other CH4 row is training data)
+    assert summary["n_runs"] == 3
+    assert [r["system"] for r in summary["runs"]] == ["CH4", "H2O", "H2O"]
+    assert summary["settings"]["steps"] == 20 and summary["settings"]["seed"] == 7
+    assert summary["settings"]["temperature"] == 300.0  # default kept
+    assert summary["n_stable"] + sum(not r["stable"] for r in summary["runs"]) == 3
+    frames = ase.io.read(out / "md.extxyz", index=":")
+    assert {f.info["run"] for f in frames} == {0, 1, 2}
+    assert len([f for f in frames if f.info["run"] == 1]) == 5  # steps 0, 5, 10, 15, 20
+    assert frames[0].info["config_id"] == summary["runs"][0]["config_id"]
+
+
+def test_md_command_without_test_rows_fails_cleanly(tmp_path, capsys):
+    from pilip.cli import main
+
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["train", "train", "val", "train"])
+    out = tmp_path / "md"
+    assert main(["md", str(checkpoint), str(dataset), "--out", str(out)]) == 2
+    assert "no test-split rows" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["md", str(checkpoint), str(dataset), "--out", str(out), "--steps", "0"]) == 2
