@@ -17,6 +17,10 @@ from pilip.errors import PilipError
 # subcommand name -> module under pilip.commands
 COMMANDS: dict[str, str] = {
     "label": "label",
+    "chunk": "chunk",
+    "collect": "collect",
+    "force-subset": "force_subset",
+    "reextrapolate": "reextrapolate",
     "evaluate": "evaluate",
     "md": "md",
 }

@@ -1,0 +1,258 @@
+"""Join configurations and labels into the dataset table that training reads, with a summary.
+
+Only ``status == ok`` labels become dataset rows; every row gets a split from its id hash
+(``pilip.splits``). Force-validation labels (analytic gradients at an affordable level) put
+their forces, in eV/A, on the matching rows with ``force_validation = true``: those forces are
+for evaluation only, and :func:`training_forces` hides them from training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pilip import keys, labels, splits, tables
+from pilip.errors import PilipError
+
+
+@dataclasses.dataclass
+class Collected:
+    """A dataset table and the numbers its summary reports."""
+
+    table: pa.Table
+    reference: str
+    n_configurations: dict[str, int]  # system -> configurations
+    status_counts: dict[str, int]  # status -> label rows of the configurations
+    unlabelled: int  # configurations without any label row
+    failures: dict[str, int]  # "status: error kind" -> rows
+    wall_time: list[float]  # s, of every labelled configuration
+    force_validation_reference: str | None = None
+    force_validation_rows: int = 0
+    force_validation_failed: int = 0
+
+
+def read_configurations(paths: Sequence[str | os.PathLike]) -> pa.Table:
+    """Concatenate configurations tables; an id in two tables is an error."""
+    if not paths:
+        raise PilipError("--configurations: give at least one configurations table")
+    parts = [
+        tables.read_table(p, kind="configurations").select(tables.CONFIGURATION_SCHEMA.names)
+        for p in paths
+    ]
+    table = pa.concat_tables([p.cast(tables.CONFIGURATION_SCHEMA) for p in parts])
+    ids = table.column(keys.ID).to_pylist()
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        raise PilipError(
+            f"configuration id {repeated[0]} appears in more than one row of "
+            f"{', '.join(str(p) for p in paths)}; remove the duplicate"
+        )
+    return table
+
+
+def label_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand folders to the labels tables (``*.parquet``) below them, sorted."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(path.rglob("*.parquet")))
+        else:
+            files.append(path)
+    return files
+
+
+def error_kind(status: str, error: str | None) -> str:
+    """A short failure class for the summary: status plus the error's first clause."""
+    lines = (error or "").strip().splitlines()
+    text = lines[0] if lines else "no error text"
+    return f"{status}: {text.split(':')[0][:60]}"
+
+
+def collect(
+    configuration_paths: Sequence[str | os.PathLike],
+    label_paths: Sequence[str | os.PathLike],
+    fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
+    force_validation_paths: Sequence[str | os.PathLike] = (),
+) -> Collected:
+    """Build the dataset table (configuration columns + energy eV + forces eV/A + split)."""
+    configurations = read_configurations(configuration_paths)
+    files = label_files(label_paths)
+    if not files:
+        raise PilipError("--labels: no labels tables given or found")
+    merged = labels.merge_labels(labels.read_labels(p) for p in files)
+    reference = merged.column(keys.REFERENCE)[0].as_py() if merged.num_rows else None
+    if reference is None:
+        raise PilipError(f"{files[0]}: no label rows; nothing to collect")
+
+    by_id = {cid: row for row, cid in enumerate(merged.column(keys.CONFIG_ID).to_pylist())}
+    config_ids = configurations.column(keys.ID).to_pylist()
+    statuses = merged.column(keys.STATUS).to_pylist()
+    errors = merged.column(keys.ERROR).to_pylist()
+    walls = merged.column(keys.WALL_TIME).to_pylist()
+    status_counts: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    keep, label_rows, wall_time = [], [], []
+    for row, config_id in enumerate(config_ids):
+        label_row = by_id.get(config_id)
+        if label_row is None:
+            continue
+        status = statuses[label_row]
+        status_counts[status] += 1
+        wall_time.append(float(walls[label_row] or 0.0))
+        if status == keys.STATUS_OK:
+            keep.append(row)
+            label_rows.append(label_row)
+        else:
+            failures[error_kind(status, errors[label_row])] += 1
+    unlabelled = len(config_ids) - sum(status_counts.values())
+
+    kept = configurations.take(keep)
+    kept_ids = kept.column(keys.ID).to_pylist()
+    energy = merged.column(keys.ENERGY).take(label_rows).to_pylist()
+    forces_column = merged.column(keys.FORCES).take(label_rows).to_pylist()
+    forces = [None if f is None else np.asarray(f) for f in forces_column]
+    fv_flag = [False] * len(kept_ids)
+
+    fv_reference, fv_rows, fv_failed = None, 0, 0
+    if force_validation_paths:
+        fv = labels.merge_labels(labels.read_labels(p) for p in label_files(force_validation_paths))
+        if fv.num_rows:
+            fv_reference = fv.column(keys.REFERENCE)[0].as_py()
+        fv_ok = fv.filter(
+            pc.and_(
+                pc.equal(fv.column(keys.STATUS), keys.STATUS_OK),
+                pc.is_valid(fv.column(keys.FORCES)),
+            )
+        )
+        fv_failed = fv.num_rows - fv_ok.num_rows
+        fv_forces = dict(
+            zip(
+                fv_ok.column(keys.CONFIG_ID).to_pylist(),
+                fv_ok.column(keys.FORCES).to_pylist(),
+                strict=True,
+            )
+        )
+        for i, config_id in enumerate(kept_ids):
+            if config_id in fv_forces:
+                forces[i] = np.asarray(fv_forces[config_id])
+                fv_flag[i] = True
+                fv_rows += 1
+
+    table = tables.dataset_table(
+        kept,
+        energy,
+        forces,
+        reference=reference,
+        split=splits.assign_splits(kept_ids, fractions),
+        force_validation=fv_flag,
+    )
+    systems = Counter(configurations.column(keys.SYSTEM).to_pylist())
+    return Collected(
+        table=table,
+        reference=reference,
+        n_configurations=dict(systems),
+        status_counts={s: status_counts.get(s, 0) for s in labels.STATUSES},
+        unlabelled=unlabelled,
+        failures=dict(failures.most_common()),
+        wall_time=wall_time,
+        force_validation_reference=fv_reference,
+        force_validation_rows=fv_rows,
+        force_validation_failed=fv_failed,
+    )
+
+
+def summary_text(collected: Collected, output: str | os.PathLike) -> str:
+    """A short human-readable summary: counts, failures by kind, energy range, wall time."""
+    table = collected.table
+    lines = [f"dataset {output}: reference {collected.reference}"]
+    systems = ", ".join(f"{s} {n}" for s, n in sorted(collected.n_configurations.items()))
+    lines.append(f"configurations: {sum(collected.n_configurations.values())} ({systems})")
+    counts = ", ".join(f"{s} {n}" for s, n in collected.status_counts.items())
+    lines.append(f"labels: {counts}, unlabelled {collected.unlabelled}")
+    if collected.failures:
+        lines.append("failures by kind:")
+        lines.extend(f"  {n:5d}  {kind}" for kind, n in collected.failures.items())
+    else:
+        lines.append("failures by kind: none")
+    split_counts = Counter(table.column(keys.SPLIT).to_pylist())
+    lines.append(
+        f"dataset rows: {table.num_rows} ("
+        + ", ".join(f"{s} {split_counts.get(s, 0)}" for s in keys.SPLITS)
+        + ")"
+    )
+    if table.num_rows:
+        system_column = table.column(keys.SYSTEM).to_pylist()
+        energies = np.asarray(table.column(keys.ENERGY).to_numpy(zero_copy_only=False))
+        lines.append("energy range (eV):")
+        for system in sorted(set(system_column)):
+            e = energies[np.asarray(system_column) == system]
+            lines.append(
+                f"  {system}: {e.min():.6f} .. {e.max():.6f} (span {e.max() - e.min():.4f})"
+            )
+    wall = np.asarray(collected.wall_time, dtype=float)
+    if wall.size:
+        lines.append(
+            f"wall time: {wall.sum():.1f} s total, {wall.mean():.2f} s mean, "
+            f"{wall.max():.2f} s max per configuration"
+        )
+    if collected.force_validation_reference is not None:
+        lines.append(
+            f"force validation: {collected.force_validation_rows} rows with "
+            f"{collected.force_validation_reference} forces (eV/A, evaluation only), "
+            f"{collected.force_validation_failed} failed"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def force_validation_subset(
+    configuration_paths: Sequence[str | os.PathLike],
+    fractions: Sequence[float],
+    split: str,
+    per_system: int,
+) -> pa.Table:
+    """The configurations whose forces are computed for evaluation only.
+
+    Per system, the first ``per_system`` configurations of ``split`` in id order (ids are
+    content hashes, so this is a fixed pseudo-random pick that does not depend on row order).
+    """
+    if split not in keys.SPLITS:
+        raise PilipError(
+            f"force_validation.split: expected one of {', '.join(keys.SPLITS)}, got {split!r}"
+        )
+    configurations = read_configurations(configuration_paths)
+    ids = configurations.column(keys.ID).to_pylist()
+    systems = configurations.column(keys.SYSTEM).to_pylist()
+    in_split = splits.assign_splits(ids, fractions)
+    chosen: list[int] = []
+    for system in dict.fromkeys(systems):
+        rows = sorted(
+            (ids[i], i) for i in range(len(ids)) if systems[i] == system and in_split[i] == split
+        )
+        chosen.extend(i for _, i in rows[:per_system])
+    return configurations.take(sorted(chosen))
+
+
+def training_forces(table: pa.Table) -> pa.ChunkedArray:
+    """The forces column with force-validation rows nulled: what training may see."""
+    hidden = pc.fill_null(table.column(keys.FORCE_VALIDATION), False)
+    forces = table.column(keys.FORCES)
+    return pc.if_else(hidden, pa.scalar(None, forces.type), forces)
+
+
+def dataset_provenance(collected: Collected, fractions: Sequence[float], **extra: Any) -> dict:
+    """The provenance record stored in the dataset table's file metadata."""
+    return {
+        "command": "pilip collect",
+        "reference": collected.reference,
+        "splits": dict(zip(keys.SPLITS, map(float, fractions), strict=True)),
+        "force_validation_reference": collected.force_validation_reference,
+        **extra,
+    }
