@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "reextrapolate": "reextrapolate",
     "evaluate": "evaluate",
     "md": "md",
+    "sample": "sample",
+    "import": "import_xyz",
+    "export": "export_xyz",
 }
 
 
