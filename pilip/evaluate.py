@@ -314,33 +314,38 @@ def plot_force_parity(predictions: dict[str, np.ndarray], path: Path, title: str
 
 
 def plot_learning_curve(log_path: Path, path: Path, title: str = "") -> None:
-    """Loss terms (left) and validation metrics (right) per epoch from a training metrics.csv.
+    """Training loss terms (left) and validation energy errors (right) per epoch.
 
-    Every numeric column whose name contains ``loss`` goes left, every other column starting
-    with ``val`` goes right; both on log scales (non-positive values are not drawn).
+    Reads a training ``metrics.csv``: columns ``train_*`` are the loss terms, ``val_*`` the
+    validation metrics (those in meV/atom when present, else all), ``best`` marks the epochs
+    whose weights were kept (the last one is drawn as a dotted line). Log scales; non-positive
+    values are not drawn.
     """
     import pandas as pd
 
     log = pd.read_csv(log_path)
-    x_name = next((c for c in ("epoch", "step") if c in log.columns), None)
-    x = log[x_name] if x_name else pd.Series(range(len(log)))
-    numeric = [c for c in log.columns if c != x_name and pd.api.types.is_numeric_dtype(log[c])]
-    losses = [c for c in numeric if "loss" in c]
-    validation = [c for c in numeric if c.startswith("val") and c not in losses]
+    x_name = "epoch" if "epoch" in log.columns else None
+    x = log[x_name] if x_name else pd.Series(range(1, len(log) + 1))
+    numeric = [c for c in log.columns if pd.api.types.is_numeric_dtype(log[c])]
+    losses = [c for c in numeric if c.startswith("train_")]
+    validation = [c for c in numeric if c.startswith("val_")]
+    validation = [c for c in validation if "meV_per_atom" in c] or validation
     if not losses and not validation:
-        raise PilipError(f"{log_path}: no loss or validation columns to plot")
+        raise PilipError(f"{log_path}: no train_* or val_* columns to plot; is it a training log?")
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
     for ax, columns, ylabel in (
-        (axes[0], losses, "loss"),
-        (axes[1], validation, "validation metric"),
+        (axes[0], losses, "training loss term"),
+        (axes[1], validation, "validation error"),
     ):
         for column in columns:
             values = log[column].where(log[column] > 0)
             if values.notna().any():
                 ax.plot(x, values, label=column)
+        if "best" in log.columns and (log["best"] == 1).any():
+            ax.axvline(x[log["best"] == 1].iloc[-1], color="0.5", ls=":", lw=1)
         ax.set_yscale("log")
-        ax.set_xlabel(x_name or "row")
+        ax.set_xlabel(x_name or "epoch")
         ax.set_ylabel(ylabel)
         if ax.lines:
             ax.legend(fontsize=7)
@@ -364,22 +369,35 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
-    """Losses, model name and training wall time from the checkpoint meta and training log."""
+    """What the report shows about training: model, losses, weights, epochs, wall time (s).
+
+    From the checkpoint ``meta`` (written by ``pilip train``) and, for the wall time and the
+    epoch count, the last row of the training log.
+    """
     config = meta.get("config") or {}
+    losses = config.get("losses")
+    weights = {name: config.get(f"w_{name}") for name in losses or []}
     summary: dict[str, Any] = {
         "model_name": meta.get("model"),
-        "losses": meta.get("losses", config.get("losses")),
-        "train_time_s": meta.get("train_time_s"),
-        "epochs": meta.get("epochs", meta.get("epoch")),
+        "losses": losses,
+        "loss_weights": weights,
+        "weak_eps": config.get("eps"),
+        "weak_k": config.get("k"),
+        "n_train": meta.get("n_train"),
+        "n_unlabelled": meta.get("n_unlabelled"),
+        "best_epoch": meta.get("best_epoch"),
+        "epochs": None,
+        "train_time_s": None,
     }
-    if summary["train_time_s"] is None and log_path is not None and log_path.is_file():
+    if log_path is not None:
         import pandas as pd
 
         log = pd.read_csv(log_path)
-        for column in ("wall_time", "time", "elapsed_s", "time_s"):
-            if column in log.columns and len(log):
-                summary["train_time_s"] = float(log[column].iloc[-1])
-                break
+        if len(log):
+            if "epoch" in log.columns:
+                summary["epochs"] = int(log["epoch"].iloc[-1])
+            if "wall_time_s" in log.columns:
+                summary["train_time_s"] = float(log["wall_time_s"].iloc[-1])
     return summary
 
 

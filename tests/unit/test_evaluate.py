@@ -65,11 +65,19 @@ def files(tmp_path, model):
     )
     dataset = write_table(table, tmp_path / "dataset.parquet", "dataset", {"test": True})
     checkpoint = tmp_path / "run" / "model.pt"
-    save_checkpoint(checkpoint, model=model, model_name="schnet", meta={"elements": [1, 6, 8]})
+    meta = {
+        "elements": [1, 6, 8],
+        "config": {"losses": ["energy", "pitc"], "w_energy": 1.0, "w_pitc": 1.2, "eps": 0.01},
+        "best_epoch": 2,
+    }
+    save_checkpoint(checkpoint, model=model, model_name="schnet", meta=meta)
     log = tmp_path / "run" / "metrics.csv"
     log.write_text(
-        "epoch,train_loss,train_loss_energy,train_loss_pitc,val_energy_rmse,wall_time\n"
-        "1,2.0,1.5,0.5,0.30,10.0\n2,1.0,0.8,0.2,0.20,20.5\n3,0.5,0.4,0.1,0.15,31.0\n"
+        "epoch,wall_time_s,lr,train_energy,train_pitc,train_total,val_energy_rmse_eV,"
+        "val_energy_mae_eV,val_energy_rmse_meV_per_atom,val_energy_mae_meV_per_atom,best\n"
+        "1,10.0,1e-3,1.5,0.5,2.0,0.30,0.25,50.0,40.0,1\n"
+        "2,20.5,1e-3,0.8,0.2,1.0,0.20,0.15,30.0,20.0,1\n"
+        "3,31.0,1e-3,0.4,0.1,0.5,0.25,0.20,35.0,25.0,0\n"
     )
     return {"dataset": dataset, "checkpoint": checkpoint, "log": log, "dir": tmp_path}
 
@@ -109,6 +117,10 @@ def test_evaluate_metrics_by_hand_and_files(files):
     assert metrics["force_reference"] == ["cbs", "dz"]
     assert metrics["energy_reference"] == ["cbs"]
     assert metrics["train_time_s"] == pytest.approx(31.0)
+    assert metrics["epochs"] == 3 and metrics["best_epoch"] == 2
+    assert metrics["losses"] == ["energy", "pitc"]
+    assert metrics["loss_weights"] == {"energy": 1.0, "pitc": 1.2}
+    assert metrics["model_name"] == "schnet"
     assert metrics["energy_rmse_per_system"]["CH4"] == pytest.approx(0.04, abs=1e-9)
     for name in ("parity_energy.png", "parity_forces.png", "learning_curve.png"):
         data = (out / name).read_bytes()
