@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "reextrapolate": "reextrapolate",
     "evaluate": "evaluate",
     "md": "md",
+    "report": "report",
     "sample": "sample",
     "import": "import_xyz",
     "export": "export_xyz",

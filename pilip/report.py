@@ -1,0 +1,235 @@
+"""Side-by-side summary of training variants (e.g. energy-only vs energy + weak losses).
+
+Each variant is a results folder written by ``pilip evaluate`` (metrics.json and plots) and,
+optionally, ``pilip md`` (md.json). The summary is Markdown: one table of energy and force
+errors, MD stability and training time, one of force errors per element, the ratio of force
+RMSEs against the baseline variant stated plainly, and links to the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pilip.atomic_io import atomic_path
+from pilip.errors import PilipError
+
+METRICS_FILE = "metrics.json"
+MD_FILE = "md.json"
+PLOTS = (
+    ("parity_energy", "energy parity"),
+    ("parity_forces", "force parity"),
+    ("learning_curve", "learning curve"),
+)
+
+
+@dataclass
+class Variant:
+    """One trained and evaluated model: its name (the results folder's name) and results."""
+
+    name: str
+    directory: Path
+    metrics: dict[str, Any]
+    md: dict[str, Any] | None
+
+    @property
+    def losses(self) -> list[str]:
+        return list(self.metrics.get("losses") or [])
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PilipError(
+            f"{path}: not valid JSON ({exc.msg}); re-run the step that wrote it"
+        ) from None
+    if not isinstance(value, dict):
+        raise PilipError(f"{path}: expected a JSON object")
+    return value
+
+
+def load_variant(directory: str | Path) -> Variant:
+    """Read ``directory``/metrics.json (required) and md.json (optional)."""
+    directory = Path(directory)
+    metrics_path = directory / METRICS_FILE
+    if not metrics_path.is_file():
+        raise PilipError(f"{metrics_path}: no such file; run pilip evaluate --out {directory}")
+    metrics = _read_json(metrics_path)
+    missing = [k for k in ("energy_rmse", "force_rmse", "n_energy") if k not in metrics]
+    if missing:
+        raise PilipError(f"{metrics_path}: missing key(s) {', '.join(missing)}; re-run evaluate")
+    md_path = directory / MD_FILE
+    md = _read_json(md_path) if md_path.is_file() else None
+    return Variant(name=directory.name, directory=directory, metrics=metrics, md=md)
+
+
+def choose_baseline(variants: list[Variant], name: str | None = None) -> Variant:
+    """The variant ``name``, else the one trained on the energy loss alone, else the first."""
+    if name is not None:
+        for variant in variants:
+            if variant.name == name:
+                return variant
+        names = ", ".join(v.name for v in variants)
+        raise PilipError(f"--baseline {name!r}: not among the variants ({names})")
+    for variant in variants:
+        if variant.losses == ["energy"]:
+            return variant
+    return variants[0]
+
+
+def force_rmse_ratio(baseline: Variant, variant: Variant) -> float | None:
+    """Baseline force RMSE / variant force RMSE (> 1: the variant's forces are better)."""
+    base, other = baseline.metrics.get("force_rmse"), variant.metrics.get("force_rmse")
+    if base is None or other is None or other == 0:
+        return None
+    return base / other
+
+
+def _num(value: Any, scale: float = 1.0, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _md_cell(md: dict[str, Any] | None) -> str:
+    if md is None:
+        return "not run"
+    n_runs, n_stable = md.get("n_runs", 0), md.get("n_stable", 0)
+    length = md.get("settings", {}).get("steps", 0) * md.get("settings", {}).get("timestep", 0)
+    cell = f"{n_stable}/{n_runs} stable over {length / 1000:g} ps"
+    if md.get("min_time_to_failure_ps") is not None:
+        cell += f"; first failure at {md['min_time_to_failure_ps']:.3f} ps"
+    return cell
+
+
+def _time_cell(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _ratio_sentence(baseline: Variant, variant: Variant) -> str:
+    ratio = force_rmse_ratio(baseline, variant)
+    b, v = baseline.metrics, variant.metrics
+    energy = (
+        f"energy RMSE {_num(b.get('energy_rmse_mev_per_atom'), digits=2)} -> "
+        f"{_num(v.get('energy_rmse_mev_per_atom'), digits=2)} meV/atom"
+    )
+    if ratio is None:
+        return (
+            f"- **{variant.name}** vs **{baseline.name}**: no force RMSE to compare "
+            f"(no structures with reference forces); {energy}."
+        )
+    forces = (
+        f"force RMSE {_num(b.get('force_rmse'))} -> {_num(v.get('force_rmse'))} eV/A, "
+        f"ratio {baseline.name}/{variant.name} = **{ratio:.2f}**"
+    )
+    if ratio > 1:
+        verdict = f"{variant.name}'s forces are {ratio:.2f}x more accurate"
+    elif ratio < 1:
+        verdict = (
+            f"{variant.name}'s forces are {1 / ratio:.2f}x LESS accurate: "
+            "on this data its extra losses did not help the forces"
+        )
+    else:
+        verdict = "no difference in the forces"
+    return f"- **{variant.name}** vs **{baseline.name}**: {forces} ({verdict}); {energy}."
+
+
+def _link(target: Path, out_path: Path) -> str:
+    return Path(os.path.relpath(target, out_path.parent)).as_posix()
+
+
+def render_summary(
+    variants: list[Variant], out_path: Path, baseline: str | None = None, title: str = ""
+) -> str:
+    """The Markdown summary; links to plots are relative to ``out_path``'s folder."""
+    if not variants:
+        raise PilipError("no variants to report: pass --results DIR [DIR ...]")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise PilipError(f"--results: two folders share a name ({', '.join(names)}); rename one")
+    base = choose_baseline(variants, baseline)
+    first = variants[0].metrics
+    lines = [f"# {title or 'pilip results'}", ""]
+    lines.append(
+        f"Energies: {first.get('n_energy', 0)} test-split structures (reference "
+        f"{', '.join(first.get('energy_reference') or ['n/a'])}). Forces: "
+        f"{first.get('n_force_structures', 0)} structures with reference forces "
+        f"({', '.join(first.get('force_reference') or ['n/a'])}; "
+        f"{first.get('n_force_components', 0)} components) that no model was trained on. "
+        f"Baseline: **{base.name}**."
+    )
+    if len({v.metrics.get("dataset") for v in variants}) > 1:
+        lines += ["", "**Warning:** the variants were evaluated on different datasets."]
+    lines += [
+        "",
+        "| variant | losses | energy RMSE (meV/atom) | energy MAE (meV/atom) "
+        "| energy RMSE (meV) | force RMSE (eV/A) | force MAE (eV/A) "
+        f"| force RMSE ratio {base.name}/variant | MD (Langevin NVT) | training time | epochs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for v in variants:
+        m = v.metrics
+        ratio = force_rmse_ratio(base, v)
+        lines.append(
+            f"| {v.name} | {', '.join(v.losses) or 'n/a'} "
+            f"| {_num(m.get('energy_rmse_mev_per_atom'), digits=2)} "
+            f"| {_num(m.get('energy_mae_mev_per_atom'), digits=2)} "
+            f"| {_num(m.get('energy_rmse'), scale=1000.0, digits=1)} "
+            f"| {_num(m.get('force_rmse'))} | {_num(m.get('force_mae'))} "
+            f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {_md_cell(v.md)} "
+            f"| {_time_cell(m.get('train_time_s'))} | {m.get('epochs') or 'n/a'} |"
+        )
+    elements = sorted(
+        {e for v in variants for e in (v.metrics.get("force_rmse_per_element") or {})}
+    )
+    if elements:
+        lines += [
+            "",
+            "Force RMSE per element (eV/A):",
+            "",
+            "| variant | " + " | ".join(elements) + " |",
+            "|---|" + "---:|" * len(elements),
+        ]
+        for v in variants:
+            per = v.metrics.get("force_rmse_per_element") or {}
+            lines.append(f"| {v.name} | " + " | ".join(_num(per.get(e)) for e in elements) + " |")
+    others = [v for v in variants if v is not base]
+    if others:
+        lines += ["", "## What the extra losses bought", ""]
+        lines += [_ratio_sentence(base, v) for v in others]
+        lines += [
+            "",
+            "One training run (one seed) per variant: small differences may be seed-to-seed "
+            "noise rather than an effect of the losses.",
+        ]
+    lines += ["", "## Plots", "", "| variant | " + " | ".join(p[1] for p in PLOTS) + " |"]
+    lines.append("|---|" + "---|" * len(PLOTS))
+    for v in variants:
+        plots = v.metrics.get("plots") or {}
+        cells = []
+        for key, label in PLOTS:
+            file = plots.get(key)
+            cells.append(
+                f"![{v.name} {label}]({_link(v.directory / file, out_path)})" if file else "n/a"
+            )
+        lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(
+    result_dirs: list[str | Path],
+    out_path: str | Path,
+    baseline: str | None = None,
+    title: str = "",
+) -> str:
+    """Read every variant, render the summary and write it atomically to ``out_path``."""
+    out_path = Path(out_path)
+    variants = [load_variant(d) for d in result_dirs]
+    text = render_summary(variants, out_path, baseline, title)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(text)
+    return text

@@ -1,0 +1,115 @@
+"""pilip report: rows, numbers, ratio and links from fake metrics.json / md.json files."""
+
+import json
+
+import pytest
+
+from pilip.cli import main
+from pilip.report import choose_baseline, load_variant, write_summary
+
+
+def metrics(force_rmse, energy_rmse_mev, losses, train_time=95.0, per_element=None):
+    return {
+        "energy_rmse": energy_rmse_mev * 9 / 1000,
+        "energy_mae": 0.8 * energy_rmse_mev * 9 / 1000,
+        "energy_rmse_mev_per_atom": energy_rmse_mev,
+        "energy_mae_mev_per_atom": 0.8 * energy_rmse_mev,
+        "force_rmse": force_rmse,
+        "force_mae": 0.7 * force_rmse,
+        "force_rmse_per_element": per_element or {"H": force_rmse, "O": 2 * force_rmse},
+        "n_energy": 12,
+        "n_force_structures": 4,
+        "n_force_components": 84,
+        "energy_reference": ["mp2_cbs"],
+        "force_reference": ["mp2_dz"],
+        "losses": losses,
+        "train_time_s": train_time,
+        "epochs": 40,
+        "dataset": "datasets/mp2_cbs.parquet",
+        "plots": {
+            "parity_energy": "parity_energy.png",
+            "parity_forces": "parity_forces.png",
+            "learning_curve": "learning_curve.png",
+        },
+        "units": {},
+    }
+
+
+def md(n_stable, n_runs=2, failure=None):
+    return {
+        "n_runs": n_runs,
+        "n_stable": n_stable,
+        "min_time_to_failure_ps": failure,
+        "settings": {"steps": 2000, "timestep": 0.5},
+    }
+
+
+@pytest.fixture
+def results(tmp_path):
+    def make(name, m, md_summary=None):
+        folder = tmp_path / "results" / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(m))
+        if md_summary is not None:
+            (folder / "md.json").write_text(json.dumps(md_summary))
+        return folder
+
+    return make
+
+
+def _row(text, name):
+    return next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+
+
+def test_summary_table_rows_and_ratio(results, tmp_path):
+    weak = results("weak", metrics(0.25, 10.0, ["energy", "pitc", "pisc"], 130.0), md(2))
+    energy = results("energy", metrics(0.80, 12.5, ["energy"], 60.0), md(1, failure=0.123))
+    out = tmp_path / "results" / "summary.md"
+    # the baseline is found by its losses even when it is not listed first
+    text = write_summary([weak, energy], out)
+    assert out.read_text() == text
+    row = _row(text, "weak").split("|")
+    cells = [c.strip() for c in row[1:-1]]
+    assert cells[1] == "energy, pitc, pisc"
+    assert cells[2] == "10.00"  # energy RMSE meV/atom
+    assert cells[4] == "90.0"  # energy RMSE meV (10 meV/atom x 9 atoms)
+    assert cells[5] == "0.250"  # force RMSE eV/A
+    assert cells[7] == "3.20"  # 0.80 / 0.25
+    assert cells[8] == "2/2 stable over 1 ps"
+    assert cells[9] == "2.2 min"
+    energy_cells = [c.strip() for c in _row(text, "energy").split("|")[1:-1]]
+    assert energy_cells[7] == "1.00"
+    assert "1/2 stable over 1 ps; first failure at 0.123 ps" == energy_cells[8]
+    assert "ratio energy/weak = **3.20**" in text
+    assert "3.20x more accurate" in text
+    assert "energy RMSE 12.50 -> 10.00 meV/atom" in text
+    # per-element table and relative plot links
+    assert "| weak | 0.250 | 0.500 |" in text
+    assert "![weak force parity](weak/parity_forces.png)" in text
+    assert "Baseline: **energy**" in text and "4 structures with reference forces" in text
+
+
+def test_a_variant_that_makes_forces_worse_is_said_so(results, tmp_path):
+    energy = results("energy", metrics(0.50, 12.0, ["energy"]))
+    weak = results("weak", metrics(0.80, 12.0, ["energy", "pitc"]))
+    text = write_summary([energy, weak], tmp_path / "summary.md")
+    assert "ratio energy/weak = **0.62**" in text
+    assert "1.60x LESS accurate" in text and "did not help" in text
+    assert "| not run |" in text  # no md.json
+    assert "![weak energy parity](results/weak/parity_energy.png)" in text
+
+
+def test_explicit_baseline_and_errors(results, tmp_path, capsys):
+    a = results("a", metrics(0.4, 5.0, ["energy", "pitc"]))
+    b = results("b", metrics(0.2, 5.0, ["energy", "pisc"]))
+    variants = [load_variant(a), load_variant(b)]
+    assert choose_baseline(variants).name == "a"  # no energy-only variant: the first
+    assert choose_baseline(variants, "b").name == "b"
+    out = tmp_path / "summary.md"
+    assert main(["report", "--results", str(a), str(b), "-o", str(out), "--baseline", "c"]) == 2
+    assert "--baseline 'c'" in capsys.readouterr().err
+    assert main(["report", "--results", str(a), str(tmp_path / "none"), "-o", str(out)]) == 2
+    assert "none/metrics.json: no such file" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["report", "--results", str(a), str(b), "-o", str(out), "--baseline", "b"]) == 0
+    assert "ratio b/a = **0.50**" in out.read_text()
