@@ -1,0 +1,35 @@
+# MD stability: Langevin NVT with every trained run from test configurations of its dataset.
+MD = config["md"]
+MD_OPTIONS = [
+    "temperature",
+    "timestep",
+    "steps",
+    "friction",
+    "bond_threshold",
+    "starts",
+    "seed",
+    "trajectory_interval",
+]
+
+
+rule md:
+    input:
+        model="models/{run}/model.pt",
+        dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
+    output:
+        summary="results/{run}/md.json",
+        trajectory="results/{run}/md.extxyz",
+    log:
+        "logs/md/{run}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        device=MD["device"],
+        options=" ".join(
+            f"--{name.replace('_', '-')} {MD[name]}" for name in MD_OPTIONS
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} pilip md {input.model} {input.dataset}"
+        " --out results/{wildcards.run} --device {params.device} {params.options} > {log} 2>&1"
