@@ -13,8 +13,12 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/label.smk"
+include: "workflow/rules/collect.smk"
 
 
 rule all:
     input:
         expand("configurations/{system}.parquet", system=SYSTEMS),
+        f"datasets/{TRAIN_REFERENCE}.parquet",
+        f"datasets/{TRAIN_REFERENCE}.summary.txt",

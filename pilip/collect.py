@@ -114,6 +114,7 @@ def collect(
             failures[error_kind(status, errors[label_row])] += 1
     unlabelled = len(config_ids) - sum(status_counts.values())
 
+    keep, label_rows = pa.array(keep, pa.int64()), pa.array(label_rows, pa.int64())
     kept = configurations.take(keep)
     kept_ids = kept.column(keys.ID).to_pylist()
     energy = merged.column(keys.ENERGY).take(label_rows).to_pylist()
@@ -237,7 +238,7 @@ def force_validation_subset(
             (ids[i], i) for i in range(len(ids)) if systems[i] == system and in_split[i] == split
         )
         chosen.extend(i for _, i in rows[:per_system])
-    return configurations.take(sorted(chosen))
+    return configurations.take(pa.array(sorted(chosen), pa.int64()))
 
 
 def training_forces(table: pa.Table) -> pa.ChunkedArray:

@@ -176,7 +176,7 @@ def merge_labels(parts: Iterable[pa.Table]) -> pa.Table:
         previous = chosen.get(config_id)
         if previous is None or good or not ok[previous]:
             chosen[config_id] = row
-    return table.take(sorted(chosen.values()))
+    return table.take(pa.array(sorted(chosen.values()), pa.int64()))
 
 
 def rewrite_results(path: str | os.PathLike, drop: Callable[[dict[str, Any]], bool]) -> list[str]:

@@ -237,3 +237,9 @@ def test_collect_cli_bad_input(study, capsys, monkeypatch):
                  "--labels", str(root / "nothing.parquet"), "-o", str(out)])  # fmt: skip
     assert code == 2 and not out.exists()
     assert "nothing.parquet: no such file" in capsys.readouterr().err
+
+
+def test_force_validation_subset_of_an_empty_split_is_empty(study):
+    root, _, _ = study
+    subset = force_validation_subset([root / "water.parquet"], (1.0, 0.0, 0.0), "test", 3)
+    assert subset.num_rows == 0 and subset.schema.names == tables.CONFIGURATION_SCHEMA.names

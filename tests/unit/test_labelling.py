@@ -297,3 +297,12 @@ def test_threads_must_be_positive(study, capsys):
         capsys, root, "configs.parquet", "--reference", "xtb", "-o", "l.parquet", "--threads", "0"
     )
     assert "--threads must be at least 1" in err
+
+
+def test_empty_configurations_give_an_empty_labels_table(study):
+    root, _ = study
+    empty = tables.read_table(root / "configs.parquet").slice(0, 0)
+    tables.write_table(empty, root / "empty.parquet", "configurations", {})
+    report = label_table("empty.parquet", "xtb", "labels.parquet")
+    assert report.counts == {"ok": 0, "failed": 0, "timeout": 0}
+    assert labels.read_labels(root / "labels.parquet").num_rows == 0

@@ -1,0 +1,63 @@
+# Collect: configurations + ok labels -> datasets/{reference}.parquet with splits and a
+# summary; force-validation forces (analytic gradients, evaluation only) joined in.
+FORCE_VALIDATION = config["force_validation"]
+
+
+def force_validation_labels(wildcards):
+    if not FORCE_VALIDATION["enabled"]:
+        return []
+    return [f"labels/{FORCE_VALIDATION['reference']}/force_validation.parquet"]
+
+
+rule force_validation_subset:
+    input:
+        expand("configurations/{system}.parquet", system=SYSTEMS),
+    output:
+        "force_validation/configurations.parquet",
+    log:
+        "logs/force_validation/subset.log",
+    params:
+        config=CONFIG_FILE,
+    shell:
+        "pilip force-subset {input} --config {params.config} -o {output} > {log} 2>&1"
+
+
+rule label_force_validation:
+    input:
+        "force_validation/configurations.parquet",
+    output:
+        "labels/{reference}/force_validation.parquet",
+    log:
+        "logs/label/{reference}/force_validation.log",
+    threads: LABELLING["threads"]
+    resources:
+        mem_mb=LABELLING["mem_mb"],
+        runtime=LABELLING["runtime"],
+    params:
+        config=CONFIG_FILE,
+    shell:
+        "pilip label {input} --reference {wildcards.reference} --forces"
+        " --config {params.config} --threads {threads} -o {output} > {log} 2>&1"
+
+
+rule collect:
+    input:
+        configurations=expand("configurations/{system}.parquet", system=SYSTEMS),
+        labels=label_chunks,
+        force_validation=force_validation_labels,
+    output:
+        dataset="datasets/{reference}.parquet",
+        summary="datasets/{reference}.summary.txt",
+    log:
+        "logs/collect/{reference}.log",
+    params:
+        config=CONFIG_FILE,
+        force_validation=lambda wildcards, input: (
+            f"--force-validation {input.force_validation}"
+            if input.force_validation
+            else ""
+        ),
+    shell:
+        "pilip collect --configurations {input.configurations} --labels {input.labels}"
+        " {params.force_validation} --config {params.config}"
+        " -o {output.dataset} --summary {output.summary} > {log} 2>&1"
