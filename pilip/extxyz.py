@@ -154,7 +154,9 @@ def import_structures(
     keep = _first_occurrences(table.column(keys.ID).to_pylist())
     n_duplicates = len(frames) - len(keep)
     if not all(labelled):
-        return Imported(table.take(keep), "configurations", len(frames), n_duplicates)
+        return Imported(
+            table.take(pa.array(keep, pa.int64())), "configurations", len(frames), n_duplicates
+        )
 
     if reference is None:
         reference = _common_info(frames, "reference")
@@ -181,7 +183,7 @@ def import_structures(
         split=splits,
         force_validation=validation,
     )
-    return Imported(dataset.take(keep), "dataset", len(frames), n_duplicates)
+    return Imported(dataset.take(pa.array(keep, pa.int64())), "dataset", len(frames), n_duplicates)
 
 
 def _first_occurrences(ids: Sequence[str]) -> list[int]:

@@ -253,12 +253,15 @@ def langevin_md(seed: Seed, params: Mapping[str, Any], rng: np.random.Generator)
     from ase import units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
 
     atoms = seed.atoms.copy()
     atoms.calc = make_calculator(params["calculator"], seed.charge, seed.multiplicity)
     temperature = float(params["temperature"])
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    # Maxwell-Boltzmann momenta: each component Gaussian with variance m kT
+    kt = units.kB * temperature
+    masses = atoms.get_masses()
+    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * np.sqrt(masses * kt)[:, None])
     Stationary(atoms)
     ZeroRotation(atoms)
     atoms.set_constraint(FixCom())  # the molecule must not drift away from its seed
@@ -357,6 +360,6 @@ def sample_system(
                 seen.add(config_id)
                 keep.append(row)
         record.kept = len(keep)
-        parts.append(part.take(keep))
+        parts.append(part.take(pa.array(keep, pa.int64())))
         stats.append(record)
     return pa.concat_tables(parts), stats

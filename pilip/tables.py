@@ -29,8 +29,9 @@ from pilip.errors import PilipError
 
 KINDS = ("configurations", "labels", "dataset")
 
-# Positions enter the content hash rounded to this many Angstrom, so that a geometry written
-# to text with >= 7 decimals and read back keeps its id.
+# Positions enter the content hash rounded to this many Angstrom: float noise far below it
+# (1e-10 A from arithmetic) keeps the id. Re-rounding near a grid midpoint can still change
+# it, which is why pilip's own text export writes every float exactly.
 ID_PRECISION = 1e-6  # Angstrom
 ID_LENGTH = 16  # hex characters of the sha256 digest
 

@@ -1,0 +1,160 @@
+"""Config loading: schema defaults are filled, errors are one line naming the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pilip.config import (
+    SCHEMA_PATH,
+    check_name,
+    config_hash,
+    key_path,
+    load_config,
+    load_schema,
+    validate_config,
+)
+from pilip.errors import PilipError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_valid_and_complete():
+    config = load_config(REPO / "config.yaml")
+    assert set(config["systems"]) == {"water", "ethanol"}
+    sampling = config["sampling"]
+    assert sampling["min_distance"] == 0.6
+    kinds = [g["kind"] for g in sampling["generators"]]
+    assert kinds == ["rattle", "normal_modes", "md"]
+    md = sampling["generators"][2]
+    assert set(md) == {"kind", "n", "temperature", "calculator", "timestep", "friction"} | {
+        "interval",
+        "equilibration",
+    }
+
+
+def test_defaults_come_from_the_schema(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            "systems: {w: {seed: H2O}}\n"
+            "sampling: {generators: [{kind: rattle}, {kind: normal_modes, n: 3}, {kind: md}]}\n",
+        )
+    )
+    assert config["systems"]["w"] == {"seed": "H2O", "charge": 0, "multiplicity": 1}
+    assert config["sampling"]["seed"] == 0 and config["sampling"]["min_distance"] == 0.6
+    rattle, modes, md = config["sampling"]["generators"]
+    assert rattle == {"kind": "rattle", "n": 20, "amplitude": 0.05}
+    assert modes == {
+        "kind": "normal_modes", "n": 3, "temperature": 300, "calculator": "GFN2-xTB",
+        "optimize": True, "fmax": 0.01, "step": 0.005,
+    }  # fmt: skip
+    assert md["interval"] == 20 and md["timestep"] == 0.5 and md["equilibration"] == 200
+    # a kind's defaults never leak into another kind
+    assert "temperature" not in rattle and "amplitude" not in md
+
+
+def test_absent_sampling_section_gets_default_generators(tmp_path):
+    config = load_config(write(tmp_path, "systems: {w: {seed: H2O}}\n"))
+    assert config["sampling"]["generators"] == [{"kind": "rattle", "n": 20, "amplitude": 0.05}]
+
+
+def test_defaults_match_the_schema_file():
+    schema = load_schema()
+    sampling = schema["properties"]["sampling"]["properties"]
+    config = validate_config({"systems": {"w": {"seed": "H2O"}}}, schema)
+    assert config["sampling"]["min_distance"] == sampling["min_distance"]["default"]
+    assert config["sampling"]["seed"] == sampling["seed"]["default"]
+    assert SCHEMA_PATH.is_file()
+
+
+def test_input_is_not_modified():
+    raw = {"systems": {"w": {"seed": "H2O"}}}
+    validate_config(raw)
+    assert raw == {"systems": {"w": {"seed": "H2O"}}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "systems: {w: {seed: H2O}}\nsampling: {generators: [{kind: rattle, amplitude: abc}]}",
+            "config.yaml: sampling.generators[0].amplitude: expected number, got 'abc'",
+        ),
+        (
+            "systems: {w: {seed: H2O}}\nsampling: {generators: [{kind: rattle, temperature: 3}]}",
+            "config.yaml: sampling.generators[0].temperature: unknown key "
+            "(allowed: amplitude, kind, n)",
+        ),
+        (
+            "systems: {w: {seed: H2O}}\nsampling: {generators: [{kind: md, interval: 2.5}]}",
+            "config.yaml: sampling.generators[0].interval: expected integer, got 2.5",
+        ),
+        (
+            "systems: {w: {seed: H2O}}\nsampling: {generators: [{kind: langevin}]}",
+            "config.yaml: sampling.generators[0].kind: expected one of rattle, normal_modes, md",
+        ),
+        ("systems: {w: {seed: H2O}}\nsamplng: {}", "config.yaml: samplng: unknown key"),
+        ("systems: {w: {seed: H2O, spin: 1}}", "config.yaml: systems.w.spin: unknown key"),
+        ("systems: {w: {charge: 1}}", "config.yaml: systems.w.seed: missing (required)"),
+        (
+            "systems: {w: {seed: H2O, multiplicity: 0}}",
+            "systems.w.multiplicity: must be >= 1, got 0",
+        ),
+        (
+            "systems: {w: {seed: H2O}}\nsampling: {min_distance: 0}",
+            "sampling.min_distance: must be > 0",
+        ),
+        ("systems: {'../w': {seed: H2O}}", "config.yaml: systems: '../w' is not a safe name"),
+        ("sampling: {}", "config.yaml: systems: missing (required)"),
+        ("systems: [H2O]", "config.yaml: systems: expected mapping, got a list"),
+        (
+            "systems: {w: {seed: H2O}}\nsampling: {generators: {kind: md}}",
+            "sampling.generators: expected list",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(tmp_path, text, message):
+    with pytest.raises(PilipError) as info:
+        load_config(write(tmp_path, text))
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+    assert text.startswith(str(tmp_path / "config.yaml"))
+
+
+def test_yaml_syntax_and_file_errors(tmp_path):
+    with pytest.raises(PilipError, match=r"config.yaml: invalid YAML at line \d+, column \d+"):
+        load_config(write(tmp_path, "systems:\n  w: {seed: H2O\n"))
+    with pytest.raises(PilipError, match="expected a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(PilipError, match="no such file"):
+        load_config(tmp_path / "absent.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(PilipError, match="binary.yaml: not a text file"):
+        load_config(binary)
+
+
+def test_config_hash_is_canonical():
+    a = validate_config({"systems": {"w": {"seed": "H2O"}, "e": {"seed": "CH3CH2OH"}}})
+    b = validate_config(yaml.safe_load("systems:\n  e: {seed: CH3CH2OH}\n  w: {seed: H2O}\n"))
+    assert config_hash(a) == config_hash(b)
+    b["sampling"]["seed"] = 1
+    assert config_hash(a) != config_hash(b)
+
+
+def test_helpers():
+    assert key_path(["sampling", "generators", 0, "n"]) == "sampling.generators[0].n"
+    assert check_name("mp2_cbs-1", "--reference") == "mp2_cbs-1"
+    for bad in ("a/b", "..", "1abc", "", "a b", "a\\b"):
+        with pytest.raises(PilipError, match="is not a safe name"):
+            check_name(bad, "--reference")
