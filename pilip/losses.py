@@ -120,7 +120,7 @@ def draw_perturbations(
 def _model_input(batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
     out = {
         k: batch[k]
-        for k in (keys.NUMBERS, keys.BATCH, keys.N_ATOMS, *_STRUCTURE_KEYS)
+        for k in (keys.NUMBERS, keys.BATCH, keys.N_ATOMS, keys.EDGE_INDEX, *_STRUCTURE_KEYS)
         if k in batch
     }
     out[keys.POSITIONS] = positions
@@ -137,6 +137,9 @@ def _stack_three(batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tenso
         keys.BATCH: torch.cat([index, index + n_struct, index + 2 * n_struct]),
         keys.N_ATOMS: batch[keys.N_ATOMS].repeat(3),
     }
+    if keys.EDGE_INDEX in batch:  # precomputed candidate pairs: the same pairs in each copy
+        edges, n = batch[keys.EDGE_INDEX], index.shape[0]
+        out[keys.EDGE_INDEX] = torch.cat([edges, edges + n, edges + 2 * n], dim=1)
     for key in _STRUCTURE_KEYS:
         if key in batch:
             value = batch[key]

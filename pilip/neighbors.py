@@ -9,6 +9,12 @@ handful of vectorised tensor ops (no Python loop over structures), then pruned t
 Periodic cells: ``vesin`` gives the pair indices and integer cell shifts on the CPU; the
 vectors ``r_j - r_i + S @ cell`` are recomputed in torch.
 
+Static shapes: a batch may carry ``keys.EDGE_INDEX`` = ``molecular_pairs(n_atoms)``, computed
+once by whoever builds the batch. These candidate pairs are then used as they are, without
+pruning: pairs beyond the cutoff get exactly zero weight from the cutoff envelope, so the
+energy and all its derivatives are unchanged, and the forward pass has no host sync and no
+data-dependent shape (what CUDA graphs need).
+
 Convention (``keys.EDGE_INDEX``): ``edge_index[0]`` is the receiver i, ``edge_index[1]`` the
 sender j, and the edge vector points from i to j.
 """
@@ -26,8 +32,8 @@ __all__ = ["molecular_pairs", "neighbor_list", "segment_sum"]
 
 def segment_sum(values: Tensor, index: Tensor, n_segments: int) -> Tensor:
     """Sum ``values`` (n, ...) into ``n_segments`` rows by ``index`` (n,) long."""
-    out = values.new_zeros((n_segments, *values.shape[1:]))
-    return out.index_add(0, index, values)
+    # in place on a fresh buffer: two kernels instead of three (zeros, clone, add)
+    return values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
 
 
 def molecular_pairs(n_atoms: Tensor) -> Tensor:
@@ -86,7 +92,8 @@ def neighbor_list(batch: dict[str, Tensor], cutoff: float) -> tuple[Tensor, Tens
     Reads ``keys.POSITIONS`` (n_atoms, 3) A, ``keys.N_ATOMS`` (n_struct,), and, for periodic
     structures, ``keys.CELL`` (n_struct, 3, 3) A (rows are cell vectors) and ``keys.PBC``
     (n_struct, 3) bool. Returns ``edge_index`` (2, n_edges) long [receiver, sender] and
-    ``vectors`` (n_edges, 3) A = r_sender - r_receiver (+ periodic image shift).
+    ``vectors`` (n_edges, 3) A = r_sender - r_receiver (+ periodic image shift). For molecules,
+    a ``keys.EDGE_INDEX`` in the batch is taken as the candidate pairs and returned unpruned.
     """
     positions = batch[keys.POSITIONS]
     n_atoms = batch[keys.N_ATOMS]
@@ -100,6 +107,9 @@ def neighbor_list(batch: dict[str, Tensor], cutoff: float) -> tuple[Tensor, Tens
         image = torch.einsum("ek,ekx->ex", cell_shift.to(positions.dtype), cell[structure])
         vectors = positions[edge_index[1]] - positions[edge_index[0]] + image
         return edge_index, vectors
+    if keys.EDGE_INDEX in batch:  # precomputed candidate pairs: keep them all (static shapes)
+        edge_index = batch[keys.EDGE_INDEX]
+        return edge_index, positions[edge_index[1]] - positions[edge_index[0]]
     edge_index = molecular_pairs(n_atoms)
     vectors = positions[edge_index[1]] - positions[edge_index[0]]
     with torch.no_grad():

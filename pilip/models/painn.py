@@ -42,20 +42,19 @@ class Message(nn.Module):
         f = cfg.n_features
         self.n_features = f
         self.phi = _mlp(f, f, 3 * f)
-        self.filter = nn.Linear(cfg.n_rbf, 3 * f)
 
     def forward(
         self,
         s: Tensor,
         v: Tensor | None,
-        rbf: Tensor,
-        envelope: Tensor,
+        filters: Tensor,
         unit: Tensor,
         edge_index: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Returns the updates ds (n_atoms, F) and dv (n_atoms, 3, F); v None means all zero."""
+        """Updates ds (n_atoms, F) and dv (n_atoms, 3, F); ``filters`` (n_edges, 3F) are this
+        block's distance filters W(r_ij) u(r_ij); v None means all zero."""
         receiver, sender = edge_index
-        x = self.phi(s)[sender] * (self.filter(rbf) * envelope[:, None])  # (n_edges, 3F)
+        x = self.phi(s)[sender] * filters  # (n_edges, 3F)
         x_vv, x_s, x_vs = torch.split(x, self.n_features, dim=-1)
         ds = segment_sum(x_s, receiver, s.shape[0])
         dv_edge = x_vs[:, None, :] * unit[:, :, None]  # (n_edges, 3, F)
@@ -92,6 +91,8 @@ class PaiNN(nn.Module):
         self.cutoff = cfg.cutoff
         self.embedding = nn.Embedding(cfg.max_z + 1, cfg.n_features)
         self.rbf = SineRBF(cfg.n_rbf, cfg.cutoff)
+        # the distance filters of all blocks in one matmul (fewer kernels; same model)
+        self.filters = nn.Linear(cfg.n_rbf, cfg.n_interactions * 3 * cfg.n_features)
         self.messages = nn.ModuleList(Message(cfg) for _ in range(cfg.n_interactions))
         self.updates = nn.ModuleList(Update(cfg) for _ in range(cfg.n_interactions))
         self.readout = _mlp(cfg.n_features, cfg.n_features // 2, 1)
@@ -110,13 +111,14 @@ class PaiNN(nn.Module):
         edge_index, vectors = neighbor_list({**batch, keys.POSITIONS: positions}, self.cutoff)
         r = torch.linalg.vector_norm(vectors, dim=-1)
         unit = vectors / r[:, None]
-        rbf = self.rbf(r)
         envelope = polynomial_envelope(r, self.cutoff, self.cfg.envelope_p)
+        filters = self.filters(self.rbf(r)) * envelope[:, None]  # (n_edges, n_blocks * 3F)
+        filters = torch.split(filters, 3 * self.cfg.n_features, dim=-1)
 
         s = self.embedding(numbers)  # (n_atoms, F)
         v = None  # vector features start at zero
-        for message, update in zip(self.messages, self.updates, strict=True):
-            ds, dv = message(s, v, rbf, envelope, unit, edge_index)
+        for message, update, w in zip(self.messages, self.updates, filters, strict=True):
+            ds, dv = message(s, v, w, unit, edge_index)
             s = s + ds
             v = dv if v is None else v + dv
             ds, dv = update(s, v)

@@ -18,6 +18,7 @@ from pilip import keys
 from pilip.forces import energy_and_forces
 from pilip.losses import LossTerm, WeakLossOptions, compute_losses
 from pilip.models import MODELS, build_model
+from pilip.neighbors import molecular_pairs, neighbor_list
 
 CUTOFF = 3.0  # A: shorter than ethanol, so that edges are pruned and cross the cutoff
 
@@ -244,3 +245,22 @@ def test_energy_shift_fit_recovers_per_element_energies():
     model = build_model("schnet", dtype="float64")
     model.energy_shift.fit(batch[keys.NUMBERS], batch[keys.BATCH], counts_energy + noise)
     assert 0.0 < float(model.energy_shift.scale) < 0.3
+
+
+def test_precomputed_candidate_pairs_change_nothing(model):
+    # unpruned pairs beyond the cutoff get exactly zero weight: same energies, forces and
+    # parameter gradients of a force-dependent loss, without host syncs in forward
+    batch = to_batch(molecules(("CH3CH2OH", "H2O", "C6H6")))
+    static = {**batch, keys.EDGE_INDEX: molecular_pairs(batch[keys.N_ATOMS])}
+    e0, f0 = energy_and_forces(model, batch)
+    e1, f1 = energy_and_forces(model, static)
+    torch.testing.assert_close(e1, e0, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(f1, f0, rtol=1e-12, atol=1e-12)
+    _, edges_pruned = neighbor_list(batch, CUTOFF)
+    assert edges_pruned.shape[0] < static[keys.EDGE_INDEX].shape[1]  # some pairs are beyond
+    batch[keys.FORCES] = static[keys.FORCES] = f0 + 0.1
+    params = list(model.parameters())
+    g0 = torch.autograd.grad(_force_dependent_loss(model, batch), params)
+    g1 = torch.autograd.grad(_force_dependent_loss(model, static), params)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
