@@ -107,7 +107,26 @@ def _md_cell(md: dict[str, Any] | None) -> str:
 def _time_cell(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _losses_cell(metrics: dict[str, Any]) -> str:
+    """``energy, pitc x1.2, pisc x0.01 (eps 0.01 A, k 0.5)``: the weak terms with settings."""
+    losses = list(metrics.get("losses") or [])
+    if not losses:
+        return "n/a"
+    weights = metrics.get("loss_weights") or {}
+    parts = []
+    for name in losses:
+        weight = weights.get(name)
+        weak = name not in ("energy", "forces") and weight is not None
+        parts.append(f"{name} x{weight:g}" if weak else name)
+    cell = ", ".join(parts)
+    if {"pitc", "pisc"} & set(losses) and metrics.get("weak_eps") is not None:
+        cell += f" (eps {metrics['weak_eps']:g} A, k {metrics.get('weak_k', 0):g})"
+    return cell
 
 
 def _ratio_sentence(baseline: Variant, variant: Variant) -> str:
@@ -175,7 +194,7 @@ def render_summary(
         m = v.metrics
         ratio = force_rmse_ratio(base, v)
         lines.append(
-            f"| {v.name} | {', '.join(v.losses) or 'n/a'} "
+            f"| {v.name} | {_losses_cell(m)} "
             f"| {_num(m.get('energy_rmse_mev_per_atom'), digits=2)} "
             f"| {_num(m.get('energy_mae_mev_per_atom'), digits=2)} "
             f"| {_num(m.get('energy_rmse'), scale=1000.0, digits=1)} "

@@ -62,15 +62,18 @@ def _row(text, name):
 
 
 def test_summary_table_rows_and_ratio(results, tmp_path):
-    weak = results("weak", metrics(0.25, 10.0, ["energy", "pitc", "pisc"], 130.0), md(2))
-    energy = results("energy", metrics(0.80, 12.5, ["energy"], 60.0), md(1, failure=0.123))
+    weak_metrics = metrics(0.25, 10.0, ["energy", "pitc", "pisc"], 130.0)
+    weak_metrics.update(loss_weights={"energy": 1.0, "pitc": 1.2, "pisc": 0.01}, weak_eps=0.01)
+    weak_metrics["weak_k"] = 0.5
+    weak = results("weak", weak_metrics, md(2))
+    energy = results("energy", metrics(0.80, 12.5, ["energy"], 6.04), md(1, failure=0.123))
     out = tmp_path / "results" / "summary.md"
     # the baseline is found by its losses even when it is not listed first
     text = write_summary([weak, energy], out)
     assert out.read_text() == text
     row = _row(text, "weak").split("|")
     cells = [c.strip() for c in row[1:-1]]
-    assert cells[1] == "energy, pitc, pisc"
+    assert cells[1] == "energy, pitc x1.2, pisc x0.01 (eps 0.01 A, k 0.5)"
     assert cells[2] == "10.00"  # energy RMSE meV/atom
     assert cells[4] == "90.0"  # energy RMSE meV (10 meV/atom x 9 atoms)
     assert cells[5] == "0.250"  # force RMSE eV/A
@@ -78,7 +81,9 @@ def test_summary_table_rows_and_ratio(results, tmp_path):
     assert cells[8] == "2/2 stable over 1 ps"
     assert cells[9] == "2.2 min"
     energy_cells = [c.strip() for c in _row(text, "energy").split("|")[1:-1]]
+    assert energy_cells[1] == "energy"
     assert energy_cells[7] == "1.00"
+    assert energy_cells[9] == "6.0 s"
     assert "1/2 stable over 1 ps; first failure at 0.123 ps" == energy_cells[8]
     assert "ratio energy/weak = **3.20**" in text
     assert "3.20x more accurate" in text
