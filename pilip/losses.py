@@ -113,7 +113,7 @@ def draw_perturbations(
         n_atoms = batch[keys.N_ATOMS]
         total = d.new_zeros((2, n_atoms.shape[0], 3)).index_add(1, batch[keys.BATCH], d)
         mean = total / n_atoms.to(d.dtype)[None, :, None]
-        d = d - mean[:, batch[keys.BATCH]]
+        d = d - mean.index_select(1, batch[keys.BATCH])
     return d[0], d[1]
 
 
@@ -277,7 +277,7 @@ def compute_losses(
         if weight is None:
             losses[FORCES] = ((ev.forces_a - reference) ** 2).mean()
         else:
-            atom_weight = weight.to(reference.dtype)[index]
+            atom_weight = weight.to(reference.dtype).index_select(0, index)
             reference = torch.where(
                 atom_weight[:, None] > 0, reference, torch.zeros_like(reference)
             )

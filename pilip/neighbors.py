@@ -27,7 +27,7 @@ from torch import Tensor
 
 from pilip import keys
 
-__all__ = ["molecular_pairs", "neighbor_list", "segment_sum"]
+__all__ = ["edge_vectors", "molecular_pairs", "neighbor_list", "segment_sum"]
 
 
 def segment_sum(values: Tensor, index: Tensor, n_segments: int) -> Tensor:
@@ -86,6 +86,12 @@ def _periodic_pairs(
     return edge_index, cell_shift
 
 
+def edge_vectors(positions: Tensor, edge_index: Tensor) -> Tensor:
+    """r_sender - r_receiver (n_edges, 3) with one gather (its backward is one index_add)."""
+    ends = positions.index_select(0, edge_index.reshape(-1)).view(2, -1, 3)
+    return ends[1] - ends[0]
+
+
 def neighbor_list(batch: dict[str, Tensor], cutoff: float) -> tuple[Tensor, Tensor]:
     """Edges within ``cutoff`` (Angstrom) and their vectors, differentiable in the positions.
 
@@ -105,14 +111,14 @@ def neighbor_list(batch: dict[str, Tensor], cutoff: float) -> tuple[Tensor, Tens
         )[edge_index[0]]
         # (n_edges, 3) @ (n_edges, 3, 3): the image shift in Angstrom, differentiable in the cell
         image = torch.einsum("ek,ekx->ex", cell_shift.to(positions.dtype), cell[structure])
-        vectors = positions[edge_index[1]] - positions[edge_index[0]] + image
+        vectors = edge_vectors(positions, edge_index) + image
         return edge_index, vectors
     if keys.EDGE_INDEX in batch:  # precomputed candidate pairs: keep them all (static shapes)
         edge_index = batch[keys.EDGE_INDEX]
-        return edge_index, positions[edge_index[1]] - positions[edge_index[0]]
-    edge_index = molecular_pairs(n_atoms)
-    vectors = positions[edge_index[1]] - positions[edge_index[0]]
+        return edge_index, edge_vectors(positions, edge_index)
+    pairs = molecular_pairs(n_atoms)
     with torch.no_grad():
-        inside = (vectors * vectors).sum(-1) < cutoff * cutoff
-    keep = torch.nonzero(inside).squeeze(-1)
-    return edge_index[:, keep], vectors[keep]
+        vectors = edge_vectors(positions.detach(), pairs)
+        keep = torch.nonzero((vectors * vectors).sum(-1) < cutoff * cutoff).squeeze(-1)
+    edge_index = pairs.index_select(1, keep)
+    return edge_index, edge_vectors(positions, edge_index)

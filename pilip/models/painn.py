@@ -54,12 +54,13 @@ class Message(nn.Module):
         """Updates ds (n_atoms, F) and dv (n_atoms, 3, F); ``filters`` (n_edges, 3F) are this
         block's distance filters W(r_ij) u(r_ij); v None means all zero."""
         receiver, sender = edge_index
-        x = self.phi(s)[sender] * filters  # (n_edges, 3F)
+        # index_select, not x[sender]: its backward is one index_add, not a sort-based put
+        x = self.phi(s).index_select(0, sender) * filters  # (n_edges, 3F)
         x_vv, x_s, x_vs = torch.split(x, self.n_features, dim=-1)
         ds = segment_sum(x_s, receiver, s.shape[0])
         dv_edge = x_vs[:, None, :] * unit[:, :, None]  # (n_edges, 3, F)
         if v is not None:
-            dv_edge = dv_edge + x_vv[:, None, :] * v[sender]
+            dv_edge = dv_edge + x_vv[:, None, :] * v.index_select(0, sender)
         dv = segment_sum(dv_edge, receiver, s.shape[0])
         return ds, dv
 

@@ -44,7 +44,8 @@ class CFConv(nn.Module):
         """x (n_atoms, F), rbf (n_edges, n_rbf), envelope (n_edges,) -> update (n_atoms, F)."""
         w = self.filter_out(shifted_softplus(self.filter_in(rbf))) * envelope[:, None]
         receiver, sender = edge_index
-        messages = self.atom_in(x)[sender] * w  # (n_edges, n_filters)
+        # index_select, not x[sender]: its backward is one index_add, not a sort-based put
+        messages = self.atom_in(x).index_select(0, sender) * w  # (n_edges, n_filters)
         y = segment_sum(messages, receiver, x.shape[0])
         return self.dense(shifted_softplus(self.atom_out(y)))
 
