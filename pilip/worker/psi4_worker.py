@@ -1,0 +1,349 @@
+"""pilip's Psi4 worker: computes one chunk of geometries under the Psi4 interpreter.
+
+    python psi4_worker.py REQUEST.json
+
+Runs under the interpreter that imports psi4 (never the main environment: Psi4 1.3.2 needs
+NumPy < 2) and uses nothing but the standard library and psi4. The request (written by
+``pilip.backends.psi4_backend``) names the geometries (Angstrom), the Psi4 calculations to
+run for each (method, basis, energy or gradient, which energy variables to read), the
+options, the fallback options for one retry, threads, memory, a per-geometry timeout and the
+files to use.
+
+For every geometry it appends one JSON line to the request's ``results`` file and flushes
+it; ids that already have a complete line are skipped, so a killed worker restarts where it
+stopped. A line holds, per calculation, the total energies in Hartree and the gradient in
+Hartree/Bohr: units are converted by the caller. Failures are lines too (``failed`` with the
+error text, ``timeout``), never a crash of the chunk.
+
+Exit status: 0 when every geometry has a line; 2 with one ``psi4_worker: error: ...`` line on
+stderr when the request or the environment is unusable (nothing computed); 3 when another
+worker holds the results file.
+"""
+
+import atexit
+import gc
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+INSTALL_HINT = (
+    "apt-get install -y --no-install-recommends psi4 libopenblas0-openmp, "
+    "then bash scripts/setup.sh"
+)
+
+
+class GeometryTimeout(BaseException):
+    """Raised by SIGALRM; a BaseException so that Psi4's ``except Exception`` cannot eat it."""
+
+
+def fail(message, status=EXIT_BAD_INPUT):
+    print(f"psi4_worker: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def check_numpy():
+    """Refuse NumPy >= 2: Psi4 1.3.2 then silently builds molecules with all-zero geometries."""
+    try:
+        import numpy
+    except ImportError as exc:
+        fail(f"{sys.executable} cannot import numpy ({exc}); install Psi4 with: {INSTALL_HINT}")
+    major = int(numpy.__version__.split(".")[0])
+    if major >= 2:
+        fail(
+            f"NumPy {numpy.__version__} in {sys.executable}: Psi4 1.3.2 reads geometries as "
+            "zeros under NumPy >= 2, so the worker refuses to run; use the Psi4 interpreter "
+            "with numpy<2 (.venv-psi4/bin/python from scripts/setup.sh, or set "
+            "labelling.psi4_python / PILIP_PSI4_PYTHON)"
+        )
+
+
+def load_request(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            request = json.load(fh)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read request {path}: {exc}")
+    required = ("configs", "jobs", "results", "scratch")
+    missing = [key for key in required if key not in request]
+    if missing:
+        fail(f"request {path} lacks {', '.join(missing)}")
+    if not request["jobs"]:
+        fail(f"request {path} has no calculations in `jobs`")
+    for job in request["jobs"]:
+        if not {"method", "basis", "variables"} <= set(job):
+            fail(f"request {path}: a job needs method, basis and variables, got {job}")
+    for config in request["configs"]:
+        if not {"id", "numbers", "positions"} <= set(config):
+            fail(f"request {path}: a configuration needs id, numbers and positions")
+        if len(config["numbers"]) != len(config["positions"]):
+            fail(f"request {path}: configuration {config['id']} has mismatched numbers/positions")
+    return request
+
+
+def read_done(path, plan):
+    """Ids with a complete line of this ``plan`` (a half-written last line is ignored)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return set()
+    done = set()
+    for raw in data.split(b"\n")[:-1]:
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+                if record.get("plan") == plan:
+                    done.add(record["config_id"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return done
+
+
+def open_results(path):
+    """Open for appending after cutting off a half-written last line; lock against a twin."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fh = open(path, "a+b")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fail(f"another worker is writing {path}", EXIT_LOCKED)
+    fh.seek(0)
+    data = fh.read()
+    if data and not data.endswith(b"\n"):
+        fh.truncate(data.rfind(b"\n") + 1)
+    fh.seek(0, os.SEEK_END)
+    return fh
+
+
+def die_with_parent(parent_pid):
+    """Ask Linux to kill this worker when its parent dies (a killed ``pilip label``)."""
+    if not parent_pid:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def error_text(exc):
+    """One line: exception type and its first meaningful message line (C++ traces dropped)."""
+    message = getattr(exc, "message", None) or str(exc)
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    for line in lines:
+        if line.startswith("Fatal Error:"):
+            text = line
+            break
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def make_molecule(psi4, config):
+    """A Psi4 molecule in the input frame: no recentring, no reorientation, no symmetry."""
+    flat = [float(x) for xyz in config["positions"] for x in xyz]
+    molecule = psi4.core.Molecule.from_arrays(
+        elez=[int(z) for z in config["numbers"]],
+        geom=flat,
+        units="Angstrom",
+        molecular_charge=int(config.get("charge", 0)),
+        molecular_multiplicity=int(config.get("multiplicity", 1)),
+        fix_com=True,
+        fix_orientation=True,
+        fix_symmetry="c1",
+    )
+    molecule.update_geometry()
+    return molecule
+
+
+def set_options(psi4, options):
+    """Reset Psi4's options to its defaults, then apply ``options`` (``memory`` included)."""
+    psi4.core.clean_options()
+    options = dict(options)
+    memory = options.pop("memory", None)
+    if memory is not None:
+        psi4.set_memory(memory)
+    if options:
+        psi4.set_options(options)
+
+
+def release_wavefunction(exc):
+    """Close the files of an unconverged SCF wavefunction carried by a convergence error.
+
+    Psi4 does the same for its own DF pre-iterations; left open, the wavefunction's DIIS
+    manager aborts the process when it is destroyed after Psi4 has shut down.
+    """
+    wfn = getattr(exc, "wfn", None)
+    if wfn is not None and hasattr(wfn, "finalize"):
+        try:
+            wfn.finalize()
+        except Exception:
+            pass
+
+
+def reset_after_error(psi4):
+    """Drop the failed calculation's objects while Psi4's scratch files still exist.
+
+    The exception's traceback keeps the wavefunction alive in a reference cycle; collected
+    at exit, after Psi4 closed its files, its destructor aborts the process.
+    """
+    gc.collect()
+    psi4.core.clean()
+    psi4.core.clean_variables()
+
+
+def run_jobs(psi4, molecule, jobs):
+    """Run every calculation of one geometry; return per-job energies and gradients."""
+    energies, gradients = [], []
+    for job in jobs:
+        psi4.core.set_global_option("BASIS", job["basis"])
+        psi4.core.clean_variables()
+        if job.get("gradient"):
+            matrix = psi4.gradient(job["method"], molecule=molecule)
+            natom = molecule.natom()
+            gradient = [[matrix.get(i, k) for k in range(3)] for i in range(natom)]
+        else:
+            psi4.energy(job["method"], molecule=molecule)
+            gradient = None
+        values = {}
+        for method, variable in job["variables"].items():
+            if not psi4.core.has_variable(variable):
+                raise RuntimeError(f"Psi4 set no {variable!r} in {job['method']}/{job['basis']}")
+            values[method] = psi4.core.variable(variable)
+        energies.append(values)
+        gradients.append(gradient)
+        psi4.core.clean()
+        psi4.core.clean_variables()
+    return energies, gradients
+
+
+def compute(psi4, config, request):
+    """One geometry: every job, retried once with the fallback options; never raises."""
+    options = request.get("options") or {}
+    retry = request.get("retry_options")
+    attempts_options = [options] + ([{**options, **retry}] if retry else [])
+    timeout_s = request.get("timeout_s")
+    start = time.perf_counter()
+    errors = []
+    record = {"config_id": config["id"], "energies": None, "gradients": None}
+    if timeout_s:
+        signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
+    try:
+        molecule = make_molecule(psi4, config)
+        for number, attempt_options in enumerate(attempts_options, start=1):
+            record["attempts"] = number
+            psi4.core.print_out(f"\n  pilip: configuration {config['id']}, attempt {number}\n")
+            try:
+                set_options(psi4, attempt_options)
+                energies, gradients = run_jobs(psi4, molecule, request["jobs"])
+            except Exception as exc:
+                errors.append(f"attempt {number}: {error_text(exc)}")
+                release_wavefunction(exc)
+                reset_after_error(psi4)
+                continue
+            record.update(status="ok", energies=energies, gradients=gradients, error=None)
+            break
+        else:
+            record.update(status="failed", error="; ".join(errors))
+    except GeometryTimeout:
+        record.update(
+            status="timeout",
+            error=f"no result within the per-geometry timeout of {timeout_s} s"
+            + (f" ({'; '.join(errors)})" if errors else ""),
+        )
+        record.setdefault("attempts", 1)
+        reset_after_error(psi4)
+    except Exception as exc:  # a bad geometry for Psi4 (e.g. unknown element): keep going
+        record.update(status="failed", error=error_text(exc), attempts=record.get("attempts", 1))
+        release_wavefunction(exc)
+        reset_after_error(psi4)
+    finally:
+        if timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    record["wall_time"] = time.perf_counter() - start
+    return record
+
+
+def on_alarm(signum, frame):
+    raise GeometryTimeout()
+
+
+def main(argv):
+    if len(argv) != 2:
+        fail("usage: psi4_worker.py REQUEST.json")
+    request = load_request(argv[1])
+    check_numpy()
+    die_with_parent(request.get("parent_pid"))
+
+    threads = int(request.get("threads") or 1)
+    os.makedirs(request["scratch"], exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="psi4-worker-", dir=request["scratch"])
+    # all of this must be in place before psi4 is imported: it reads them once, at import
+    os.environ["PSI_SCRATCH"] = scratch
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    results_path = os.path.abspath(request["results"])
+    output = request.get("output")
+    output = os.path.abspath(output) if output else None
+    # registered before psi4 is imported, so it runs after psi4's own exit clean-up (LIFO)
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    os.chdir(scratch)  # Psi4 drops timer.dat and friends into the working directory
+    try:
+        import psi4
+    except Exception as exc:
+        fail(f"{sys.executable} cannot import psi4 ({error_text(exc)}); {INSTALL_HINT}")
+    psi4.core.IOManager.shared_object().set_default_path(scratch)
+    if output:
+        psi4.core.set_output_file(output, True)
+    else:
+        psi4.core.be_quiet()
+    psi4.core.set_num_threads(threads, True)
+    if request.get("memory_mb"):
+        psi4.set_memory(int(request["memory_mb"]) * 1000**2)
+    for key in ("options", "retry_options"):
+        try:
+            set_options(psi4, {**(request.get("options") or {}), **(request.get(key) or {})})
+        except Exception as exc:
+            fail(f"Psi4 rejects `{key}` {request.get(key)}: {error_text(exc)}")
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    done = read_done(results_path, request.get("plan"))
+    fh = open_results(results_path)
+    progress = open(request["progress"], "a", encoding="utf-8") if request.get("progress") else None
+    meta = {
+        "plan": request.get("plan"),
+        "psi4_version": psi4.__version__,
+        "host": socket.gethostname(),
+    }
+    for config in request["configs"]:
+        if config["id"] in done:
+            continue
+        if progress is not None:  # tells the caller which geometry a crash or hang hit
+            progress.write(config["id"] + "\n")
+            progress.flush()
+        record = compute(psi4, config, request)
+        record.update(meta)
+        fh.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+        done.add(config["id"])
+    fh.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,214 @@
+"""Psi4 backend input checks and worker refusals that need no Psi4 (they run before any QM)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pilip import psi4_env, units
+from pilip.backends import make_backend
+from pilip.backends.psi4_backend import Psi4Backend, basis_elements, canonical_basis_name
+from pilip.errors import PilipError
+
+WATER = {
+    "id": "w",
+    "numbers": [8, 1, 1],
+    "positions": [[0, 0, 0.117], [0, 0.757, -0.467], [0, -0.757, -0.467]],
+    "charge": 0,
+    "multiplicity": 1,
+}
+
+
+def backend(**spec):
+    return make_backend("ref", {"backend": "psi4", **spec})
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    with pytest.raises(PilipError) as err:
+        call(*args, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_registry_gives_the_psi4_backend():
+    b = backend(method="mp2/cc-pv[dt]z", options={"freeze_core": True})
+    assert isinstance(b, Psi4Backend)
+    assert b.recipe.label == "mp2/cc-pv[dt]z"
+    assert b.options == {"freeze_core": True}
+    assert b.provenance()["method"] == "mp2/cc-pv[dt]z"
+
+
+def test_method_and_basis_keys_combine():
+    assert backend(method="mp2", basis="cc-pVDZ").recipe.label == "mp2/cc-pVDZ"
+
+
+def test_misspelt_basis_lists_close_matches():
+    message = one_line_error(backend, method="mp2/cc-pvdzz")
+    assert "references.ref.method" in message
+    assert "'cc-pvdzz'" in message and "cc-pvdz" in message.split("did you mean")[1]
+    message = one_line_error(backend, method="mp2/aug-cc-pv[dt]zz")
+    assert "did you mean aug-cc-pvtz," in message
+
+
+def test_unknown_method_and_unsupported_extrapolation():
+    assert "unknown method 'mp9'" in one_line_error(backend, method="mp9/cc-pvdz")
+    message = one_line_error(
+        backend, cbs={"scf": {"basis": "cc-pv[dt]z", "scheme": "scf_xtpl_nobody_2"}}
+    )
+    assert "references.ref.cbs.scf" in message and "unsupported extrapolation" in message
+    message = one_line_error(backend, method="mp2/cc-pv[dtq]z")
+    assert "no extrapolation of a corl energy over 3 basis sets" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({}, "references.ref.method is missing"),
+        ({"method": "mp2/cc-pvdz", "basis": "cc-pvtz"}, "already names a basis"),
+        ({"method": "mp2"}, "has no basis"),
+        ({"method": "mp2/cc-pvdz", "cbs": {"corl": {}}}, "either `method` or a `cbs`"),
+        ({"method": "mp2/cc-pvdz", "options": {"basis": "sto-3g"}}, "not as an option"),
+        ({"method": "mp2/cc-pvdz", "options": {"x": {"a": 1}}}, "not a Psi4 option value"),
+        ({"method": "mp2/cc-pvdz", "solver": 1}, "references.ref.solver: not a psi4"),
+    ],
+)
+def test_bad_specs(spec, match):
+    assert match in one_line_error(backend, **spec)
+
+
+def test_odd_electron_count_with_closed_shell_method(monkeypatch):
+    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda: None)
+    radical = {**WATER, "id": "oh", "numbers": [8, 1], "positions": WATER["positions"][:2]}
+    message = one_line_error(backend(method="mp2/cc-pvdz").check, [{**radical}])
+    assert "cannot have multiplicity 1" in message  # 9 electrons, singlet
+    doublet = {**radical, "multiplicity": 2}
+    message = one_line_error(backend(method="mp2/cc-pvdz").check, [doublet])
+    assert "closed-shell" in message and "oh" in message
+    backend(method="mp2/cc-pvdz", options={"reference": "uhf"}).check([doublet])
+
+
+def test_elements_outside_the_basis(monkeypatch):
+    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda: None)
+    iodide = {**WATER, "id": "hi", "numbers": [53, 1], "positions": WATER["positions"][:2]}
+    message = one_line_error(backend(method="mp2/cc-pvdz").check, [iodide])
+    assert "cc-pvdz has no functions for I" in message
+    backend(method="scf/sto-3g").check([iodide])
+
+
+def test_basis_names_follow_psi4_file_names():
+    assert canonical_basis_name("6-31+G(d,p)") == "6-31pg_d_p_"
+    assert canonical_basis_name("6-31G*") == "6-31gs"
+    assert basis_elements("cc-pVDZ") >= {1, 6, 7, 8, 9, 16, 17}
+    assert 19 not in basis_elements("cc-pvdz")  # no potassium in Psi4's cc-pVDZ
+    backend(method="scf/6-31G*")  # accepted
+
+
+def test_reextrapolate_formulas():
+    b = backend(method="mp2/cc-pv[dt]z")
+    components = {
+        "scf/cc-pvdz": -76.02682326796962,
+        "scf/cc-pvtz": -76.05724229056756,
+        "mp2_corl/cc-pvdz": -0.20383549300571,
+        "mp2_corl/cc-pvtz": -0.27492713780633,
+    }
+    assert b.extrapolate(components, None) == pytest.approx(-76.36210275250048, abs=1e-10)
+    # {scf: scheme} on a one-basis SCF stage takes the correlation stage's two bases
+    own_scf = b.extrapolate(components, {"scf": "scf_xtpl_helgaker_2"})
+    assert own_scf < -76.36210275250048 - 1e-3
+    same = b.extrapolate(
+        components,
+        {"cbs": {"scf": {"basis": "cc-pv[dt]z"}, "corl": {"method": "mp2", "basis": "cc-pv[dt]z"}}},
+    )
+    assert same == pytest.approx(own_scf, abs=1e-12)
+    tz_only = b.extrapolate(components, {"method": "mp2/cc-pvtz"})
+    assert tz_only == pytest.approx(-76.05724229056756 - 0.27492713780633, abs=1e-12)
+    message = one_line_error(b.extrapolate, components, {"method": "mp2/cc-pv[tq]z"})
+    assert "mp2_corl/cc-pvqz" in message
+    assert "not in recipe" in one_line_error(b.extrapolate, components, {"delta1": "x"})
+
+
+def test_forces_are_minus_the_cbs_weighted_gradient():
+    b = backend(method="mp2/cc-pv[dt]z")
+    from pilip import cbs
+
+    jobs = cbs.plan_jobs(b.recipe, gradients=True)
+    grads = {
+        ("hf", "cc-pvtz"): [[0.0, 0.0, 0.01]],
+        ("hf", "cc-pvdz"): [[0.0, 0.0, 0.02]],
+        ("mp2", "cc-pvdz"): [[0.0, 0.0, 0.03]],
+        ("mp2", "cc-pvtz"): [[0.0, 0.0, 0.05]],
+    }
+    energies = {
+        ("hf", "cc-pvtz"): {"hf": -1.0},
+        ("hf", "cc-pvdz"): {"hf": -0.9},
+        ("mp2", "cc-pvdz"): {"hf": -0.9, "mp2": -1.1},
+        ("mp2", "cc-pvtz"): {"hf": -1.0, "mp2": -1.3},
+    }
+    raw = {
+        "config_id": "x",
+        "status": "ok",
+        "energies": [energies[(j.method, j.basis)] for j in jobs],
+        "gradients": [grads[(j.method, j.basis)] for j in jobs],
+        "wall_time": 1.0,
+        "attempts": 1,
+        "psi4_version": "1.3.2",
+    }
+    record = b.record_from_raw(raw, jobs, threads=1, gradients=True)
+    dedz = 0.01 + (27 * 0.05 - 8 * 0.03) / 19 - (27 * 0.01 - 8 * 0.02) / 19  # Eh/Bohr
+    assert record["forces"][0][2] == pytest.approx(
+        -dedz * units.HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, rel=1e-12
+    )
+    e = -1.0 + (27 * -0.3 - 8 * -0.2) / 19
+    assert record["energy"] == pytest.approx(e * units.HARTREE_TO_EV, rel=1e-14)
+    assert record["components"]["mp2_corl/cc-pvtz"] == pytest.approx(-0.3)
+    assert record["status"] == "ok" and record["program_version"] == "1.3.2"
+
+
+def test_psi4_interpreter_missing_gives_the_install_hint(monkeypatch, tmp_path):
+    message = one_line_error(
+        psi4_env.find_psi4_python, search=[("nowhere", str(tmp_path / "python"), {})]
+    )
+    assert "apt-get install -y --no-install-recommends psi4 libopenblas0-openmp" in message
+    assert "bash scripts/setup.sh" in message
+    monkeypatch.setenv("PILIP_PSI4_PYTHON", str(tmp_path / "nope"))
+    message = one_line_error(psi4_env.find_psi4_python)
+    assert message.startswith(f"PILIP_PSI4_PYTHON = {tmp_path / 'nope'}: not an interpreter")
+    message = one_line_error(psi4_env.find_psi4_python, sys.executable)
+    assert message.startswith("labelling.psi4_python") and "cannot find psi4" in message
+
+
+def test_worker_refuses_numpy_2(tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps(
+            {
+                "configs": [WATER],
+                "jobs": [
+                    {"method": "hf", "basis": "sto-3g", "variables": {"hf": "HF TOTAL ENERGY"}}
+                ],
+                "results": str(tmp_path / "raw.jsonl"),
+                "scratch": str(tmp_path / "scratch"),
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(psi4_env.WORKER), str(request)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("psi4_worker: error: NumPy 2.")
+    assert "reads geometries as zeros under NumPy >= 2" in done.stderr
+    assert not (tmp_path / "raw.jsonl").exists() and not (tmp_path / "scratch").exists()
+
+
+def test_worker_rejects_a_broken_request(tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"configs": []}))
+    done = subprocess.run(
+        [sys.executable, str(psi4_env.WORKER), str(request)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"psi4_worker: error: request {request} lacks jobs, results, scratch"
+    )
