@@ -116,7 +116,8 @@ class PaiNN(nn.Module):
         filters = self.filters(self.rbf(r)) * envelope[:, None]  # (n_edges, n_blocks * 3F)
         filters = torch.split(filters, 3 * self.cfg.n_features, dim=-1)
 
-        s = self.embedding(numbers)  # (n_atoms, F)
+        # a plain gather: its backward is one index_add (no sort, no host sync on CUDA)
+        s = self.embedding.weight.index_select(0, numbers)  # (n_atoms, F)
         v = None  # vector features start at zero
         for message, update, w in zip(self.messages, self.updates, filters, strict=True):
             ds, dv = message(s, v, w, unit, edge_index)

@@ -77,7 +77,8 @@ class SchNet(nn.Module):
         rbf = self.rbf(r)
         envelope = polynomial_envelope(r, self.cutoff, self.cfg.envelope_p)
 
-        x = self.embedding(numbers)  # (n_atoms, F)
+        # a plain gather: its backward is one index_add (no sort, no host sync on CUDA)
+        x = self.embedding.weight.index_select(0, numbers)  # (n_atoms, F)
         for interaction in self.interactions:
             x = x + interaction(x, rbf, envelope, edge_index)
         atomic = self.readout_out(shifted_softplus(self.readout_hidden(x))).squeeze(-1)

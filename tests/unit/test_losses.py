@@ -18,7 +18,7 @@ from pilip.losses import (
     parse_terms,
 )
 from pilip.models import MODELS, build_model
-from pilip.neighbors import segment_sum
+from pilip.neighbors import molecular_pairs, segment_sum
 
 
 @pytest.fixture(autouse=True)
@@ -85,14 +85,18 @@ def test_first_order_residuals_are_the_curvature_term_per_structure(mode):
     # by hand: E(C) - E(A) + F(A).d1 = 0.5 d1^T H d1 ; E(C) - E(B) + F(B).(d1-d2) = 0.5 D^T H D
     pitc_residual = model.curvature(d1)
     pisc_residual = model.curvature(d1 - d2)
-    assert float(losses["pitc"]) == pytest.approx(float((pitc_residual**2).mean()), rel=1e-10)
-    assert float(losses["pisc"]) == pytest.approx(float((pisc_residual**2).mean()), rel=1e-10)
-    assert float(losses["total"]) == pytest.approx(
-        1.2 * float(losses["pitc"]) + 0.01 * float(losses["pisc"]), rel=1e-12
+    assert float(losses["pitc"].detach()) == pytest.approx(
+        float((pitc_residual**2).mean()), rel=1e-10
+    )
+    assert float(losses["pisc"].detach()) == pytest.approx(
+        float((pisc_residual**2).mean()), rel=1e-10
+    )
+    assert float(losses["total"].detach()) == pytest.approx(
+        1.2 * float(losses["pitc"].detach()) + 0.01 * float(losses["pisc"].detach()), rel=1e-12
     )
     # the authors' slip: summing the work over the whole batch mixes structures
     whole_batch = float((pisc_residual.sum()) ** 2 / len(pisc_residual))
-    assert abs(float(losses["pisc"]) - whole_batch) > 0.1 * whole_batch
+    assert abs(float(losses["pisc"].detach()) - whole_batch) > 0.1 * whole_batch
 
 
 def test_per_atom_normalised_weak_losses():
@@ -153,7 +157,7 @@ def test_fused_equals_three_calls_in_float32(name, k):
     assert set(fused[0]) == {"energy", "forces", "pitc", "pisc", "total"}
     for term in fused[0]:
         torch.testing.assert_close(fused[0][term], three[0][term], rtol=2e-5, atol=1e-7)
-    assert float(fused[0]["pitc"]) > 0
+    assert float(fused[0]["pitc"].detach()) > 0
     scale = max(float(g.abs().max()) for g in three[1])
     for g_fused, g_three in zip(fused[1], three[1], strict=True):
         torch.testing.assert_close(g_fused, g_three, rtol=1e-4, atol=1e-5 * scale)
@@ -178,11 +182,13 @@ def test_supervised_terms_by_hand_with_missing_labels():
     )
     terms = [LossTerm("energy", 2.0), LossTerm("forces", 3.0)]
     losses = compute_losses(model, batch, terms)
-    assert float(losses["energy"]) == pytest.approx((0.3**2 + 0.5**2) / 2)
-    assert float(losses["forces"]) == pytest.approx(0.01)
-    assert float(losses["total"]) == pytest.approx(2 * (0.3**2 + 0.5**2) / 2 + 3 * 0.01)
+    assert float(losses["energy"].detach()) == pytest.approx((0.3**2 + 0.5**2) / 2)
+    assert float(losses["forces"].detach()) == pytest.approx(0.01)
+    assert float(losses["total"].detach()) == pytest.approx(2 * (0.3**2 + 0.5**2) / 2 + 3 * 0.01)
     per_atom = compute_losses(model, batch, [LossTerm("energy", 1.0, per_atom=True)])
-    assert float(per_atom["energy"]) == pytest.approx(((0.3 / 9) ** 2 + (0.5 / 5) ** 2) / 2)
+    assert float(per_atom["energy"].detach()) == pytest.approx(
+        ((0.3 / 9) ** 2 + (0.5 / 5) ** 2) / 2
+    )
     params = list(model.parameters())
     grads = torch.autograd.grad(losses["total"], params)
     assert all(torch.isfinite(g).all() for g in grads)
@@ -196,7 +202,7 @@ def test_zero_force_weight_needs_no_force_labels_and_weak_losses_need_no_labels(
     batch[keys.ENERGY] = torch.zeros(2, dtype=torch.float64)
     terms = [LossTerm("energy", 1.0), LossTerm("forces", 0.0), *WEAK]
     losses = compute_losses(model, batch, terms, torch.Generator().manual_seed(0))
-    assert "forces" not in losses and float(losses["total"]) > 0
+    assert "forces" not in losses and float(losses["total"].detach()) > 0
     with pytest.raises(PilipError, match="forces"):
         compute_losses(model, batch, [LossTerm("forces", 1.0)])
     with pytest.raises(PilipError, match="Generator"):
@@ -239,3 +245,41 @@ def test_parse_terms_and_bad_specifications():
     ):
         with pytest.raises(PilipError, match=message):
             compute_losses(model, batch, WEAK, torch.Generator(), options)
+
+
+# operators that make a CUDA device wait for the host (or the host for the device)
+SYNCING_OPS = {
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::is_nonzero",
+    "aten::repeat_interleave",
+    "aten::masked_select",
+    "aten::unique",
+    "aten::_unique2",
+    "aten::equal",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_step_with_precomputed_pairs_has_no_host_sync(name):
+    # what a CUDA graph capture of the whole step needs; checked on the CPU through the
+    # operators that the step dispatches
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(name, cutoff=4.0, n_features=16, n_rbf=8)
+    batch = to_batch(molecules(("CH3CH2OH", "H2O")), dtype=torch.float32)
+    batch[keys.EDGE_INDEX] = molecular_pairs(batch[keys.N_ATOMS])
+    batch[keys.ENERGY] = torch.zeros(2)
+    generator = torch.Generator().manual_seed(0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        losses = compute_losses(model, batch, [LossTerm("energy"), *WEAK], generator)
+        losses["total"].backward()  # (AdamW(capturable=True) makes the optimizer step safe)
+    names = {event.name for event in prof.events()}
+    assert "aten::index_select" in names  # the profile saw the step
+    assert not names & SYNCING_OPS
+    # without precomputed pairs, the model builds (and prunes) them: that syncs
+    del batch[keys.EDGE_INDEX]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        compute_losses(model, batch, WEAK, generator)
+    assert {event.name for event in prof.events()} & SYNCING_OPS
