@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/label.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "sample": "sample",
     "import": "import_xyz",
     "export": "export_xyz",
+    "train": "train",
 }
 
 

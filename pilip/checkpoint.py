@@ -1,0 +1,120 @@
+"""Checkpoints: a model with everything needed to rebuild it, and optionally to resume training.
+
+A checkpoint is one ``torch.save`` of plain containers, tensors and numbers, so it loads with
+``torch.load(weights_only=True)`` (no pickled classes, no code execution on load)::
+
+    format_version  int
+    model           {"name": "painn", "hparams": {...}, "state_dict": {...}}
+    meta            {"config": {...}, "cutoff": A, "elements": [Z, ...],
+                     "energy_shifts": [[Z, eV], ...], "pilip_version": str, ...}
+    train_state     (last.pt only) optimizer / scheduler / EMA / RNG state, epoch counters
+
+``load_model`` returns the model in eval mode and ``meta`` with ``format_version``, ``model``
+and ``hparams`` added.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pilip import __version__
+from pilip.atomic_io import atomic_path
+from pilip.errors import PilipError
+
+FORMAT_VERSION = 1
+
+
+def energy_shifts(model: nn.Module) -> list[list[float]]:
+    """[[Z, shift eV], ...] for the elements with a non-zero fitted shift."""
+    shift = getattr(getattr(model, "energy_shift", None), "shift", None)
+    if shift is None:
+        return []
+    return [[int(z), float(shift[z])] for z in torch.nonzero(shift).flatten().tolist()]
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    model_name: str,
+    meta: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically.
+
+    ``state_dict`` overrides the model's own weights (e.g. the EMA weights for the best
+    model); ``meta`` must hold plain JSON-like values; ``cutoff`` and ``energy_shifts`` are
+    filled from the model when absent.
+    """
+    weights = model.state_dict() if state_dict is None else state_dict
+    meta = dict(meta)
+    meta.setdefault("cutoff", float(getattr(model, "cutoff", 0.0)))
+    meta.setdefault("energy_shifts", energy_shifts(model))
+    meta.setdefault("pilip_version", __version__)
+    payload: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": model_name,
+            "hparams": model.hparams(),
+            "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
+        },
+        "meta": meta,
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, loaded with ``weights_only=True``; one-line errors if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise PilipError(f"{path}: no such checkpoint; train one with `pilip train`")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PilipError(f"{path}: not a pilip checkpoint ({first})") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise PilipError(f"{path}: not a pilip checkpoint (no format_version)")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise PilipError(
+            f"{path}: checkpoint format {payload['format_version']} but this pilip reads "
+            f"format {FORMAT_VERSION}; use the pilip version that wrote it"
+        )
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device) -> nn.Module:
+    """Rebuild the model of a checkpoint dict and load its weights (on ``device``)."""
+    from pilip.models import build_model
+
+    spec = payload["model"]
+    model = build_model(spec["name"], **spec["hparams"])
+    model.load_state_dict(spec["state_dict"])
+    return model.to(device)
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode on ``device``, meta) from a checkpoint written by ``pilip train``.
+
+    ``model(batch)`` gives per-structure energies in eV. ``meta`` holds ``config`` (the training
+    configuration), ``format_version``, ``cutoff`` (A), ``elements``, ``energy_shifts`` and the
+    model's ``model`` name and ``hparams``.
+    """
+    payload = read_checkpoint(path, device)
+    model = model_from_checkpoint(payload, device)
+    model.eval()
+    meta = dict(payload["meta"])
+    meta["format_version"] = payload["format_version"]
+    meta["model"] = payload["model"]["name"]
+    meta["hparams"] = dict(payload["model"]["hparams"])
+    return model, meta

@@ -1,0 +1,389 @@
+"""Training: data loading, the loop, checkpoints, resume, the CLI (tiny water datasets)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pilip import keys, tables
+from pilip.checkpoint import load_model, read_checkpoint
+from pilip.cli import main
+from pilip.data import TRAIN, VAL, load_dataset, load_unlabelled, subsample_indices
+from pilip.errors import PilipError
+from pilip.train import TrainConfig, TrainingDiverged, energy_errors, predict_energies, train
+
+torch.set_num_threads(1)
+
+TINY = {"n_features": 8, "n_interactions": 1, "n_rbf": 6, "cutoff": 4.0}
+
+
+def water_energy_forces(positions: np.ndarray) -> tuple[float, np.ndarray]:
+    """A cheap analytic water potential: Morse O-H bonds + harmonic H-O-H angle (eV, eV/A)."""
+    r = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
+    b1, b2 = r[1] - r[0], r[2] - r[0]
+    d1, d2 = b1.norm(), b2.norm()
+    theta = torch.acos((b1 @ b2) / (d1 * d2))
+    morse = sum(5.0 * (1 - torch.exp(-2.2 * (d - 0.96))) ** 2 for d in (d1, d2))
+    energy = -2000.0 + morse + 0.5 * 4.0 * (theta - math.radians(104.5)) ** 2
+    (grad,) = torch.autograd.grad(energy, r)
+    return float(energy.detach()), (-grad).numpy()
+
+
+def water_configurations(n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    return [base + rng.normal(scale=0.06, size=base.shape) for _ in range(n)]
+
+
+def write_dataset(
+    path,
+    splits: dict[str, int] | None = None,
+    poison_force_validation: bool = False,
+    big_energy: bool = False,
+) -> None:
+    """A water dataset table; force_validation rows (2 in train, 2 in test) optionally carry
+    NaN forces, which any training read would expose."""
+    splits = splits or {"train": 16, "val": 6, "test": 6}
+    split = [s for s, n in splits.items() for _ in range(n)]
+    positions = water_configurations(len(split), seed=1)
+    labels = [water_energy_forces(p) for p in positions]
+    energy = [e for e, _ in labels]
+    forces = [f for _, f in labels]
+    fv = [False] * len(split)
+    for i in [0, 1] + [j for j, s in enumerate(split) if s == "test"][:2]:
+        fv[i] = True
+        if poison_force_validation:
+            forces[i] = np.full_like(forces[i], np.nan)
+    if big_energy:
+        energy[3] = 1e300
+    numbers = [np.array([8, 1, 1])] * len(split)
+    configs = tables.configurations_table(numbers, positions, system="water", generator="rattle")
+    table = tables.dataset_table(
+        configs, energy, forces, reference="analytic", split=split, force_validation=fv
+    )
+    tables.write_table(table, path, "dataset", {"command": "test"})
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    path = tmp_path / "water.parquet"
+    write_dataset(path)
+    return path
+
+
+def config(**overrides) -> TrainConfig:
+    values = {
+        "model": "painn",
+        "model_params": TINY,
+        "epochs": 6,
+        "batch_size": 4,
+        "lr": 5e-3,
+        "device": "cpu",
+        "dtype": "float64",
+        "checkpoint_interval_s": 0.0,
+        "eps": 0.02,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_metrics(path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def state(path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]["state_dict"]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def test_load_dataset_splits_and_no_forces_by_default(dataset):
+    data = load_dataset(dataset)
+    # 2 of 16 training rows are force-validation rows: excluded from training altogether
+    assert len(data[TRAIN]) == 14 and len(data[VAL]) == 6
+    assert data[TRAIN].forces is None
+    assert data[TRAIN].positions.dtype == torch.float64
+    assert data[TRAIN].elements() == [1, 8]
+    batch = data[TRAIN].batch(torch.tensor([2, 0]))
+    assert batch[keys.N_ATOMS].tolist() == [3, 3]
+    assert batch[keys.BATCH].tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(batch[keys.POSITIONS][:3], data[TRAIN].positions[6:9])
+    assert batch[keys.ENERGY][1] == data[TRAIN].energy[0]
+
+
+def test_n_train_is_deterministic_and_nested(dataset):
+    a = load_dataset(dataset, n_train=5, seed=3)[TRAIN]
+    b = load_dataset(dataset, n_train=5, seed=3)[TRAIN]
+    c = load_dataset(dataset, n_train=5, seed=4)[TRAIN]
+    assert torch.equal(a.positions, b.positions)
+    assert not torch.equal(a.positions, c.positions)
+    small, large = subsample_indices(14, 5, seed=3), subsample_indices(14, 9, seed=3)
+    assert set(small) <= set(large)
+    with pytest.raises(PilipError, match="--n-train 15: the training split has 14"):
+        load_dataset(dataset, n_train=15)
+
+
+def test_force_validation_forces_are_never_read(tmp_path, monkeypatch):
+    path = tmp_path / "poisoned.parquet"
+    write_dataset(path, poison_force_validation=True)
+    returned: list = []
+    real_read = pq.read_table
+
+    def spy(*args, **kwargs):
+        table = real_read(*args, **kwargs)
+        returned.append(table)
+        return table
+
+    monkeypatch.setattr(pq, "read_table", spy)
+    load_dataset(path)  # energy-only training: the forces column is not even requested
+    assert returned and all(keys.FORCES not in t.column_names for t in returned)
+
+    returned.clear()
+    data = load_dataset(path, forces=True)
+    force_tables = [t for t in returned if keys.FORCES in t.column_names]
+    assert force_tables
+    for table in force_tables:  # the NaN forces of force_validation rows never came back
+        flat = table.column(keys.FORCES).combine_chunks().flatten().flatten()
+        assert not np.isnan(flat.to_numpy(zero_copy_only=False)).any()
+    assert torch.isfinite(data[TRAIN].forces).all()
+    assert data[TRAIN].forces.shape == (14 * 3, 3)
+    # and training with force labels stays finite
+    monkeypatch.undo()
+    result = train(config(losses="energy,force", epochs=2), data, tmp_path / "run")
+    assert math.isfinite(result.best_val_energy_rmse_eV)
+
+
+def test_train_forces_match_the_table(dataset):
+    data = load_dataset(dataset, forces=True)
+    table = pq.read_table(dataset)
+    rows = [
+        i
+        for i, (s, fv) in enumerate(
+            zip(table["split"].to_pylist(), table["force_validation"].to_pylist(), strict=True)
+        )
+        if s == "train" and not fv
+    ]
+    expected = np.concatenate([np.array(table["forces"][i].as_py()) for i in rows])
+    np.testing.assert_array_equal(data[TRAIN].forces.numpy(), expected)
+
+
+def test_unlabelled_reads_geometry_only(dataset):
+    structures = load_unlabelled(dataset)
+    assert len(structures) == 28 and structures.energy is None and structures.forces is None
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def test_loss_decreases_and_outputs_written(dataset, tmp_path):
+    data = load_dataset(dataset)
+    out = tmp_path / "run"
+    result = train(config(epochs=20, lr=2e-2, losses="energy,pitc,pisc"), data, out)
+    rows = read_metrics(out / "metrics.csv")
+    assert len(rows) == 20 and result.epochs == 20 and result.stop_reason == "epochs"
+    assert float(rows[-1]["train_energy"]) < 0.3 * float(rows[0]["train_energy"])
+    assert float(rows[-1]["val_energy_rmse_eV"]) < float(rows[0]["val_energy_rmse_eV"])
+    for column in ("train_pitc", "train_pisc", "train_total", "val_energy_mae_meV_per_atom"):
+        assert column in rows[0]
+    for name in ("model.pt", "last.pt", "metrics.csv", "config.json"):
+        assert (out / name).is_file()
+
+
+def test_same_seed_same_numbers(dataset, tmp_path):
+    data = load_dataset(dataset)
+    cfg = config(losses="energy,pitc,pisc", epochs=3)
+    train(cfg, data, tmp_path / "a")
+    train(cfg, data, tmp_path / "b")
+    train(config(losses="energy,pitc,pisc", epochs=3, seed=1), data, tmp_path / "c")
+    a, b, c = (read_metrics(tmp_path / x / "metrics.csv") for x in "abc")
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
+    assert drop(a) == drop(b)
+    assert drop(a) != drop(c)
+    sa, sb = state(tmp_path / "a" / "model.pt"), state(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_after_interruption_matches_uninterrupted(dataset, tmp_path, monkeypatch):
+    data = load_dataset(dataset)
+    unlabelled = load_unlabelled(dataset)
+    cfg = config(losses="energy,pitc,pisc", epochs=5, unlabelled_batch_size=3)
+    train(cfg, data, tmp_path / "full", unlabelled=unlabelled)
+
+    import pilip.train as train_module
+
+    calls = {"n": 0}
+    real = train_module.compute_losses
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 13:  # inside epoch 4 (4 steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_losses", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, tmp_path / "cut", unlabelled=unlabelled)
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "cut" / "last.pt")["train_state"]["epoch"] == 3
+    train(cfg, data, tmp_path / "cut", unlabelled=unlabelled)
+
+    full, cut = state(tmp_path / "full" / "last.pt"), state(tmp_path / "cut" / "last.pt")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    rows_full = read_metrics(tmp_path / "full" / "metrics.csv")
+    rows_cut = read_metrics(tmp_path / "cut" / "metrics.csv")
+    assert [r["val_energy_rmse_eV"] for r in rows_full] == [
+        r["val_energy_rmse_eV"] for r in rows_cut
+    ]
+
+
+def test_resume_with_another_config_is_refused(dataset, tmp_path):
+    data = load_dataset(dataset)
+    train(config(epochs=1), data, tmp_path / "run")
+    train(config(epochs=2), data, tmp_path / "run")  # a longer budget resumes
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 2
+    with pytest.raises(PilipError, match="different setting of lr"):
+        train(config(epochs=3, lr=1e-2), data, tmp_path / "run")
+
+
+def test_nan_loss_stops_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.parquet"
+    write_dataset(path, big_energy=True)  # 1e300 eV is finite on disk, inf in float32
+    data = load_dataset(path)
+    with pytest.raises(TrainingDiverged, match=r"loss energy is (nan|inf) at epoch 1 step 1"):
+        train(config(dtype="float32"), data, tmp_path / "run")
+    code = main(["train", str(path), "--out", str(tmp_path / "cli"), "--device", "cpu",
+                 "--dtype", "float32", "--epochs", "2", "--n-features", "8"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("pilip train: error: loss energy is")
+
+
+def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
+    data = load_dataset(dataset)
+    out = tmp_path / "run"
+    result = train(config(epochs=8, lr=2e-2), data, out)
+    rows = read_metrics(out / "metrics.csv")
+    val = [float(r["val_energy_rmse_eV"]) for r in rows]
+    assert result.best_epoch == 1 + int(np.argmin(val))
+    assert [int(r["best"]) for r in rows].count(1) >= 1
+
+    # weights_only load (load_model uses it; a plain torch.load must work too)
+    payload = torch.load(out / "model.pt", weights_only=True)
+    assert payload["format_version"] == 1
+    model, meta = load_model(out / "model.pt")
+    assert meta["model"] == "painn" and meta["elements"] == [1, 8]
+    assert meta["cutoff"] == TINY["cutoff"] and meta["config"]["lr"] == 2e-2
+    assert meta["best_epoch"] == result.best_epoch
+    # the saved model reproduces the best validation error: it is the selected EMA model
+    predicted = predict_energies(model, data[VAL], 64)
+    assert energy_errors(predicted, data[VAL])["energy_rmse_eV"] == pytest.approx(
+        min(val), rel=1e-9
+    )
+    shifts = dict((int(z), s) for z, s in meta["energy_shifts"])
+    assert set(shifts) == {1, 8}
+
+
+def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path):
+    data = load_dataset(dataset)
+    unlabelled = load_unlabelled(dataset)
+    a = train(config(losses="energy,pitc", epochs=2, w_pitc=100.0), data, tmp_path / "a")
+    b = train(
+        config(losses="energy,pitc", epochs=2, w_pitc=100.0),
+        data,
+        tmp_path / "b",
+        unlabelled=unlabelled,
+    )
+    assert a.best_val_energy_rmse_eV != b.best_val_energy_rmse_eV
+    with pytest.raises(PilipError, match="--unlabelled feeds only the weak losses"):
+        train(config(), data, tmp_path / "c", unlabelled=unlabelled)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_cli_train_writes_the_run_folder(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(dataset), "--out", str(out), "--losses", "energy,pitc,pisc",
+                 "--epochs", "2", "--device", "cpu", "--n-features", "8", "--no-progress",
+                 "--n-interactions", "1", "--n-train", "6", "--seed", "2",
+                 "--eps", "0.01"])  # fmt: skip
+    assert code == 0
+    for name in ("model.pt", "last.pt", "metrics.csv", "train.log", "config.json"):
+        assert (out / name).is_file(), name
+    _, meta = load_model(out / "model.pt")
+    assert meta["n_train"] == 6 and meta["config"]["eps"] == 0.01
+    assert meta["config"]["losses"] == ["energy", "pitc", "pisc"]
+    assert "best epoch" in capsys.readouterr().err
+
+
+def test_cli_config_variant(dataset, tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "systems: {water: {seed: H2O}}\n"
+        "training:\n  epochs: 1\n  device: cpu\n  model_params: {n_features: 8}\n"
+        "  variants:\n    weakish: {losses: [energy, pitc], eps: 0.004, w_pitc: 3.0}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(out), "--config", str(cfg),
+                 "--variant", "weakish", "--n-interactions", "1"]) == 0  # fmt: skip
+    _, meta = load_model(out / "model.pt")
+    c = meta["config"]
+    assert (c["losses"], c["eps"], c["w_pitc"], c["epochs"]) == (["energy", "pitc"], 0.004, 3.0, 1)
+    assert meta["hparams"]["n_features"] == 8 and meta["hparams"]["n_interactions"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--losses", "energy,magic"], "unknown loss 'magic'"),
+        (["--losses", "pitc"], "--losses must include energy"),
+        (["--n-train", "99"], "--n-train 99: the training split has 14"),
+        (["--epochs", "0"], "--epochs 0: must be >= 1"),
+        (["--k", "2"], "second-order factor k = 2.0"),
+        (["--variant", "weak"], "--variant needs --config"),
+        (
+            ["--unlabelled", "nowhere.parquet", "--losses", "energy,pitc"],
+            "nowhere.parquet: no such",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line(dataset, tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    code = main(["train", str(dataset), "--out", str(out), "--device", "cpu", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("pilip train: error:") and message in err[0]
+    assert not out.exists()
+
+
+def test_cli_bad_dataset_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "none.parquet"
+    assert main(["train", str(missing), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    assert "none.parquet: no such file" in capsys.readouterr().err
+    no_val = tmp_path / "noval.parquet"
+    write_dataset(no_val, splits={"train": 8, "test": 4})
+    assert main(["train", str(no_val), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    assert "no rows with split 'val'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    if not torch.cuda.is_available():
+        ok = tmp_path / "ok.parquet"
+        write_dataset(ok)
+        assert main(["train", str(ok), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_schema_defaults_match_train_config():
+    from pilip.config import load_schema
+
+    schema = load_schema()["properties"]["training"]["properties"]
+    defaults = TrainConfig()
+    for key, spec in schema.items():
+        if hasattr(defaults, key) and "default" in spec:
+            assert spec["default"] == getattr(defaults, key), key
