@@ -24,12 +24,16 @@ A results line (one JSON object per finished configuration; the last one for an 
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
 import io
 import json
 import os
+import signal
 import socket
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -241,3 +245,99 @@ def result_record(
         "host": socket.gethostname(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+class CalculationTimeout(Exception):
+    """Raised inside an in-process calculation that ran past its per-geometry time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CalculationTimeout in this (main) thread after ``seconds``; no limit if None.
+
+    Uses SIGALRM, so compiled code is interrupted only when it hands control back to Python;
+    outside the main thread (or without SIGALRM) no limit is enforced.
+    """
+    usable = (
+        seconds is not None
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CalculationTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# (config, options) -> energy (eV), forces (eV/A) or None, components (Hartree)
+SinglePoint = Callable[
+    [dict[str, Any], dict[str, Any]], tuple[float, list[list[float]] | None, dict[str, float]]
+]
+
+
+def compute_pending(
+    configs: list[dict[str, Any]],
+    results: Path,
+    single_point: SinglePoint,
+    *,
+    options: dict[str, Any],
+    retry_options: dict[str, Any] | None,
+    threads: int,
+    provenance: dict[str, Any],
+    timeout_s: float | None,
+) -> int:
+    """The ``run`` loop of an in-process backend; returns how many configurations it computed.
+
+    For every configuration without a results line: ``single_point(config, options)``; if it
+    raises, once more with ``{**options, **retry_options}`` (unless ``retry_options`` is
+    None). An exception becomes a failed row with its text, a ``CalculationTimeout`` a timeout
+    row. Each result is appended and flushed before the next configuration starts.
+    """
+    todo = pending_configs(configs, results)
+    if not todo:
+        return 0
+    attempts = [options] if retry_options is None else [options, {**options, **retry_options}]
+    with open_results_for_append(results) as fh:
+        for config in todo:
+            errors: list[str] = []
+            status, energy, forces, components = "failed", None, None, None
+            start = time.perf_counter()
+            for attempt in attempts:
+                try:
+                    with time_limit(timeout_s):
+                        energy, forces, components = single_point(config, attempt)
+                except CalculationTimeout as exc:
+                    status = "timeout"
+                    errors.append(str(exc))
+                    break  # a retry would run into the same limit
+                except Exception as exc:  # failures are data: the row keeps the error text
+                    errors.append(f"{type(exc).__name__}: {exc}".strip())
+                    continue
+                status = "ok"
+                break
+            append_result(
+                fh,
+                result_record(
+                    config["id"],
+                    status=status,
+                    energy=energy if status == "ok" else None,
+                    forces=forces if status == "ok" else None,
+                    components=components if status == "ok" else None,
+                    error="; retry: ".join(errors) if status != "ok" else None,
+                    wall_time=time.perf_counter() - start,
+                    attempts=len(errors) + (status == "ok"),
+                    threads=threads,
+                    provenance=provenance,
+                ),
+            )
+    return len(todo)

@@ -2,24 +2,17 @@
 
 Runs in the main interpreter, milliseconds per small molecule. Energies in eV and forces in
 eV/A come straight from ``tblite.ase.TBLite``; there are no basis-set components to store.
-The per-geometry ``timeout_s`` is not enforced: tblite's self-consistent cycle cannot be
-interrupted from Python, and its iteration limit (``max_iterations``) bounds it instead.
+A geometry that runs past ``timeout_s`` is recorded as a timeout once tblite returns (its
+self-consistent cycle cannot be interrupted from Python; ``max_iterations`` bounds it).
 """
 
 from __future__ import annotations
 
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip.backends.base import (
-    Backend,
-    append_result,
-    open_results_for_append,
-    pending_configs,
-    result_record,
-)
+from pilip.backends.base import Backend, compute_pending
 from pilip.errors import PilipError
 
 METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB", "ipea1-xtb": "IPEA1-xTB"}
@@ -102,63 +95,21 @@ class XTBBackend(Backend):
         retry_options: dict[str, Any] | None,
         timeout_s: float | None,
     ) -> None:
-        todo = pending_configs(configs, results)
-        if not todo:
-            return
-        provenance = self.provenance()
-        with open_results_for_append(results) as fh:
-            for config in todo:
-                record = self._compute(config, gradients, retry_options, threads, provenance)
-                append_result(fh, record)
-
-    def _compute(
-        self,
-        config: dict[str, Any],
-        gradients: bool,
-        retry_options: dict[str, Any] | None,
-        threads: int,
-        provenance: dict[str, Any],
-    ) -> dict[str, Any]:
-        attempts = [self.options]
-        if retry_options is not None:
-            attempts.append({**self.options, **retry_options})
-        errors: list[str] = []
-        start = time.perf_counter()
-        for options in attempts:
-            try:
-                energy, forces = self._single_point(config, options, gradients)
-            except Exception as exc:  # tblite reports every failure as some exception
-                errors.append(f"{type(exc).__name__}: {exc}".strip())
-                continue
-            return result_record(
-                config["id"],
-                status="ok",
-                energy=energy,
-                forces=forces,
-                components=None,
-                error=None,
-                wall_time=time.perf_counter() - start,
-                attempts=len(errors) + 1,
-                threads=threads,
-                provenance=provenance,
-            )
-        return result_record(
-            config["id"],
-            status="failed",
-            energy=None,
-            forces=None,
-            components=None,
-            error="; retry: ".join(errors),
-            wall_time=time.perf_counter() - start,
-            attempts=len(errors),
+        compute_pending(
+            configs,
+            results,
+            lambda config, options: self._single_point(config, options, gradients),
+            options=self.options,
+            retry_options=retry_options,
             threads=threads,
-            provenance=provenance,
+            provenance=self.provenance(),
+            timeout_s=timeout_s,
         )
 
     def _single_point(
         self, config: dict[str, Any], options: dict[str, Any], gradients: bool
-    ) -> tuple[float, list[list[float]] | None]:
-        """Energy (eV) and, when asked, forces (eV/A) of one configuration."""
+    ) -> tuple[float, list[list[float]] | None, dict[str, float]]:
+        """Energy (eV), forces (eV/A) when asked, and no components, of one configuration."""
         from ase import Atoms
         from tblite.ase import TBLite
 
@@ -172,4 +123,4 @@ class XTBBackend(Backend):
         )
         energy = float(atoms.get_potential_energy())
         forces = atoms.get_forces().tolist() if gradients else None
-        return energy, forces
+        return energy, forces, {}

@@ -34,7 +34,10 @@ def parse_formula(text: str) -> dict[str, Any]:
         formula = yaml.safe_load(source)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PilipError(f"--formula: not valid YAML ({problem})") from None
+        raise PilipError(
+            f"--formula: not valid YAML ({problem}); quote values with brackets, "
+            "e.g. \"{method: 'mp2/cc-pv[tq]z'}\""
+        ) from None
     if not isinstance(formula, dict):
         raise PilipError(
             f"--formula: expected a mapping such as {{corl: corl_xtpl_helgaker_2}}, got {text!r}"
