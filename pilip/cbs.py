@@ -699,6 +699,7 @@ def plan_jobs(recipe: Recipe, *, gradients: bool) -> list[Job]:
     for method, basis in needed:
         if (method, basis) not in covered:
             by_basis.setdefault(basis, []).append(method)
+    energy_jobs = []
     for basis, methods in by_basis.items():
         tops = [m for m in methods if all(other in METHOD_PROVIDES[m] for other in methods)]
         if not tops:
@@ -706,8 +707,10 @@ def plan_jobs(recipe: Recipe, *, gradients: bool) -> list[Job]:
                 f"recipe {recipe.label!r} needs {', '.join(methods)} in {basis}, and no one of "
                 "them yields the others; use methods that nest (e.g. MP2 inside CCSD(T))"
             )
-        jobs.append(Job(tops[0], basis, False))
-    return jobs
+        energy_jobs.append(Job(tops[0], basis, False))
+    # Psi4's order: by first use of each calculation (mp2/cc-pvdz before mp2/cc-pvtz)
+    energy_jobs.sort(key=lambda job: needed.index((job.method, job.basis)))
+    return jobs + energy_jobs
 
 
 def totals_from_jobs(

@@ -29,7 +29,9 @@ import difflib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -236,10 +238,16 @@ class Psi4Backend(Backend):
             return
         interpreter = psi4_python()
         retry = None if retry_options is None else self._validated_retry(retry_options)
-        while pending:
-            run.launch(interpreter, pending, Path(scratch), retry, timeout_s)
-            done = read_results(results)
-            pending = [c for c in configs if c["id"] not in done]
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        # a folder of its own, so that runs sharing `scratch` never share request files
+        work = Path(tempfile.mkdtemp(prefix="psi4-run-", dir=scratch))
+        try:
+            while pending:
+                run.launch(interpreter, pending, work, retry, timeout_s)
+                done = read_results(results)
+                pending = [c for c in configs if c["id"] not in done]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         raw.unlink(missing_ok=True)
 
     def _validated_retry(self, retry_options: Mapping[str, Any]) -> dict[str, Any]:
@@ -422,7 +430,6 @@ class _Run:
         Returns normally when the worker finished, crashed or was killed; in the latter two
         cases the geometry it was computing gets a failed/timeout line.
         """
-        scratch.mkdir(parents=True, exist_ok=True)
         request_path = scratch / "psi4-request.json"
         progress = scratch / "psi4-progress.txt"
         stderr_path = scratch / "psi4-stderr.txt"

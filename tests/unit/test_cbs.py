@@ -149,6 +149,11 @@ def test_composite_ani1ccx_shape():
     }
 
 
+def test_jobs_in_psi4_order():
+    jobs = cbs.plan_jobs(cbs.parse_method_string("mp2/cc-pv[dt]z"), gradients=False)
+    assert jobs == [cbs.Job("mp2", "cc-pvdz", False), cbs.Job("mp2", "cc-pvtz", False)]
+
+
 def test_gradient_weights_and_jobs():
     single = cbs.parse_method_string("mp2/cc-pvdz")
     assert single.gradient_weights() == {("mp2", "cc-pvdz"): pytest.approx(1.0)}
