@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pilip import keys
 from pilip.backends import (
@@ -144,3 +145,43 @@ def test_spin_check_in_base_backend(toy_plugin):
         backend.check([hydroxyl])
     backend.check([{**hydroxyl, "multiplicity": 2}])
     backend.check([{**hydroxyl, "charge": -1}])
+
+
+def test_docs_example_plugin_works_as_written(tmp_path, monkeypatch):
+    """docs/backends.md's "Add your own reference method" example, installed and run."""
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+
+    from pilip import labels, tables
+    from pilip.labelling import label_table
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "backends.md").read_text()
+    section = docs.split("## Add your own reference method", 1)[1]
+    source = next(b for b in section.split("```python\n")[1:] if "class EMTBackend" in b)
+    source = source.split("```", 1)[0]
+    entry = section.split('[project.entry-points."pilip.backends"]\n', 1)[1].split("\n")[0]
+    name, target = (part.strip().strip('"') for part in entry.split("="))
+    package = tmp_path / "my_pilip_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "emt_backend.py").write_text(source)
+    info = tmp_path / "my_pilip_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-pilip-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{name} = {target}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.chdir(tmp_path)
+
+    water = molecule("H2O")
+    table = tables.configurations_from_atoms([water], system="water", generator="seed")
+    tables.write_table(table, tmp_path / "water.parquet", "configurations", {})
+    config = {"systems": {"water": {"seed": "H2O"}}, "references": {"emt": {"backend": "emt"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    label_table("water.parquet", "emt", "labels.parquet", gradients=True)
+    result = labels.read_labels(tmp_path / "labels.parquet")
+    water.calc = EMT()
+    assert result.column(keys.ENERGY)[0].as_py() == water.get_potential_energy()
+    assert result.column(keys.PROGRAM)[0].as_py() == "ase-emt"
+    sys.modules.pop("my_pilip_plugin.emt_backend", None)
+    sys.modules.pop("my_pilip_plugin", None)
