@@ -10,8 +10,11 @@ centred per structure), C = R + d1 and B = R + d2:
 
 each summed over the atoms of ONE structure, squared, and averaged over the structures. The
 weak losses need no labels, so they run on unlabelled structures too (``keys.ENERGY_WEIGHT``
-0). By default A, B and C go through the model as one batch of 3x the structures with one
-autograd call ("fused"); "three_calls" is the paper's way, kept for benchmarks and tests.
+0). "fused" sends A, B and C through the model as one batch of 3x the structures with one
+autograd call; "three_calls" is the paper's way, with C energy-only when k = 0. Both give the
+same losses and gradients; the default "auto" picks fused on CUDA (where the step is bound by
+kernel launches) and three calls on a CPU (where the fused batch's extra FLOPs, forces at C,
+cost more than the launches it saves: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ TERM_NAMES = (ENERGY, FORCES, PITC, PISC)
 WEAK_TERMS = (PITC, PISC)
 DEFAULT_WEIGHTS = {ENERGY: 1.0, FORCES: 1.0, PITC: 1.2, PISC: 0.01}  # the paper's C_PITC, C_PISC
 TOTAL = "total"
-MODES = ("fused", "three_calls")
+MODES = ("auto", "fused", "three_calls")
 
 # model-input keys that the fused batch replicates three times
 _STRUCTURE_KEYS = (keys.CELL, keys.PBC)
@@ -52,7 +55,10 @@ class WeakLossOptions:
     eps: float = 0.05  # Angstrom: half-width of the uniform perturbations
     k: float = 0.0  # second-order factor in [0, 1]; 0.5 is the trapezoid rule
     center: bool = True  # subtract each perturbation's mean over the structure's atoms
-    mode: str = "fused"  # "fused" (one model call on 3x structures) | "three_calls"
+    # "fused": one model call on 3x the structures, one autograd call (fastest on a GPU, where
+    # the step is bound by kernel launches); "three_calls": A and B with forces, C energy-only
+    # when k = 0 (fewer FLOPs: faster on a CPU); "auto": fused on CUDA, three_calls elsewhere
+    mode: str = "auto"
 
 
 def parse_terms(spec: str, per_atom: bool = False) -> list[LossTerm]:
@@ -249,7 +255,10 @@ def compute_losses(
 
     if weak:
         d1, d2 = draw_perturbations(batch, options.eps, options.center, generator)
-        if options.mode == "fused":
+        mode = options.mode
+        if mode == "auto":
+            mode = "fused" if batch[keys.POSITIONS].is_cuda else "three_calls"
+        if mode == "fused":
             ev = _evaluate_fused(model, batch, d1, d2, create_graph)
         else:
             ev = _evaluate_three_calls(model, batch, d1, d2, create_graph, options.k > 0)

@@ -283,3 +283,16 @@ def test_training_step_with_precomputed_pairs_has_no_host_sync(name):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         compute_losses(model, batch, WEAK, generator)
     assert {event.name for event in prof.events()} & SYNCING_OPS
+
+
+def test_auto_mode_gives_the_same_losses_as_both_explicit_modes():
+    batch = to_batch(molecules(("CH3CH2OH", "H2O")))
+    model = build_model("schnet", cutoff=4.0, n_features=16, n_rbf=8, dtype="float64")
+    values = {
+        mode: compute_losses(
+            model, batch, WEAK, torch.Generator().manual_seed(0), WeakLossOptions(mode=mode)
+        )["total"].detach()
+        for mode in ("auto", "fused", "three_calls")
+    }
+    torch.testing.assert_close(values["auto"], values["fused"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(values["auto"], values["three_calls"], rtol=1e-12, atol=0)
