@@ -95,7 +95,8 @@ def edge_vectors(positions: Tensor, edge_index: Tensor) -> Tensor:
 def neighbor_list(batch: dict[str, Tensor], cutoff: float) -> tuple[Tensor, Tensor]:
     """Edges within ``cutoff`` (Angstrom) and their vectors, differentiable in the positions.
 
-    Reads ``keys.POSITIONS`` (n_atoms, 3) A, ``keys.N_ATOMS`` (n_struct,), and, for periodic
+    Reads ``keys.POSITIONS`` (n_atoms, 3) A, ``keys.N_ATOMS`` (n_struct,), ``keys.BATCH``
+    (n_atoms,) (structure of each atom), and, for periodic
     structures, ``keys.CELL`` (n_struct, 3, 3) A (rows are cell vectors) and ``keys.PBC``
     (n_struct, 3) bool. Returns ``edge_index`` (2, n_edges) long [receiver, sender] and
     ``vectors`` (n_edges, 3) A = r_sender - r_receiver (+ periodic image shift). For molecules,
@@ -106,11 +107,11 @@ def neighbor_list(batch: dict[str, Tensor], cutoff: float) -> tuple[Tensor, Tens
     if keys.CELL in batch and keys.PBC in batch and bool(batch[keys.PBC].any()):
         cell = batch[keys.CELL].to(positions.dtype)
         edge_index, cell_shift = _periodic_pairs(positions, n_atoms, cell, batch[keys.PBC], cutoff)
-        structure = torch.repeat_interleave(
-            torch.arange(n_atoms.shape[0], device=positions.device), n_atoms
-        )[edge_index[0]]
+        structure = batch[keys.BATCH].index_select(0, edge_index[0])
         # (n_edges, 3) @ (n_edges, 3, 3): the image shift in Angstrom, differentiable in the cell
-        image = torch.einsum("ek,ekx->ex", cell_shift.to(positions.dtype), cell[structure])
+        image = torch.einsum(
+            "ek,ekx->ex", cell_shift.to(positions.dtype), cell.index_select(0, structure)
+        )
         vectors = edge_vectors(positions, edge_index) + image
         return edge_index, vectors
     if keys.EDGE_INDEX in batch:  # precomputed candidate pairs: keep them all (static shapes)
