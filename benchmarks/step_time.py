@@ -4,8 +4,10 @@ One step = zero_grad + losses + backward + AdamW step, for SchNet and PaiNN on b
 small molecules (default: 21-atom C9H8O4 geometries, aspirin-sized, built at random; or
 structures read from an xyz file with ``--xyz``). Reports the median step time over repeats
 after warm-up (CUDA synchronised), its ratio to the energy+force step, structures per second
-and peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak resident set,
-reset per configuration through /proc/self/clear_refs where Linux allows it).
+and peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the whole process's peak resident
+set during the timed steps, reset per configuration through /proc/self/clear_refs on Linux).
+On CUDA, two more modes capture the energy+force and the fused weak-loss steps once as CUDA
+graphs and replay them (static shapes through precomputed candidate pairs).
 
     python benchmarks/step_time.py --device cuda --out benchmarks/out/step_time_cuda
     python benchmarks/step_time.py --device cpu --batch-sizes 6,32 --repeats 3 --out DIR
@@ -189,15 +191,15 @@ def time_steps(model_name, mode, batch_size, args, device) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        rss_before = _rss_status("VmRSS")
         rss_reset = _reset_peak_rss()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         full_step()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     median = statistics.median(times)
     result = {
         "model": model_name,
@@ -209,15 +211,17 @@ def time_steps(model_name, mode, batch_size, args, device) -> dict:
         "max_s": max(times),
         "repeats": args.repeats,
         "structures_per_s": batch_size / median,
+        # process CPU time: on a shared CPU machine, steadier than wall time under contention
+        "median_cpu_s": statistics.median(cpu_times),
     }
     if cuda:
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["memory_kind"] = "cuda_max_memory_allocated"
     else:
         peak = _rss_status("VmHWM")
-        if rss_reset and peak is not None and rss_before is not None:
-            result["peak_memory_mb"] = peak - rss_before
-            result["memory_kind"] = "rss_growth_during_timed_steps"
+        if rss_reset and peak is not None:
+            result["peak_memory_mb"] = peak
+            result["memory_kind"] = "process_peak_rss_during_timed_steps"
         else:
             import resource
 
@@ -231,8 +235,8 @@ def markdown(results: list[dict], failures: list[dict], header: str) -> str:
         header,
         "",
         "| model | batch | mode | median step (ms) | x energy+forces | structures/s "
-        "| peak mem (MB) |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| peak mem (MB) | CPU time (ms) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     reference = {
         (r["model"], r["batch_size"]): r["median_s"] for r in results if r["mode"] == REFERENCE_MODE
@@ -242,7 +246,8 @@ def markdown(results: list[dict], failures: list[dict], header: str) -> str:
         ratio = f"{r['median_s'] / ref:.2f}" if ref else "-"
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['mode']} | {1000 * r['median_s']:.1f} | "
-            f"{ratio} | {r['structures_per_s']:.0f} | {r['peak_memory_mb']:.0f} |"
+            f"{ratio} | {r['structures_per_s']:.0f} | {r['peak_memory_mb']:.0f} | "
+            f"{1000 * r['median_cpu_s']:.0f} |"
         )
     summary = []
     for model, size in sorted(reference):
