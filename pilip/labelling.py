@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from collections import Counter
@@ -124,18 +125,24 @@ def read_configs(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def check_results_match(results: Path, backend: Backend) -> None:
-    """Refuse to resume from a results file written by another method or program."""
+    """Refuse to resume from a results file written by another program, method or options."""
     records = read_results(results)
     if not records:
         return
     want = backend.provenance()
+    want_options = json.dumps(want["options"], sort_keys=True)
     for record in records.values():
-        if record.get("status") == keys.STATUS_OK and (
-            record.get("program") != want["program"] or record.get("method") != want["method"]
-        ):
+        if record.get("status") != keys.STATUS_OK:
+            continue
+        if record.get("program") != want["program"] or record.get("method") != want["method"]:
             raise PilipError(
                 f"{results} holds {record.get('program')} {record.get('method')!r} results, not "
                 f"{want['program']} {want['method']!r}; delete it or write to another -o"
+            )
+        if json.dumps(record.get("options") or {}, sort_keys=True) != want_options:
+            raise PilipError(
+                f"{results} holds results computed with options {record.get('options')}, not "
+                f"{want['options']}; delete it or write to another -o"
             )
 
 

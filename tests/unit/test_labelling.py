@@ -17,7 +17,7 @@ from pilip import keys, labels, tables
 from pilip.backends.xtb_backend import XTBBackend
 from pilip.cli import main
 from pilip.errors import PilipError
-from pilip.labelling import label_table
+from pilip.labelling import label_table, resolve_reference
 
 REFERENCES = {
     "xtb": {"backend": "xtb", "method": "GFN2-xTB"},
@@ -218,10 +218,25 @@ def test_forces_requested_later_recompute_energy_only_rows(study, count_calls):
     assert table.column(keys.FORCES).null_count == 0
 
 
-def test_results_of_another_method_are_not_reused(study):
+def test_results_of_another_method_or_options_are_not_reused(study):
+    root, _ = study
     label_table("configs.parquet", "xtb", "labels.parquet")
     with pytest.raises(PilipError, match="holds tblite 'GFN2-xTB' results, not tblite 'GFN1-xTB'"):
         label_table("configs.parquet", "gfn1", "labels.parquet")
+    references = {**REFERENCES, "xtb": {**REFERENCES["xtb"], "options": {"accuracy": 0.1}}}
+    write_config(root / "config.yaml", references=references)
+    with pytest.raises(PilipError, match="computed with options {}, not {'accuracy': 0.1}"):
+        label_table("configs.parquet", "xtb", "labels.parquet")
+
+
+def test_inline_psi4_method_string_runs_with_psi4_defaults(study):
+    ref = resolve_reference("mp2/cc-pv[dt]z", None, "config.yaml")
+    assert ref.inline and ref.name == "mp2/cc-pv[dt]z"
+    assert ref.spec == {"backend": "psi4", "method": "mp2/cc-pv[dt]z"}  # no options at all
+    config = {"references": {"mp2/cc-pvdz": {"backend": "xtb"}}}
+    assert not resolve_reference("mp2/cc-pvdz", config, "c.yaml").inline  # a name wins
+    with pytest.raises(PilipError, match=r"neither a reference in nope.yaml \(not found\)"):
+        resolve_reference("xtb", None, "nope.yaml")
 
 
 def run_cli_error(capsys, root, *args):
