@@ -35,6 +35,8 @@ rule label_force_validation:
         runtime=LABELLING["runtime"],
     params:
         config=CONFIG_FILE,
+        # a changed recipe reruns the job, and pilip label then refuses the old results
+        recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
         "pilip label {input} --reference {wildcards.reference} --forces"
         " --config {params.config} --threads {threads} -o {output} > {log} 2>&1"

@@ -11,6 +11,14 @@ wildcard_constraints:
     chunk=r"\d\d\d\d+",
 
 
+def reference_recipe(reference):
+    """What a reference computes, as canonical JSON (a rerun trigger; retries excluded)."""
+    entry = config["references"].get(reference, {})
+    return json.dumps(
+        {k: v for k, v in entry.items() if k != "retry_options"}, sort_keys=True
+    )
+
+
 checkpoint chunk:
     input:
         "configurations/{system}.parquet",
@@ -37,6 +45,8 @@ rule label:
         runtime=LABELLING["runtime"],
     params:
         config=CONFIG_FILE,
+        # a changed recipe reruns the job, and pilip label then refuses the old results
+        recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
         "pilip label {input} --reference {wildcards.reference}"
         " --config {params.config} --threads {threads} -o {output} > {log} 2>&1"
