@@ -209,12 +209,16 @@ def test_zero_force_weight_needs_no_force_labels_and_weak_losses_need_no_labels(
         compute_losses(model, batch, WEAK)
 
 
-def test_losses_under_no_grad_give_the_same_values():
+@pytest.mark.parametrize("mode", ["fused", "three_calls"])
+def test_losses_under_no_grad_give_the_same_values(mode):
     batch = to_batch(molecules(("CH3CH2OH", "H2O")))
     model = build_model("painn", cutoff=4.0, n_features=16, n_rbf=8, dtype="float64")
-    with_grad = compute_losses(model, batch, WEAK, torch.Generator().manual_seed(0))
+    terms = [LossTerm("forces"), *WEAK]
+    batch[keys.FORCES] = torch.zeros_like(batch[keys.POSITIONS])
+    options = WeakLossOptions(mode=mode)
+    with_grad = compute_losses(model, batch, terms, torch.Generator().manual_seed(0), options)
     with torch.no_grad():
-        without = compute_losses(model, batch, WEAK, torch.Generator().manual_seed(0))
+        without = compute_losses(model, batch, terms, torch.Generator().manual_seed(0), options)
     assert not without["total"].requires_grad
     torch.testing.assert_close(without["total"], with_grad["total"].detach())
 
