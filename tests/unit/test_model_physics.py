@@ -15,6 +15,7 @@ from ase import Atoms
 from model_batches import molecules, random_rotation, to_batch
 
 from pilip import keys
+from pilip.errors import PilipError
 from pilip.forces import energy_and_forces
 from pilip.losses import LossTerm, WeakLossOptions, compute_losses
 from pilip.models import MODELS, build_model
@@ -70,6 +71,15 @@ def test_registry_builds_every_model_with_its_dtype():
         m = build_model(name, dtype="float64", cutoff=4.0)
         assert next(m.parameters()).dtype == torch.float64
         assert m.hparams()["cutoff"] == 4.0 and m.cutoff == 4.0
+
+
+def test_registry_rejects_unknown_models_and_hyper_parameters():
+    with pytest.raises(PilipError, match="unknown model 'mace'.*painn, schnet"):
+        build_model("mace")
+    with pytest.raises(PilipError, match="n_feature.*valid ones are"):
+        build_model("painn", n_feature=8)
+    with pytest.raises(PilipError, match="float16"):
+        build_model("schnet", dtype="float16")
 
 
 def test_forces_equal_finite_differences(model):
