@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -52,11 +53,19 @@ for xyz in json.load(open(sys.argv[1])):
     for method, basis in jobs:
         psi4.core.set_global_option("BASIS", basis)
         psi4.energy(method, molecule=mol)
+        psi4.core.clean()
         psi4.core.clean_variables()
     psi4.core.clean()
 t_end = time.perf_counter()
 print(json.dumps({"import": t_loop - t_import, "loop": t_end - t_loop, "energies": energies}))
 """
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children, seconds."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def geometries(n: int, seed: int = 0) -> list[dict]:
@@ -77,7 +86,7 @@ def geometries(n: int, seed: int = 0) -> list[dict]:
 
 
 def bare(configs: list[dict], method: str, folder: Path, jobs: list | None = None) -> dict:
-    """Wall time of one bare Psi4 process over all geometries (start-up included).
+    """Wall and CPU time of one bare Psi4 process over all geometries (start-up included).
 
     ``jobs`` None: ``psi4.energy(method)`` per geometry (Psi4's own ``cbs()`` for a bracket
     string); else the (method, basis) calculations of pilip's plan, one after the other.
@@ -87,6 +96,7 @@ def bare(configs: list[dict], method: str, folder: Path, jobs: list | None = Non
     inp.write_text(json.dumps([c["positions"] for c in configs]))
     env = interpreter.environment(threads=1)
     env["PSI_SCRATCH"] = str(folder)
+    cpu = cpu_seconds()
     start = time.perf_counter()
     done = subprocess.run(
         [
@@ -102,18 +112,20 @@ def bare(configs: list[dict], method: str, folder: Path, jobs: list | None = Non
         env=env,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"bare Psi4 loop failed: {done.stderr[-3000:]}")
     wall = time.perf_counter() - start
     info = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"wall": wall, **info}
+    return {"wall": wall, "cpu": cpu_seconds() - cpu, **info}
 
 
 def through_pilip(configs: list[dict], method: str, folder: Path, threads: int = 1) -> dict:
-    """Wall time of ``Psi4Backend.run`` over the chunk, and its energies (Hartree)."""
+    """Wall and CPU time (main process + worker) of ``Psi4Backend.run`` over the chunk."""
     backend = make_backend("bench", {"backend": "psi4", "method": method})
     results = folder / f"chunk-{configs[0]['id']}-{threads}.results.jsonl"
     results.unlink(missing_ok=True)
+    cpu = cpu_seconds()
     start = time.perf_counter()
     backend.run(
         configs,
@@ -129,23 +141,28 @@ def through_pilip(configs: list[dict], method: str, folder: Path, threads: int =
     assert all(r["status"] == "ok" for r in rows), rows
     from pilip.units import HARTREE_TO_EV
 
-    return {"wall": wall, "energies": [r["energy"] / HARTREE_TO_EV for r in rows]}
+    return {
+        "wall": wall,
+        "cpu": cpu_seconds() - cpu,
+        "energies": [r["energy"] / HARTREE_TO_EV for r in rows],
+    }
 
 
-def side_by_side(chunks: list[list[dict]], method: str, folder: Path) -> float:
-    """Wall time of single-thread chunks run at the same time."""
+def side_by_side(chunks: list[list[dict]], method: str, folder: Path) -> dict:
+    """Wall and CPU time of single-thread chunks run at the same time."""
     walls: list[float] = []
     threads = [
         threading.Thread(target=lambda c=c: walls.append(through_pilip(c, method, folder)["wall"]))
         for c in chunks
     ]
+    cpu = cpu_seconds()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(walls) == len(chunks)
-    return time.perf_counter() - start
+    return {"wall": time.perf_counter() - start, "cpu": cpu_seconds() - cpu}
 
 
 def main() -> None:
@@ -159,61 +176,74 @@ def main() -> None:
     psi4_python()  # found once, outside the timings
     recipe = make_backend("b", {"backend": "psi4", "method": args.method}).recipe
     plan = [[job.method, job.basis] for job in cbs.plan_jobs(recipe, gradients=False)]
-    keys = ("bare", "bare_loop", "bare_jobs", "bare_jobs_loop", "pilip", "two_1t", "one_2t")
-    rows: dict[str, list[float]] = {k: [] for k in keys}
+    names = {
+        "bare": "bare Psi4 `psi4.energy(method)` loop, one process (start-up included)",
+        "bare_jobs": "bare Psi4 loop over pilip's calculations ("
+        + ", ".join("/".join(j) for j in plan)
+        + "), one process",
+        "pilip": "pilip `Psi4Backend.run` (worker start-up, JSON, CBS arithmetic)",
+        "two_1t": f"2 x 1-thread pilip chunks of {args.n // 2}, side by side",
+        "one_2t": f"1 x 2-thread pilip chunk of {args.n}",
+    }
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    loops: dict[str, list[float]] = {"bare": [], "bare_jobs": []}
     print(f"load average before: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="pilip-bench-") as tmp:
         folder = Path(tmp)
         for repeat in range(args.repeats):
-            b = bare(configs, args.method, folder)
-            bj = bare(configs, args.method, folder, plan)
-            p = through_pilip(configs, args.method, folder)
-            diff = np.max(np.abs(np.array(b["energies"]) - np.array(p["energies"])))
+            got = {
+                "bare": bare(configs, args.method, folder),
+                "bare_jobs": bare(configs, args.method, folder, plan),
+                "pilip": through_pilip(configs, args.method, folder),
+                "two_1t": side_by_side(halves, args.method, folder),
+                "one_2t": through_pilip(configs, args.method, folder, threads=2),
+            }
+            diff = np.max(np.abs(np.array(got["bare"]["energies"]) - got["pilip"]["energies"]))
             assert diff < 1e-8, f"pilip and bare Psi4 disagree by {diff} Eh"
-            two = side_by_side(halves, args.method, folder)
-            one = through_pilip(configs, args.method, folder, threads=2)["wall"]
-            values = (b["wall"], b["loop"], bj["wall"], bj["loop"], p["wall"], two, one)
-            for key, value in zip(keys, values, strict=True):
-                rows[key].append(value)
+            for key, value in got.items():
+                wall[key].append(value["wall"])
+                cpu[key].append(value["cpu"])
+            for key in loops:
+                loops[key].append(got[key]["loop"])
             print(
-                f"repeat {repeat}: psi4.energy loop {b['wall']:.2f} s (import {b['import']:.2f},"
-                f" loop {b['loop']:.2f}), same calculations as pilip {bj['wall']:.2f} s (loop "
-                f"{bj['loop']:.2f}), pilip {p['wall']:.2f} s, 2x1 threads {two:.2f} s, "
-                f"1x2 threads {one:.2f} s, max |dE| {diff:.1e} Eh, "
-                f"load {os.getloadavg()[0]:.2f}",
+                f"repeat {repeat}: "
+                + ", ".join(
+                    f"{k} {v['wall']:.2f} s wall / {v['cpu']:.2f} s cpu" for k, v in got.items()
+                )
+                + f"; max |dE| {diff:.1e} Eh; load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
-    med = {k: statistics.median(v) for k, v in rows.items()}
+    med_wall = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     n = args.n
-    jobs = ", ".join("/".join(j) for j in plan)
-    table = [
-        ("bare Psi4 `psi4.energy(method)` loop, one process", med["bare"], med["bare"]),
-        ("  its loop only (no start-up, no import)", med["bare_loop"], med["bare"]),
-        (f"bare Psi4 loop over pilip's calculations ({jobs})", med["bare_jobs"], med["bare"]),
-        ("  its loop only", med["bare_jobs_loop"], med["bare"]),
-        ("pilip `Psi4Backend.run` (worker start-up, JSON, CBS)", med["pilip"], med["bare"]),
-    ]
     print(f"\nload average after: {os.getloadavg()}")
     print(
         f"\n| {args.method}, {n} water geometries, median of {args.repeats} | wall (s) | "
-        "/ first row |"
+        "wall / bare | CPU (s) | CPU / bare |"
     )
-    print("|---|---|---|")
-    for name, value, base in table:
-        print(f"| {name} | {value:.2f} | {value / base:.3f} |")
+    print("|---|---|---|---|---|")
+    for key in ("bare", "bare_jobs", "pilip"):
+        print(
+            f"| {names[key]} | {med_wall[key]:.2f} | {med_wall[key] / med_wall['bare']:.3f} | "
+            f"{med_cpu[key]:.2f} | {med_cpu[key] / med_cpu['bare']:.3f} |"
+        )
     print(
-        f"\npilip / bare loop over the same calculations, one process: "
-        f"{med['pilip'] / med['bare_jobs']:.3f}"
+        f"\npilip / bare loop over the same calculations: wall "
+        f"{med_wall['pilip'] / med_wall['bare_jobs']:.3f}, CPU "
+        f"{med_cpu['pilip'] / med_cpu['bare_jobs']:.3f}; bare loops alone (no start-up): "
+        f"{statistics.median(loops['bare']):.2f} s and "
+        f"{statistics.median(loops['bare_jobs']):.2f} s"
     )
-    print(f"pilip / that loop alone: {med['pilip'] / med['bare_jobs_loop']:.3f}")
-    print(f"pilip / psi4.energy loop alone: {med['pilip'] / med['bare_loop']:.3f}")
-    print(
-        f"2 x 1-thread chunks of {n // 2} side by side: {med['two_1t']:.2f} s "
-        f"({n / med['two_1t']:.2f} geometries/s); 1 x 2-thread chunk of {n}: "
-        f"{med['one_2t']:.2f} s ({n / med['one_2t']:.2f} geometries/s); ratio "
-        f"{med['one_2t'] / med['two_1t']:.2f}"
-    )
-    print("\nper repeat:", json.dumps({k: [round(x, 3) for x in v] for k, v in rows.items()}))
+    print(f"\n| throughput, {n} geometries | wall (s) | geometries/s | CPU (s) |")
+    print("|---|---|---|---|")
+    for key in ("two_1t", "one_2t"):
+        print(
+            f"| {names[key]} | {med_wall[key]:.2f} | {n / med_wall[key]:.2f} | {med_cpu[key]:.2f} |"
+        )
+    print(f"\n1 x 2 threads / 2 x 1 thread wall: {med_wall['one_2t'] / med_wall['two_1t']:.2f}")
+    print("\nper repeat, wall:", json.dumps({k: [round(x, 2) for x in v] for k, v in wall.items()}))
+    print("per repeat, CPU:", json.dumps({k: [round(x, 2) for x in v] for k, v in cpu.items()}))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ options, the fallback options for one retry, threads, memory, a per-geometry tim
 files to use.
 
 For every geometry it appends one JSON line to the request's ``results`` file and flushes
-it; ids that already have a complete line are skipped, so a killed worker restarts where it
-stopped. A line holds, per calculation, the total energies in Hartree and the gradient in
-Hartree/Bohr: units are converted by the caller. Failures are lines too (``failed`` with the
-error text, ``timeout``), never a crash of the chunk.
+it; ids that already have a complete line of the same ``plan`` (a fingerprint of the
+calculations and options) are skipped, so a killed worker restarts where it stopped. Before
+each geometry its id goes to the ``progress`` file, so the caller knows which geometry a
+crash or a hang inside Psi4's C++ code hit. A line holds, per calculation, the total
+energies in Hartree and the gradient in Hartree/Bohr: units are converted by the caller.
+Failures are lines too (``failed`` with the error text, ``timeout``), never a crash of the
+chunk.
 
 Exit status: 0 when every geometry has a line; 2 with one ``psi4_worker: error: ...`` line on
 stderr when the request or the environment is unusable (nothing computed); 3 when another
@@ -195,11 +198,8 @@ def release_wavefunction(exc):
 
 
 def reset_after_error(psi4):
-    """Drop the failed calculation's objects while Psi4's scratch files still exist.
-
-    The exception's traceback keeps the wavefunction alive in a reference cycle; collected
-    at exit, after Psi4 closed its files, its destructor aborts the process.
-    """
+    """Free what a failed attempt left behind (objects held in reference cycles through its
+    traceback, Psi4's scratch files and variables) before the next attempt or geometry."""
     gc.collect()
     psi4.core.clean()
     psi4.core.clean_variables()

@@ -21,6 +21,11 @@ def psi4_interpreter():
         pytest.skip(f"no Psi4 interpreter: {exc}")
 
 
+@pytest.fixture(autouse=True)
+def _skip_without_psi4(psi4_interpreter):
+    """Every test here needs Psi4, whether or not it asks for the interpreter itself."""
+
+
 @pytest.fixture(scope="session")
 def run_psi4(psi4_interpreter):
     """Run a script under the Psi4 interpreter with a JSON payload; return its JSON output.
