@@ -164,13 +164,19 @@ def _structures(
     )
 
 
-def _schema_names(path: Path) -> list[str]:
+def _schema_names(path: Path, kinds: tuple[str, ...]) -> list[str]:
+    """Column names of a Parquet file; a pilip table of another kind is an error."""
     if not path.is_file():
         raise PilipError(f"{path}: no such file; pass a dataset Parquet table (pilip collect)")
     try:
-        return pq.read_schema(path).names
+        schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise PilipError(f"{path}: not a readable Parquet file ({exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
+    kind = (schema.metadata or {}).get(keys.META_KIND, b"").decode()
+    if kind and kind not in kinds:
+        raise PilipError(f"{path}: a {kind} table, expected {' or '.join(kinds)}")
+    return schema.names
 
 
 def subsample_indices(n_available: int, n: int | None, seed: int) -> np.ndarray:
@@ -206,7 +212,7 @@ def load_dataset(
     :func:`subsample_indices`). Energies must be present on every returned row.
     """
     path = Path(path)
-    names = _schema_names(path)
+    names = _schema_names(path, ("dataset",))
     required = [keys.NUMBERS, keys.POSITIONS, keys.ENERGY, keys.SPLIT]
     missing = [c for c in required if c not in names]
     if missing:
@@ -297,7 +303,7 @@ def load_unlabelled(path: str | Path) -> Structures:
     an ``energy`` or ``forces`` column, if present, is not read.
     """
     path = Path(path)
-    names = _schema_names(path)
+    names = _schema_names(path, ("configurations", "dataset"))
     missing = [c for c in (keys.NUMBERS, keys.POSITIONS) if c not in names]
     if missing:
         raise PilipError(f"{path}: missing column(s) {', '.join(missing)} for --unlabelled")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -270,6 +271,18 @@ def _build_model(config: TrainConfig, train: Structures) -> nn.Module:
     return model
 
 
+def data_fingerprint(data: dict[str, Structures], unlabelled: Structures | None) -> str:
+    """16 hex characters identifying the training, validation and unlabelled structures."""
+    digest = hashlib.sha256()
+    for s in (data[TRAIN], data[VAL], unlabelled):
+        if s is None:
+            digest.update(b"none")
+            continue
+        for t in (s.numbers, s.positions, s.offsets, s.energy, s.forces):
+            digest.update(b"-" if t is None else t.detach().cpu().double().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _rng_states(shuffle: torch.Generator, perturb: torch.Generator) -> dict[str, torch.Tensor]:
     return {"shuffle": shuffle.get_state(), "perturb": perturb.get_state()}
 
@@ -303,6 +316,7 @@ def train(
     *,
     unlabelled: Structures | None = None,
     resume: bool = True,
+    restart_if_changed: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
@@ -311,7 +325,8 @@ def train(
 
     ``data`` comes from :func:`pilip.data.load_dataset` (float64, CPU). ``unlabelled``
     structures (no labels) feed the weak losses only. ``resume`` continues from
-    ``out_dir/last.pt`` when it exists (the same config is required, the budget aside).
+    ``out_dir/last.pt`` when it exists: the same config (the budget aside) and data are
+    required, else PilipError, or with ``restart_if_changed`` a fresh start.
     ``progress`` None shows a bar only on a terminal. Raises :class:`TrainingDiverged` on a
     non-finite loss.
     """
@@ -357,9 +372,19 @@ def train(
     best_state: dict[str, torch.Tensor] | None = None
     unl_order, unl_pos = None, 0
     last_path = out_dir / LAST_FILE
+    fingerprint = data_fingerprint(data, unlabelled)
     if resume and last_path.is_file():
-        state = read_checkpoint(last_path, device)
-        check_resumable(state["meta"]["config"], config, last_path)
+        state = read_checkpoint(last_path, "cpu")
+        try:
+            check_resumable(state["meta"], config, fingerprint, last_path)
+        except PilipError as exc:
+            if not restart_if_changed:
+                raise
+            log(f"starting afresh: {exc}")
+            state = None
+    else:
+        state = None
+    if state is not None:
         ts = state["train_state"]
         model.load_state_dict(state["model"]["state_dict"])
         optimizer.load_state_dict(ts["optimizer"])
@@ -389,6 +414,7 @@ def train(
         "n_train": len(train_set),
         "n_val": len(val_set),
         "n_unlabelled": 0 if unlabelled is None else len(unlabelled),
+        "data_fingerprint": fingerprint,
     }
 
     def save_last() -> None:
@@ -522,8 +548,17 @@ def train(
     return TrainResult(best_epoch, best_rmse, epoch, stop_reason, elapsed, out_dir)
 
 
-def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
+def check_resumable(
+    meta: dict[str, Any], config: TrainConfig, fingerprint: str, path: Path
+) -> None:
+    """PilipError unless the checkpoint meta ``meta`` was written by ``config`` (budget aside)
+    on the data with ``fingerprint``."""
+    if meta.get("data_fingerprint") != fingerprint:
+        raise PilipError(
+            f"{path} was trained on other data (dataset, --n-train or --unlabelled); "
+            "use another --out or delete it to start afresh"
+        )
+    saved, current = meta["config"], config.to_dict()
     changed = sorted(
         k for k in set(saved) | set(current)
         if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from pilip.data import load_dataset, load_unlabelled
     from pilip.errors import PilipError
     from pilip.losses import FORCES
-    from pilip.train import LAST_FILE, resolve_device, train
+    from pilip.train import resolve_device, train
 
     config, unlabelled_path = build_config(args)
     config.validate()
@@ -161,9 +161,6 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=log_file, flush=True)
 
     try:
-        resume = not args.no_resume
-        if resume and args.restart_if_changed and (out / LAST_FILE).is_file():
-            resume = _same_config(out / LAST_FILE, config, log)
         log(
             f"{args.dataset}: {len(data['train'])} training, {len(data['val'])} validation "
             f"structures" + (f", {len(unlabelled)} unlabelled" if unlabelled else "")
@@ -174,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
             data,
             out,
             unlabelled=unlabelled,
-            resume=resume,
+            resume=not args.no_resume,
+            restart_if_changed=args.restart_if_changed,
             progress=False if args.no_progress else None,
             log=log,
         )
@@ -186,17 +184,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _same_config(path, config, log) -> bool:
-    """True when ``path`` (last.pt) was written by ``config`` (budget aside), else log it."""
-    from pilip.checkpoint import read_checkpoint
-    from pilip.errors import PilipError
-    from pilip.train import check_resumable
-
-    try:
-        check_resumable(read_checkpoint(path)["meta"]["config"], config, path)
-    except PilipError as exc:
-        log(f"starting afresh: {exc}")
-        return False
-    return True

@@ -250,8 +250,17 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 2
     with pytest.raises(PilipError, match="different setting of lr"):
         train(config(epochs=3, lr=1e-2), data, tmp_path / "run")
+    fewer = load_dataset(dataset, n_train=10)
+    with pytest.raises(PilipError, match="was trained on other data"):
+        train(config(epochs=3), fewer, tmp_path / "run")
+    messages = []
+    train(config(epochs=1, lr=1e-2), data, tmp_path / "run", restart_if_changed=True,
+          log=messages.append)  # fmt: skip
+    assert messages[0].startswith("starting afresh:")
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the 1e300 eV label, on purpose
 def test_nan_loss_stops_with_one_line(tmp_path, capsys):
     path = tmp_path / "bad.parquet"
     write_dataset(path, big_energy=True)  # 1e300 eV is finite on disk, inf in float32
@@ -387,3 +396,16 @@ def test_schema_defaults_match_train_config():
     for key, spec in schema.items():
         if hasattr(defaults, key) and "default" in spec:
             assert spec["default"] == getattr(defaults, key), key
+
+
+def test_wrong_table_kind_is_one_line(dataset, tmp_path):
+    configs = tables.configurations_table(
+        [np.array([8, 1, 1])], water_configurations(1, 0), system="water", generator="rattle"
+    )
+    path = tables.write_table(configs, tmp_path / "configs.parquet", "configurations", {})
+    with pytest.raises(PilipError, match="a configurations table, expected dataset"):
+        load_dataset(path)
+    assert len(load_unlabelled(path)) == 1
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(PilipError, match="junk.parquet: not a readable Parquet file"):
+        load_dataset(tmp_path / "junk.parquet")
