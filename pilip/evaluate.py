@@ -2,8 +2,9 @@
 
 Which rows count (so that no number is measured on data the model was fitted to):
 
-* energies: rows of the ``test`` split with an energy that are not ``force_validation`` rows
-  (those may carry energies of another reference, e.g. MP2/cc-pVDZ next to MP2/CBS);
+* energies: rows of the ``test`` split with an energy of the reference the training rows carry
+  (a collected dataset's force-validation rows hold the training reference's energy and count;
+  rows whose energy belongs to another reference, e.g. MP2/cc-pVDZ next to MP2/CBS, do not);
 * forces: rows that carry forces and are either ``force_validation`` rows (any split; training
   never reads them) or rows of the ``test`` split (an imported dataset with forces).
 
@@ -32,7 +33,7 @@ from pilip.data import Structures, structures_from_arrays
 from pilip.errors import PilipError
 from pilip.forces import energy_and_forces
 from pilip.metrics import energy_metrics, force_metrics, rmse
-from pilip.tables import field_unit, read_table, rows_of
+from pilip.tables import field_unit, read_table, rows_of, table_provenance
 
 METRICS_FILE = "metrics.json"
 PARITY_ENERGY_FILE = "parity_energy.png"
@@ -110,7 +111,11 @@ def read_evaluation_sets(path: str | Path) -> EvaluationSets:
         has_forces = table.column(keys.FORCES).is_valid().to_numpy(zero_copy_only=False)
     else:
         has_forces = np.zeros(table.num_rows, dtype=bool)
-    energy_rows = np.flatnonzero((split == "test") & ~fv & has_energy)
+    reference = _column_or(table, keys.REFERENCE, "")
+    train_rows = (split == "train") & has_energy & ~fv
+    trained_on = {reference[i] for i in np.flatnonzero(train_rows)}
+    same_reference = np.array([r in trained_on for r in reference], dtype=bool)
+    energy_rows = np.flatnonzero((split == "test") & has_energy & (same_reference | ~fv))
     force_rows = np.flatnonzero(has_forces & (fv | (split == "test")))
     if len(energy_rows) == 0 and len(force_rows) == 0:
         raise PilipError(
@@ -118,10 +123,20 @@ def read_evaluation_sets(path: str | Path) -> EvaluationSets:
             "forces; give the splits a test fraction or add force_validation labels"
         )
     system = _column_or(table, keys.SYSTEM, "")
-    reference = _column_or(table, keys.REFERENCE, "")
+    # collect joins force-validation forces onto rows whose `reference` names the energies
+    force_reference = table_provenance(table).get("force_validation_reference")
     return EvaluationSets(
         energy=_labelled(table, energy_rows, system, reference, forces=False),
-        forces=_labelled(table, force_rows, system, reference, forces=True),
+        forces=_labelled(
+            table,
+            force_rows,
+            system,
+            [
+                force_reference if f and force_reference else r
+                for r, f in zip(reference, fv, strict=True)
+            ],
+            forces=True,
+        ),
     )
 
 

@@ -90,6 +90,28 @@ def test_rows_selected_for_energies_and_forces(files):
     assert sets.forces.system == ["CH3CH2OH", "H2O", "CH4"]
 
 
+def test_collected_force_validation_rows_count_for_energies(tmp_path):
+    """pilip collect puts the training reference's energy on force-validation rows (their forces
+    come from another reference, named in the provenance): such test rows count for energies."""
+    structures = molecules(("H2O", "CH4", "H2O"), seed=2)
+    configurations = configurations_from_atoms(structures, system=["a", "b", "c"], generator="x")
+    forces = [None, None, np.zeros((3, 3))]
+    table = dataset_table(
+        configurations,
+        [1.0, 2.0, 3.0],
+        forces,
+        reference="cbs",
+        split=["train", "test", "test"],
+        force_validation=[False, False, True],
+    )
+    provenance = {"force_validation_reference": "dz"}
+    path = write_table(table, tmp_path / "dataset.parquet", "dataset", provenance)
+    sets = read_evaluation_sets(path)
+    assert sets.energy.system == ["b", "c"]
+    assert sets.forces.system == ["c"]
+    assert sets.forces.reference == ["dz"]
+
+
 def test_evaluate_metrics_by_hand_and_files(files):
     out = files["dir"] / "results"
     argv = ["evaluate", str(files["checkpoint"]), str(files["dataset"]), "--out", str(out)]
