@@ -3,12 +3,6 @@
 FORCE_VALIDATION = config["force_validation"]
 
 
-def force_validation_labels(wildcards):
-    if not FORCE_VALIDATION["enabled"]:
-        return []
-    return [f"labels/{FORCE_VALIDATION['reference']}/force_validation.parquet"]
-
-
 rule force_validation_subset:
     input:
         expand("configurations/{system}.parquet", system=SYSTEMS),
@@ -16,6 +10,8 @@ rule force_validation_subset:
         "force_validation/configurations.parquet",
     log:
         "logs/force_validation/subset.log",
+    conda:
+        PILIP_ENV
     params:
         config=CONFIG_FILE,
     shell:
@@ -29,6 +25,8 @@ rule label_force_validation:
         "labels/{reference}/force_validation.parquet",
     log:
         "logs/label/{reference}/force_validation.log",
+    conda:
+        PILIP_ENV
     threads: LABELLING["threads"]
     resources:
         mem_mb=LABELLING["mem_mb"],
@@ -52,6 +50,8 @@ rule collect:
         summary="datasets/{reference}.summary.txt",
     log:
         "logs/collect/{reference}.log",
+    conda:
+        PILIP_ENV
     params:
         config=CONFIG_FILE,
         force_validation=lambda wildcards, input: (

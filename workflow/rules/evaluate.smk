@@ -30,6 +30,8 @@ rule evaluate:
         ),
     log:
         "logs/evaluate/{run}.log",
+    conda:
+        PILIP_ENV
     threads: 1
     resources:
         mem_mb=2000,

@@ -21,6 +21,8 @@ rule md:
         trajectory="results/{run}/md.extxyz",
     log:
         "logs/md/{run}.log",
+    conda:
+        PILIP_ENV
     threads: 1
     resources:
         mem_mb=2000,

@@ -12,6 +12,8 @@ rule report:
         ),
     log:
         "logs/report.log",
+    conda:
+        PILIP_ENV
     threads: 1
     resources:
         mem_mb=500,

@@ -3,7 +3,11 @@ rule sample:
         "configurations/{system}.parquet",
     log:
         "logs/sample/{system}.log",
+    conda:
+        PILIP_ENV
     threads: 1
+    params:
+        config=CONFIG_FILE,
     shell:
-        "pilip sample --config {workflow.configfiles[0]} --system {wildcards.system}"
+        "pilip sample --config {params.config} --system {wildcards.system}"
         " -o {output} > {log} 2>&1"

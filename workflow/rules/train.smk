@@ -10,18 +10,6 @@ wildcard_constraints:
     run="|".join(RUNS),
 
 
-def unlabelled_input(wildcards):
-    """The unlabelled configurations table of a run, if its variant (or training) names one."""
-    variant = TRAINING["variants"][wildcards.run]
-    if "unlabelled" in variant:
-        path = variant["unlabelled"]
-    else:  # training.unlabelled feeds the variants with weak losses only
-        losses = variant.get("losses", TRAINING["losses"])
-        weak = "pitc" in losses or "pisc" in losses
-        path = TRAINING["unlabelled"] if weak else None
-    return [path] if path else []
-
-
 rule train:
     input:
         dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
@@ -31,12 +19,21 @@ rule train:
         metrics="models/{run}/metrics.csv",
     log:
         "logs/train/{run}.log",
+    conda:
+        PILIP_ENV
     threads: TRAINING["threads"]
     resources:
         mem_mb=TRAINING["mem_mb"],
         runtime=TRAINING["runtime"],
         gpu=TRAINING["gpus"],
+    params:
+        config=CONFIG_FILE,
+        # changed training settings rerun the job (pilip train then restarts, not resumes)
+        settings=lambda wildcards: json.dumps(
+            {**TRAINING, "variants": TRAINING["variants"][wildcards.run]},
+            sort_keys=True,
+        ),
     shell:
         "OMP_NUM_THREADS={threads} pilip train {input.dataset} --out models/{wildcards.run}"
-        " --config {workflow.configfiles[0]} --variant {wildcards.run} --threads {threads}"
+        " --config {params.config} --variant {wildcards.run} --threads {threads}"
         " --restart-if-changed --no-progress > {log} 2>&1"
