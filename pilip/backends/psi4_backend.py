@@ -430,6 +430,7 @@ class _Run:
         Returns normally when the worker finished, crashed or was killed; in the latter two
         cases the geometry it was computing gets a failed/timeout line.
         """
+        needed = set(self.backend.recipe.required_totals())
         request_path = scratch / "psi4-request.json"
         progress = scratch / "psi4-progress.txt"
         stderr_path = scratch / "psi4-stderr.txt"
@@ -440,7 +441,8 @@ class _Run:
                     "method": job.method,
                     "basis": job.basis,
                     "gradient": job.gradient,
-                    "variables": job.provides,
+                    "variables": job.provides,  # read when Psi4 sets them (more components)
+                    "required": [m for m in job.provides if (m, job.basis) in needed],
                 }
                 for job in self.jobs
             ],

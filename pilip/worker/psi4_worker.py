@@ -82,6 +82,7 @@ def load_request(path):
     for job in request["jobs"]:
         if not {"method", "basis", "variables"} <= set(job):
             fail(f"request {path}: a job needs method, basis and variables, got {job}")
+        # optional "required": the methods whose energies must be set (default: all)
     for config in request["configs"]:
         if not {"id", "numbers", "positions"} <= set(config):
             fail(f"request {path}: a configuration needs id, numbers and positions")
@@ -219,10 +220,12 @@ def run_jobs(psi4, molecule, jobs):
             psi4.energy(job["method"], molecule=molecule)
             gradient = None
         values = {}
+        required = job.get("required", list(job["variables"]))
         for method, variable in job["variables"].items():
-            if not psi4.core.has_variable(variable):
+            if psi4.core.has_variable(variable):
+                values[method] = psi4.core.variable(variable)
+            elif method in required:
                 raise RuntimeError(f"Psi4 set no {variable!r} in {job['method']}/{job['basis']}")
-            values[method] = psi4.core.variable(variable)
         energies.append(values)
         gradients.append(gradient)
         psi4.core.clean()
