@@ -409,3 +409,22 @@ def test_wrong_table_kind_is_one_line(dataset, tmp_path):
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(PilipError, match="junk.parquet: not a readable Parquet file"):
         load_dataset(tmp_path / "junk.parquet")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_matches_cpu(dataset, tmp_path):
+    """Same seed on CUDA and CPU (float64): same batches and perturbations, same numbers to
+    rounding; the checkpoint written on the GPU loads on the CPU."""
+    data = load_dataset(dataset)
+    unlabelled = load_unlabelled(dataset)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        cfg = config(losses="energy,pitc,pisc", epochs=3, device=device)
+        runs[device] = train(cfg, data, tmp_path / device, unlabelled=unlabelled)
+    assert runs["cuda"].best_val_energy_rmse_eV == pytest.approx(
+        runs["cpu"].best_val_energy_rmse_eV, rel=1e-6
+    )
+    model, meta = load_model(tmp_path / "cuda" / "model.pt", "cpu")
+    assert meta["config"]["device"] == "cuda"
+    rmse = energy_errors(predict_energies(model, data[VAL], 64), data[VAL])["energy_rmse_eV"]
+    assert rmse == pytest.approx(runs["cuda"].best_val_energy_rmse_eV, rel=1e-6)
