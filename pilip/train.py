@@ -72,7 +72,7 @@ class TrainConfig:
     eps: float = 0.01  # Angstrom, half-width of the weak-loss perturbations
     k: float = 0.5  # second-order factor: 0 first order, 0.5 trapezoid
     center: bool = True  # remove each perturbation's mean over the structure
-    weak_mode: str = "fused"  # fused | three_calls
+    weak_mode: str = "auto"  # auto (fused on CUDA, three calls on a CPU) | fused | three_calls
     n_train: int | None = None  # subsample of the training split (None: all of it)
     seed: int = 0
     epochs: int | None = 1000  # budget in epochs; None: minutes only
