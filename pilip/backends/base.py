@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +57,14 @@ RESULT_FIELDS: tuple[str, ...] = (
     "host",
     "date",
 )
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of a Python distribution (for provenance), or "unknown"."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Backend(abc.ABC):

@@ -17,12 +17,17 @@ arithmetic and stored components (``scf/<basis>``, ``<method>_corl/<basis>``, Ha
 from __future__ import annotations
 
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pilip import cbs, units
-from pilip.backends.base import Backend, check_closed_shell, check_spin, compute_pending
+from pilip.backends.base import (
+    Backend,
+    check_closed_shell,
+    check_spin,
+    compute_pending,
+    installed_version,
+)
 from pilip.errors import PilipError
 
 SPEC_KEYS = {"backend", "method", "basis", "cbs", "options", "retry_options"}
@@ -148,13 +153,9 @@ class PySCFBackend(Backend):
                 )
 
     def provenance(self) -> dict[str, Any]:
-        try:
-            version = metadata.version("pyscf")
-        except metadata.PackageNotFoundError:
-            version = "unknown"
         return {
             "program": "pyscf",
-            "program_version": version,
+            "program_version": installed_version("pyscf"),
             "method": self.recipe.label,
             "options": dict(self.options),
         }

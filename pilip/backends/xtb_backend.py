@@ -8,11 +8,10 @@ self-consistent cycle cannot be interrupted from Python; ``max_iterations`` boun
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip.backends.base import Backend, compute_pending
+from pilip.backends.base import Backend, compute_pending, installed_version
 from pilip.errors import PilipError
 
 METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB", "ipea1-xtb": "IPEA1-xTB"}
@@ -73,13 +72,9 @@ class XTBBackend(Backend):
                 )
 
     def provenance(self) -> dict[str, Any]:
-        try:
-            version = metadata.version("tblite")
-        except metadata.PackageNotFoundError:
-            version = "unknown"
         return {
             "program": "tblite",
-            "program_version": version,
+            "program_version": installed_version("tblite"),
             "method": self.method,
             "options": dict(self.options),
         }
