@@ -283,8 +283,8 @@ def data_fingerprint(data: dict[str, Structures], unlabelled: Structures | None)
     return digest.hexdigest()[:16]
 
 
-def _rng_states(shuffle: torch.Generator, perturb: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"shuffle": shuffle.get_state(), "perturb": perturb.get_state()}
+def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    return {name: g.get_state() for name, g in generators.items()}
 
 
 class _MetricsLog:
@@ -364,8 +364,11 @@ def train(
         min_lr=config.min_lr,
     )  # fmt: skip
     ema = EMA(model, config.ema_decay)
+    # separate streams, so that adding unlabelled structures leaves the labelled batch order
     shuffle_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 1)
     perturb_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 2)
+    unlabelled_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 3)
+    generators = {"shuffle": shuffle_gen, "perturb": perturb_gen, "unlabelled": unlabelled_gen}
     terms, options = config.terms(), config.weak_options()
 
     epoch, best_epoch, best_rmse, bad_epochs, elapsed = 0, 0, math.inf, 0, 0.0
@@ -390,8 +393,8 @@ def train(
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         ema.load_state_dict(ts["ema"])
-        shuffle_gen.set_state(ts["rng"]["shuffle"])
-        perturb_gen.set_state(ts["rng"]["perturb"])
+        for name, generator in generators.items():
+            generator.set_state(ts["rng"][name])
         epoch, best_epoch, bad_epochs = ts["epoch"], ts["best_epoch"], ts["bad_epochs"]
         best_rmse, elapsed = ts["best_rmse"], ts["elapsed_s"]
         best_state = ts["best_state"]
@@ -422,7 +425,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict(),
-            "rng": _rng_states(shuffle_gen, perturb_gen),
+            "rng": _rng_states(generators),
             "epoch": epoch,
             "best_epoch": best_epoch,
             "best_rmse": best_rmse,
@@ -451,7 +454,7 @@ def train(
         need = config.unlabelled_batch_size
         while need > 0:
             if unl_order is None or unl_pos >= n_unl:
-                unl_order, unl_pos = torch.randperm(n_unl, generator=shuffle_gen), 0
+                unl_order, unl_pos = torch.randperm(n_unl, generator=unlabelled_gen), 0
             chunk = unl_order[unl_pos : unl_pos + need]
             take.append(chunk)
             unl_pos += len(chunk)

@@ -299,17 +299,31 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
     assert set(shifts) == {1, 8}
 
 
-def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path):
+def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path, monkeypatch):
+    import pilip.train as train_module
+
     data = load_dataset(dataset)
     unlabelled = load_unlabelled(dataset)
-    a = train(config(losses="energy,pitc", epochs=2, w_pitc=100.0), data, tmp_path / "a")
-    b = train(
-        config(losses="energy,pitc", epochs=2, w_pitc=100.0),
-        data,
-        tmp_path / "b",
-        unlabelled=unlabelled,
-    )
+    seen: dict[str, list] = {"a": [], "b": []}
+    real = train_module.compute_losses
+
+    def recording(model, batch, *args, **kwargs):
+        weight = batch.get(keys.ENERGY_WEIGHT)
+        n_lab = len(batch[keys.N_ATOMS]) if weight is None else int(weight.sum())
+        seen[run].append((batch[keys.ENERGY][:n_lab].clone(), len(batch[keys.N_ATOMS]) - n_lab))
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_losses", recording)
+    cfg = config(losses="energy,pitc", epochs=2, w_pitc=100.0, unlabelled_batch_size=3)
+    run = "a"
+    a = train(cfg, data, tmp_path / "a")
+    run = "b"
+    b = train(cfg, data, tmp_path / "b", unlabelled=unlabelled)
     assert a.best_val_energy_rmse_eV != b.best_val_energy_rmse_eV
+    # the same labelled batches in the same order, each with 3 unlabelled structures added
+    assert len(seen["a"]) == len(seen["b"]) == 8
+    for (energy_a, extra_a), (energy_b, extra_b) in zip(seen["a"], seen["b"], strict=True):
+        assert torch.equal(energy_a, energy_b) and (extra_a, extra_b) == (0, 3)
     with pytest.raises(PilipError, match="--unlabelled feeds only the weak losses"):
         train(config(), data, tmp_path / "c", unlabelled=unlabelled)
 
