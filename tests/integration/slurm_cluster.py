@@ -94,7 +94,11 @@ def ensure_slurm_installed() -> None:
 
 @dataclass
 class SlurmCluster:
-    """A running one-node cluster. `env` is os.environ plus SLURM_CONF for client commands."""
+    """A running one-node cluster.
+
+    `env`: os.environ with SLURM_CONF and, first on PATH, client commands bound to this
+    cluster; give it to anything that talks to SLURM (Snakemake included).
+    """
 
     root: Path
     conf: Path
@@ -182,7 +186,7 @@ def write_slurm_conf(
         f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
         "SlurmctldDebug=info",
         "SlurmdDebug=info",
-        "ProctrackType=proctrack/linuxproc",
+        "ProctrackType=proctrack/pgid",
         "TaskPlugin=task/none",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core_Memory",
@@ -237,7 +241,7 @@ def _client_wrappers(root: Path, conf: Path) -> Path:
 
 def _start(name: str, args: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:
     # Own session: a Ctrl-C aimed at pytest does not reach the daemon before we stop it.
-    out = open(root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115 (closed by the child)
+    out = open(root / "log" / f"{name}.stdout", "wb")
     try:
         return subprocess.Popen(
             args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -345,10 +349,14 @@ def slurm_cluster(
             env,
         )
         _wait_for(
-            lambda: cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
-            and all(
-                s == "idle"
-                for s in cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
+            lambda: (
+                cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
+                and all(
+                    s == "idle"
+                    for s in cluster.run(
+                        "sinfo", "-h", "-N", "-o", "%T", check=False
+                    ).stdout.split()
+                )
             ),
             start_timeout_s,
             f"node {cluster.node} idle",

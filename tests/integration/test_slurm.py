@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ RUN_TIMEOUT_S = 330
 # The time-limit run: one chunk of N_SLOW ethanol geometries at DELAY_S each. It must outlast
 # the latest kill (limit 60 s + up to 30 s until slurmctld's next check + KillWait 2 s) and
 # finish a geometry before the earliest (60 s minus ~10 s of job start-up).
-N_SLOW, DELAY_S = 15, 6.0
+N_SLOW, DELAY_S = 16, 6.0
 
 pytestmark = [
     pytest.mark.slurm,
@@ -231,6 +231,20 @@ def _rule(job: dict[str, str]) -> str:
     return job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
 
 
+def _processes_of_job(cluster: SlurmCluster, job_id: str) -> list[str]:
+    """Command lines of live processes of SLURM job `job_id` of `cluster` (by environ)."""
+    marks = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_CONF={cluster.conf}".encode()}
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+            if marks <= environ:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
 def _install_sleepy_plugin(site: Path) -> None:
     """The test backend as an installed distribution: module + dist-info entry point."""
     site.mkdir(parents=True, exist_ok=True)
@@ -367,16 +381,24 @@ def test_label_job_killed_at_time_limit_resumes_from_finished_geometries(cluster
         ("TIMEOUT", "1:00"),
         ("COMPLETED", "5:00"),
     ], label_jobs
-    killed_at = datetime.fromisoformat(label_jobs[0]["EndTime"]).astimezone()  # local time
+    killed_at, retried_at = (
+        datetime.fromisoformat(j[key]).astimezone()  # SLURM prints local time
+        for j, key in ((label_jobs[0], "EndTime"), (label_jobs[1], "StartTime"))
+    )
+    # SLURM's kill reached every process of the job (the job-step Snakemake catches SIGTERM)
+    assert _processes_of_job(cluster, label_jobs[0]["JobID"]) == []
 
     # Every geometry computed exactly once: one results line per configuration.
     results = root / "labels" / "slow" / "ethanol" / "chunk-0000.results.jsonl"
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     configs = tables.read_table(root / "configurations" / "ethanol.parquet")
     assert sorted(r["config_id"] for r in lines) == sorted(configs.column(keys.ID).to_pylist())
-    # Some before the kill, the rest after it, by the retry.
-    before = [r for r in lines if datetime.fromisoformat(r["date"]) < killed_at]
-    assert 0 < len(before) < N_SLOW, [r["date"] for r in lines]
+    # Some by the killed job (up to its kill, plus KillWait and 1-s rounding), the rest by
+    # the retry, which computed only those.
+    dates = [datetime.fromisoformat(r["date"]) for r in lines]
+    before = [d for d in dates if d < retried_at]
+    assert 0 < len(before) < N_SLOW, dates
+    assert max(before) <= killed_at + timedelta(seconds=3), (killed_at, dates)
     log = (root / "logs" / "label" / "slow" / "ethanol" / "chunk-0000.log").read_text()
     assert f"computed {N_SLOW - len(before)} now" in log, log
 
