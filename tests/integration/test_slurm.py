@@ -3,15 +3,17 @@
 Two Snakemake runs share the cluster and run at the same time, both with `--executor slurm`
 and the profile in workflow/profiles/slurm (test-only changes applied to a copy):
 - a tiny xtb study, end to end: sampling, chunks grouped two per SLURM job, labels,
-  dataset, training in the GPU partition with a GPU granted (none present: it runs on CPU);
+  dataset, training in the GPU partition with a GPU granted (none present: it runs on CPU),
+  evaluation, MD and the summary;
 - a one-chunk labelling run whose chunk outlasts its one-minute SLURM time limit: SLURM
   kills it, Snakemake resubmits it (attempt 2, longer limit) and it resumes from the
   geometries it had finished. Its backend sleeps instead of computing (a test plugin), so
   the cluster advertises 4 CPUs on this 2-core machine.
 
 Runs as root on Debian (installs slurm-wlm and munge when missing) or wherever SLURM is
-installed; skipped only when neither holds. About 2.5 minutes, most of it SLURM's time-limit
-enforcement (one-minute granularity, checked every 30 s).
+installed; skipped only when neither holds. About 3 minutes on 2 cores, set by the
+time-limit run: SLURM's limits have one-minute granularity and are enforced every 30 s, and
+the executor polls less often the longer a job runs.
 """
 
 from __future__ import annotations
