@@ -43,6 +43,9 @@ rule label_force_validation:
 rule collect:
     input:
         configurations=expand("configurations/{system}.parquet", system=SYSTEMS),
+        # every system's chunk folder as a plain input: Snakemake then plans all chunk jobs
+        # at once instead of stopping at the first checkpoint that has not run yet
+        chunks=expand("chunks/{system}", system=SYSTEMS),
         labels=label_chunks,
         force_validation=force_validation_labels,
     output:

@@ -6,6 +6,7 @@ TRAIN_REFERENCE = LABELLING["reference"]
 
 
 wildcard_constraints:
+    system="[A-Za-z][A-Za-z0-9_-]*",
     reference="[A-Za-z][A-Za-z0-9_-]*",
     chunk=r"\d\d\d\d+",
 
@@ -37,7 +38,8 @@ rule label:
     threads: LABELLING["threads"]
     resources:
         mem_mb=LABELLING["mem_mb"],
-        runtime=LABELLING["runtime"],
+        # a chunk killed at its time limit resumes on retry, with a longer limit
+        runtime=lambda wildcards, attempt: LABELLING["runtime"] * attempt,
     params:
         config=CONFIG_FILE,
         # a changed recipe reruns the job, and pilip label then refuses the old results
