@@ -205,8 +205,8 @@ def test_metrics(model_path: Path, test: list[dict], device: str, dtype: str) ->
 
     from pilip.checkpoint import load_model
     from pilip.data import structures_from_arrays
+    from pilip.devices import resolve_device
     from pilip.forces import energy_and_forces
-    from pilip.train import resolve_device
 
     device = resolve_device(device)
     model, _ = load_model(model_path, device)

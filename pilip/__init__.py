@@ -1,3 +1,4 @@
-"""pilip: interatomic potentials from energy-only quantum chemistry with physics-informed weak losses."""
+"""pilip: interatomic potentials from energy-only quantum chemistry and physics-informed
+weak losses."""
 
 __version__ = "0.1.0"

@@ -18,21 +18,9 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from pilip import keys
+from pilip.devices import resolve_device
 from pilip.errors import PilipError
 from pilip.forces import energy_and_forces
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise PilipError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PilipError(f"--device {device}: CUDA is not available here; use cpu or auto")
-    return resolved
 
 
 def atoms_to_batch(atoms: Atoms, device: torch.device, dtype: torch.dtype) -> dict:

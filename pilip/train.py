@@ -32,6 +32,7 @@ from torch import nn
 from pilip.atomic_io import atomic_path
 from pilip.checkpoint import read_checkpoint, save_checkpoint
 from pilip.data import TRAIN, VAL, Structures, concat_batches
+from pilip.devices import resolve_device
 from pilip.errors import PilipError
 from pilip.losses import (
     ENERGY,
@@ -156,21 +157,6 @@ class TrainConfig:
     @property
     def weak(self) -> bool:
         return any(name in WEAK_TERMS for name in self.losses)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA request without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PilipError(f"--device {name!r}: use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PilipError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise PilipError(f"--device {name!r}: use auto, cpu or cuda")
-    return device
 
 
 # --- EMA of the weights ----------------------------------------------------------------------

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilip.calculator import resolve_device
     from pilip.checkpoint import load_model
+    from pilip.devices import resolve_device
     from pilip.errors import PilipError
     from pilip.evaluate import METRICS_FILE, write_evaluation
 

@@ -132,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pilip.data import load_dataset, load_unlabelled
+    from pilip.devices import resolve_device
     from pilip.errors import PilipError
     from pilip.losses import FORCES
-    from pilip.train import resolve_device, train
+    from pilip.train import train
 
     config, unlabelled_path = build_config(args)
     config.validate()

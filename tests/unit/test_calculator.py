@@ -10,8 +10,9 @@ from model_batches import molecules, to_batch
 from torch import nn
 
 from pilip import keys
-from pilip.calculator import PilipCalculator, resolve_device
+from pilip.calculator import PilipCalculator
 from pilip.checkpoint import save_checkpoint
+from pilip.devices import resolve_device
 from pilip.errors import PilipError
 from pilip.forces import energy_and_forces
 from pilip.models import build_model
