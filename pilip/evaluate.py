@@ -31,7 +31,7 @@ from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
 from pilip.data import Structures, structures_from_arrays
 from pilip.errors import PilipError
-from pilip.forces import energy_and_forces
+from pilip.forces import energy_and_forces, total_energy
 from pilip.metrics import energy_metrics, force_metrics, rmse
 from pilip.tables import field_unit, read_table, rows_of, table_provenance
 
@@ -205,8 +205,7 @@ def predict(
             energy, force = energy_and_forces(model, batch)
             force_blocks.append(force.detach().cpu().double().numpy())
         else:
-            with torch.no_grad():
-                energy = model(batch)
+            energy = total_energy(model, batch)
         energies.append(energy.detach().cpu().double().numpy())
     return np.concatenate(energies), (np.concatenate(force_blocks) if forces else None)
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from pilip import keys
 from pilip.errors import PilipError
-from pilip.forces import EnergyModel, energy_and_forces
+from pilip.forces import EnergyModel, energy_and_forces, energy_parts
 from pilip.neighbors import segment_sum
 
 ENERGY = "energy"  # MSE of the energy (eV^2; (eV/atom)^2 per atom)
@@ -249,6 +249,10 @@ def compute_losses(
     if weak and generator is None:
         raise PilipError("the weak losses need a torch.Generator for their perturbations")
     create_graph = torch.is_grad_enabled()
+    # the reference energy (per-element shifts, thousands of eV) cancels from the weak
+    # residuals and moves to the labels' side of the energy residual, in float64: float32
+    # totals would round the weak residuals (~1e-3 eV) away
+    model, reference = energy_parts(model)
     index = batch[keys.BATCH]
     n_atoms = batch[keys.N_ATOMS]
     n_struct = n_atoms.shape[0]
@@ -271,11 +275,14 @@ def compute_losses(
 
     losses: dict[str, Tensor] = {}
     if ENERGY in active:
-        reference = batch[keys.ENERGY].to(ev.energy_a.dtype)
+        target = batch[keys.ENERGY].double()
+        if reference is not None:
+            target = target - reference(_model_input(batch, batch[keys.POSITIONS]))
+        target = target.to(ev.energy_a.dtype)
         weight = batch.get(keys.ENERGY_WEIGHT)
         if weight is not None:  # unlabelled rows may hold NaN
-            reference = torch.where(weight > 0, reference, torch.zeros_like(reference))
-        residual = ev.energy_a - reference
+            target = torch.where(weight > 0, target, torch.zeros_like(target))
+        residual = ev.energy_a - target
         if active[ENERGY].per_atom:
             residual = residual / n_atoms.to(residual.dtype)
         losses[ENERGY] = _mean_square(residual, weight)

@@ -34,6 +34,7 @@ from pilip.checkpoint import read_checkpoint, save_checkpoint
 from pilip.data import TRAIN, VAL, Structures, concat_batches
 from pilip.devices import resolve_device
 from pilip.errors import PilipError
+from pilip.forces import total_energy
 from pilip.losses import (
     ENERGY,
     FORCES,
@@ -217,7 +218,7 @@ class _swapped_weights:
 @torch.no_grad()
 def predict_energies(model: nn.Module, structures: Structures, batch_size: int) -> torch.Tensor:
     """Model energies (n_structures,) eV, in order, in float64."""
-    out = [model(b).double() for b in structures.batches(batch_size)]
+    out = [total_energy(model, b) for b in structures.batches(batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 

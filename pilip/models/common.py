@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pilip import keys
 from pilip.neighbors import segment_sum
 
 N_ELEMENTS = 119  # atomic numbers 0..118
@@ -71,7 +72,9 @@ def shifted_softplus(x: Tensor) -> Tensor:
 class EnergyShift(nn.Module):
     """E = scale * sum_i e_i + sum_i shift[Z_i]: per-element offsets fitted by least squares.
 
-    ``shift`` (119,) eV and ``scale`` () eV are buffers (saved in the state dict, not trained).
+    ``shift`` (119,) eV and ``scale`` () eV are buffers in the model's dtype (saved in the
+    state dict, not trained). Whatever that dtype, the shifts of a structure are summed in
+    float64 (``reference``), so the model's energy is exactly network + that sum.
     """
 
     def __init__(self) -> None:
@@ -79,10 +82,13 @@ class EnergyShift(nn.Module):
         self.register_buffer("shift", torch.zeros(N_ELEMENTS))
         self.register_buffer("scale", torch.ones(()))
 
-    def forward(self, atomic: Tensor, numbers: Tensor, batch: Tensor, n_struct: int) -> Tensor:
-        """atomic (n_atoms,) network outputs -> (n_struct,) energies in eV."""
-        per_atom = self.scale * atomic + self.shift[numbers]
-        return segment_sum(per_atom, batch, n_struct)
+    def network(self, atomic: Tensor, batch: Tensor, n_struct: int) -> Tensor:
+        """atomic (n_atoms,) network outputs -> (n_struct,) scaled sums, in their dtype, eV."""
+        return segment_sum(self.scale.to(atomic.dtype) * atomic, batch, n_struct)
+
+    def reference(self, numbers: Tensor, batch: Tensor, n_struct: int) -> Tensor:
+        """(n_struct,) float64 sums of the per-element shifts of each structure's atoms, eV."""
+        return segment_sum(self.shift.double().index_select(0, numbers), batch, n_struct)
 
     @torch.no_grad()
     def fit(self, numbers: Tensor, batch: Tensor, energies: Tensor) -> None:
@@ -99,6 +105,34 @@ class EnergyShift(nn.Module):
         )
         self.shift.copy_(torch.from_numpy(s[0]))
         self.scale.fill_(s[1])
+
+
+class ShiftedEnergyModel(nn.Module):
+    """Base of pilip's models: E(R) = network_energy(R) + reference_energy(Z), in eV.
+
+    The reference energy (the sum of per-element shifts, thousands of eV) does not depend on
+    the positions and cancels exactly from every difference of energies of the same atoms.
+    Kept apart and summed in float64, it leaves float32 models the precision that the weak
+    losses need: their residuals are differences of ~1e-3 eV between energies of ~1e4 eV,
+    below float32's resolution of such totals (~1e-3 eV). Subclasses set ``energy_shift``
+    and implement ``network_energy``.
+    """
+
+    energy_shift: EnergyShift
+
+    def network_energy(self, batch: dict[str, Tensor]) -> Tensor:
+        """(n_struct,) energies without the reference, in the model's dtype, eV."""
+        raise NotImplementedError
+
+    def reference_energy(self, batch: dict[str, Tensor]) -> Tensor:
+        """(n_struct,) float64 sums of the per-element shifts, eV (no position dependence)."""
+        n_struct = batch[keys.N_ATOMS].shape[0]
+        return self.energy_shift.reference(batch[keys.NUMBERS], batch[keys.BATCH], n_struct)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Total energies (n_struct,) eV in the model's dtype (positions in Angstrom)."""
+        energy = self.network_energy(batch)
+        return energy + self.reference_energy(batch).to(energy.dtype)
 
 
 def shifts_from_energies(

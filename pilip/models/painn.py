@@ -1,7 +1,8 @@
 """PaiNN (Schuett, Unke, Gastegger, ICML 2021): equivariant message passing with scalar and
 vector features.
 
-model(batch) -> per-structure energies (n_struct,) in eV, per-element shifts included. The
+model(batch) -> per-structure energies (n_struct,) in eV, per-element shifts included
+(``ShiftedEnergyModel``: the shifts are summed apart, in float64). The
 neighbour list is built inside ``forward`` from the positions; forces come from
 ``pilip.forces.energy_and_forces``. Scalars ``s`` are (n_atoms, F); vectors ``v`` are
 (n_atoms, 3, F) and rotate with the structure, so the energy (read from ``s``) is invariant.
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pilip import keys
-from pilip.models.common import EnergyShift, SineRBF, polynomial_envelope
+from pilip.models.common import EnergyShift, ShiftedEnergyModel, SineRBF, polynomial_envelope
 from pilip.neighbors import neighbor_list, segment_sum
 
 
@@ -85,7 +86,7 @@ class Update(nn.Module):
         return ds, dv
 
 
-class PaiNN(nn.Module):
+class PaiNN(ShiftedEnergyModel):
     def __init__(self, cfg: PaiNNConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -103,8 +104,8 @@ class PaiNN(nn.Module):
     def hparams(self) -> dict:
         return asdict(self.cfg)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Energies (n_struct,) eV of the structures in ``batch`` (positions in Angstrom)."""
+    def network_energy(self, batch: dict[str, Tensor]) -> Tensor:
+        """Energies (n_struct,) eV without the per-element reference (positions in A)."""
         dtype = self.embedding.weight.dtype
         positions = batch[keys.POSITIONS].to(dtype)
         numbers = batch[keys.NUMBERS]
@@ -127,4 +128,4 @@ class PaiNN(nn.Module):
             s = s + ds
             v = v + dv
         atomic = self.readout(s).squeeze(-1)
-        return self.energy_shift(atomic, numbers, batch[keys.BATCH], n_struct)
+        return self.energy_shift.network(atomic, batch[keys.BATCH], n_struct)

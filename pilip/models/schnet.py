@@ -1,6 +1,7 @@
 """SchNet (Schuett et al., J. Chem. Phys. 148, 241722, 2018): continuous-filter convolutions.
 
-model(batch) -> per-structure energies (n_struct,) in eV, per-element shifts included. The
+model(batch) -> per-structure energies (n_struct,) in eV, per-element shifts included
+(``ShiftedEnergyModel``: the shifts are summed apart, in float64). The
 neighbour list is built inside ``forward`` from the positions; forces come from
 ``pilip.forces.energy_and_forces``.
 """
@@ -13,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from pilip import keys
-from pilip.models.common import EnergyShift, GaussianRBF, polynomial_envelope, shifted_softplus
+from pilip.models.common import (
+    EnergyShift,
+    GaussianRBF,
+    ShiftedEnergyModel,
+    polynomial_envelope,
+    shifted_softplus,
+)
 from pilip.neighbors import neighbor_list, segment_sum
 
 
@@ -50,7 +57,7 @@ class CFConv(nn.Module):
         return self.dense(shifted_softplus(self.atom_out(y)))
 
 
-class SchNet(nn.Module):
+class SchNet(ShiftedEnergyModel):
     def __init__(self, cfg: SchNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -66,8 +73,8 @@ class SchNet(nn.Module):
     def hparams(self) -> dict:
         return asdict(self.cfg)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Energies (n_struct,) eV of the structures in ``batch`` (positions in Angstrom)."""
+    def network_energy(self, batch: dict[str, Tensor]) -> Tensor:
+        """Energies (n_struct,) eV without the per-element reference (positions in A)."""
         dtype = self.readout_out.weight.dtype
         positions = batch[keys.POSITIONS].to(dtype)
         numbers = batch[keys.NUMBERS]
@@ -82,4 +89,4 @@ class SchNet(nn.Module):
         for interaction in self.interactions:
             x = x + interaction(x, rbf, envelope, edge_index)
         atomic = self.readout_out(shifted_softplus(self.readout_hidden(x))).squeeze(-1)
-        return self.energy_shift(atomic, numbers, batch[keys.BATCH], n_struct)
+        return self.energy_shift.network(atomic, batch[keys.BATCH], n_struct)
