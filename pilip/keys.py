@@ -50,6 +50,7 @@ EDGE_INDEX = "edge_index"  # (2, n_edges) | [receiver, sender] atom indices, lon
 EDGE_SHIFT = "edge_shift"  # (n_edges, 3) | Angstrom, periodic image shift added to the sender
 ENERGY_WEIGHT = "energy_weight"  # (n_structures,) | 1 where an energy label exists, else 0
 FORCE_WEIGHT = "force_weight"  # (n_structures,) | 1 where force labels may be trained on, else 0
+STRUCTURE_WEIGHT = "structure_weight"  # (n_structures,) | 1 for a real structure, 0 for padding
 
 SPLITS = ("train", "val", "test")
 STATUS_OK = "ok"

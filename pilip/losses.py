@@ -109,18 +109,19 @@ def draw_perturbations(
     """Fresh d1, d2 (n_atoms, 3) A, uniform in [-eps, eps], optionally centred per structure.
 
     Drawn in float64 on the generator's device, so that a CPU generator gives the same
-    perturbations whatever the model's device and dtype.
+    perturbations whatever the model's device and dtype; laid out atom by atom, so that (on a
+    CPU generator) the first atoms of a padded batch get what they would get unpadded.
     """
     positions = batch[keys.POSITIONS]
     n = positions.shape[0]
-    u = torch.rand((2, n, 3), generator=generator, device=generator.device, dtype=torch.float64)
+    u = torch.rand((n, 2, 3), generator=generator, device=generator.device, dtype=torch.float64)
     d = ((2.0 * u - 1.0) * eps).to(device=positions.device, dtype=positions.dtype)
     if center:
         n_atoms = batch[keys.N_ATOMS]
-        total = d.new_zeros((2, n_atoms.shape[0], 3)).index_add(1, batch[keys.BATCH], d)
-        mean = total / n_atoms.to(d.dtype)[None, :, None]
-        d = d - mean.index_select(1, batch[keys.BATCH])
-    return d[0], d[1]
+        total = d.new_zeros((n_atoms.shape[0], 2, 3)).index_add(0, batch[keys.BATCH], d)
+        mean = total / n_atoms.to(d.dtype)[:, None, None]
+        d = d - mean.index_select(0, batch[keys.BATCH])
+    return d[:, 0], d[:, 1]
 
 
 def _model_input(batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
@@ -229,7 +230,8 @@ def compute_losses(
 
     ``batch`` holds the model inputs and, for the supervised terms, ``keys.ENERGY`` (n_struct,)
     eV (``keys.ENERGY_WEIGHT`` 0 marks unlabelled structures) and ``keys.FORCES`` (n_atoms, 3)
-    eV/A (``keys.FORCE_WEIGHT`` 0 marks structures without usable force labels). Terms with
+    eV/A (``keys.FORCE_WEIGHT`` 0 marks structures without usable force labels);
+    ``keys.STRUCTURE_WEIGHT`` 0 marks padding (``pilip.static_step``) for the weak terms. Terms with
     weight 0 are skipped, so their labels are not needed. The weak terms draw d1, d2 from
     ``generator`` (a CPU generator gives device-independent numbers). The graph for the
     parameter gradients is built when grad mode is on; under ``torch.no_grad()`` the values are
@@ -317,7 +319,7 @@ def compute_losses(
             residual = ev.energy_c - energy_from + work[:, column]
             if active[name].per_atom:
                 residual = residual / n_atoms.to(residual.dtype)
-            losses[name] = (residual * residual).mean()
+            losses[name] = _mean_square(residual, batch.get(keys.STRUCTURE_WEIGHT))
 
     by_name = {t.name: t for t in terms}
     losses[TOTAL] = sum(by_name[name].weight * value for name, value in losses.items())

@@ -45,6 +45,7 @@ from pilip.losses import (
     check_terms,
     compute_losses,
 )
+from pilip.static_step import MAX_AUTO_ATOMS, StaticStep, batch_shape, pad_batch
 
 METRICS_FILE = "metrics.csv"
 BEST_FILE = "model.pt"
@@ -52,7 +53,10 @@ LAST_FILE = "last.pt"
 CONFIG_FILE = "config.json"
 LOSS_ALIASES = {"force": FORCES}
 # Keys that may differ between an interrupted run and its resumption (the budget).
-RESUMABLE_CHANGES = ("epochs", "minutes", "device", "progress", "checkpoint_interval_s")
+RESUMABLE_CHANGES = (
+    "epochs", "minutes", "device", "progress", "checkpoint_interval_s", "static_shapes",
+)  # fmt: skip
+STATIC_SHAPES = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 
 
 class TrainingDiverged(PilipError):
@@ -93,6 +97,10 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | float64 (model and data)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_interval_s: float = 30.0  # seconds between last.pt writes (also at the end)
+    # pad every batch to one shape (pilip.static_step); on CUDA the step is then captured once
+    # as a CUDA graph and replayed. auto: on CUDA for molecules of up to 64 atoms; always: also
+    # on a CPU (no graph there: the same padded step, eagerly); never
+    static_shapes: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.losses, str):
@@ -154,6 +162,10 @@ class TrainConfig:
             raise PilipError(f"ema_decay = {self.ema_decay}: must lie in [0, 1)")
         if self.dtype not in ("float32", "float64"):
             raise PilipError(f"dtype {self.dtype!r}: use float32 or float64")
+        if self.static_shapes not in STATIC_SHAPES:
+            raise PilipError(
+                f"static_shapes {self.static_shapes!r}: use {', '.join(STATIC_SHAPES)}"
+            )
 
     @property
     def weak(self) -> bool:
@@ -179,8 +191,9 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        for name, p in model.named_parameters():
-            self.shadow[name].lerp_(p.detach(), 1.0 - d)
+        names, params = zip(*model.named_parameters(), strict=True)
+        # one foreach kernel per dtype/device, not one per parameter (launch-bound on a GPU)
+        torch._foreach_lerp_([self.shadow[n] for n in names], list(params), 1.0 - d)
 
     def state_dict_of(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict with EMA weights in place of the parameters."""
@@ -338,11 +351,19 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    max_atoms = max(int(s.n_atoms.max()) for s in (train_set, unlabelled) if s is not None)
+    static = config.static_shapes == "always" or (
+        config.static_shapes == "auto" and device.type == "cuda" and max_atoms <= MAX_AUTO_ATOMS
+    )
+    capture = static and device.type == "cuda"
+    # padded batches are assembled on the CPU and copied into the step's static inputs
+    batch_device = torch.device("cpu") if static else device
+
     torch.manual_seed(config.seed)
     model = _build_model(config, train_set).to(device)
-    train_dev = train_set.to(device, dtype)
+    train_dev = train_set.to(batch_device, dtype)
     val_dev = val_set.to(device, dtype)
-    unl_dev = unlabelled.to(device, dtype) if unlabelled is not None else None
+    unl_dev = unlabelled.to(batch_device, dtype) if unlabelled is not None else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -353,10 +374,25 @@ def train(
     ema = EMA(model, config.ema_decay)
     # separate streams, so that adding unlabelled structures leaves the labelled batch order
     shuffle_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 1)
-    perturb_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 2)
     unlabelled_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 3)
-    generators = {"shuffle": shuffle_gen, "perturb": perturb_gen, "unlabelled": unlabelled_gen}
+    generators = {"shuffle": shuffle_gen, "unlabelled": unlabelled_gen}
+    if capture:  # a CUDA graph draws its random numbers from the default CUDA generator
+        perturb_gen = torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        generators["perturb_cuda"] = perturb_gen
+    else:
+        perturb_gen = torch.Generator()
+        generators["perturb"] = perturb_gen
+    perturb_gen.manual_seed(config.seed * 1_000_003 + 2)
     terms, options = config.terms(), config.weak_options()
+    step_fn, shape = None, None
+    if static:
+        n_unl = config.unlabelled_batch_size if unlabelled is not None else 0
+        shape = batch_shape(max_atoms, config.batch_size, len(train_set), n_unl)
+        step_fn = StaticStep(model, terms, options, perturb_gen, capture)
+        log(
+            f"static shapes: {shape.n_slots} structures, {shape.n_atoms} atoms per step "
+            f"({'CUDA graph' if capture else 'no graph'})"
+        )
 
     epoch, best_epoch, best_rmse, bad_epochs, elapsed = 0, 0, math.inf, 0, 0.0
     best_state: dict[str, torch.Tensor] | None = None
@@ -381,7 +417,8 @@ def train(
         scheduler.load_state_dict(ts["scheduler"])
         ema.load_state_dict(ts["ema"])
         for name, generator in generators.items():
-            generator.set_state(ts["rng"][name])
+            if name in ts["rng"]:  # a CUDA graph run resumed without one draws afresh
+                generator.set_state(ts["rng"][name])
         epoch, best_epoch, bad_epochs = ts["epoch"], ts["best_epoch"], ts["bad_epochs"]
         best_rmse, elapsed = ts["best_rmse"], ts["elapsed_s"]
         best_state = ts["best_state"]
@@ -472,9 +509,12 @@ def train(
             for batch in train_dev.batches(config.batch_size, shuffle=True, generator=shuffle_gen):
                 if unl_dev is not None:
                     batch = concat_batches(batch, next_unlabelled())
-                losses = compute_losses(model, batch, terms, perturb_gen, options)
+                if step_fn is not None:  # losses and backward on the padded batch
+                    losses = step_fn(pad_batch(batch, shape))
+                else:
+                    losses = compute_losses(model, batch, terms, perturb_gen, options)
                 total = losses[TOTAL]
-                if not torch.isfinite(total):
+                if not capture and not torch.isfinite(total):  # a host sync: not in graphs
                     bad = [n for n, v in losses.items() if n != TOTAL and not torch.isfinite(v)]
                     value = float(total.detach())
                     raise TrainingDiverged(
@@ -482,14 +522,20 @@ def train(
                         f"step {n_steps + 1}; stopped (last good checkpoint kept in {out_dir}); "
                         "lower --lr or --eps"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                if step_fn is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
                 optimizer.step()
                 ema.update(model)
                 for n in loss_names:
                     sums[n] += losses[n].detach().double()
                 n_steps += 1
+            if capture and not torch.isfinite(sums[TOTAL]):  # checked once per epoch
+                raise TrainingDiverged(
+                    f"loss {TOTAL} is {float(sums[TOTAL])} in epoch {epoch + 1}; stopped (last "
+                    f"good checkpoint kept in {out_dir}); lower --lr or --eps"
+                )
             epoch += 1
 
             ema_state = ema.state_dict_of(model)

@@ -27,6 +27,8 @@ _OVERRIDES = {
     "lr": "lr",
     "patience": "patience",
     "dtype": "dtype",
+    "weak_mode": "weak_mode",
+    "static_shapes": "static_shapes",
 }
 _MODEL_OVERRIDES = ("cutoff", "n_features", "n_interactions")
 
@@ -57,6 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="divide energy and weak-loss residuals by the atom count",
+    )
+    parser.add_argument(
+        "--weak-mode",
+        choices=("auto", "fused", "three_calls"),
+        help="weak losses as one fused call or three calls (auto: fused on CUDA)",
+    )
+    parser.add_argument(
+        "--static-shapes",
+        choices=("auto", "always", "never"),
+        help="pad batches to one shape, captured as a CUDA graph on a GPU "
+        "(auto: on CUDA for molecules up to 64 atoms)",
     )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="AdamW learning rate")

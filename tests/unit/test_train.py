@@ -299,6 +299,31 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
     assert set(shifts) == {1, 8}
 
 
+def test_static_shapes_train_the_same_numbers_as_plain_batches(dataset, tmp_path):
+    """Padded batches (the CUDA-graph path, run eagerly on the CPU) change nothing: same
+    batches, losses and gradients equal to rounding. (With the weak losses the padding atoms
+    also draw perturbations, so later steps draw other numbers: tests/unit/test_static_step.py
+    checks those losses step by step.)"""
+    data = load_dataset(dataset, forces=True)
+    runs = {}
+    for mode in ("never", "always"):
+        # 16 training structures in batches of 5: the last batch of each epoch is partial
+        cfg = config(losses="energy,forces", epochs=3, batch_size=5, static_shapes=mode)
+        runs[mode] = train(cfg, data, tmp_path / mode)
+    rows = {m: read_metrics(tmp_path / m / "metrics.csv") for m in runs}
+    assert len(rows["always"]) == 3
+    for plain, padded in zip(rows["never"], rows["always"], strict=True):
+        for column in ("train_energy", "train_forces", "val_energy_rmse_eV"):
+            assert float(padded[column]) == pytest.approx(float(plain[column]), rel=1e-9), column
+    weak = config(losses="energy,pitc,pisc", epochs=8, lr=2e-2, static_shapes="always")
+    train(weak, data, tmp_path / "weak", unlabelled=load_unlabelled(dataset))
+    rows = read_metrics(tmp_path / "weak" / "metrics.csv")
+    assert float(rows[-1]["val_energy_rmse_eV"]) < float(rows[0]["val_energy_rmse_eV"])
+    assert all(float(r["train_pitc"]) > 0 for r in rows)
+    with pytest.raises(PilipError, match="static_shapes 'on'"):
+        config(static_shapes="on").validate()
+
+
 def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path, monkeypatch):
     import pilip.train as train_module
 
@@ -426,6 +451,27 @@ def test_wrong_table_kind_is_one_line(dataset, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_training_learns_and_resumes(dataset, tmp_path):
+    """static_shapes auto on CUDA: the step is a replayed CUDA graph; the loss falls, the
+    validation error improves, and an interrupted run resumes."""
+    data = load_dataset(dataset)
+    unlabelled = load_unlabelled(dataset)
+    cfg = config(losses="energy,pitc,pisc", epochs=12, lr=2e-2, device="cuda", dtype="float32")
+    messages: list[str] = []
+    train(cfg, data, tmp_path / "g", unlabelled=unlabelled, log=messages.append)
+    assert any("CUDA graph" in m for m in messages)
+    rows = read_metrics(tmp_path / "g" / "metrics.csv")
+    assert float(rows[-1]["train_energy"]) < 0.5 * float(rows[0]["train_energy"])
+    assert float(rows[-1]["val_energy_rmse_eV"]) < float(rows[0]["val_energy_rmse_eV"])
+    assert all(math.isfinite(float(r["train_pitc"])) and float(r["train_pitc"]) > 0 for r in rows)
+    more = train(
+        config(losses="energy,pitc,pisc", epochs=15, lr=2e-2, device="cuda", dtype="float32"),
+        data, tmp_path / "g", unlabelled=unlabelled,
+    )  # fmt: skip
+    assert more.epochs == 15 and len(read_metrics(tmp_path / "g" / "metrics.csv")) == 15
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_training_matches_cpu(dataset, tmp_path):
     """Same seed on CUDA and CPU (float64): same batches and perturbations, same numbers to
     rounding; the checkpoint written on the GPU loads on the CPU."""
@@ -433,7 +479,8 @@ def test_cuda_training_matches_cpu(dataset, tmp_path):
     unlabelled = load_unlabelled(dataset)
     runs = {}
     for device in ("cpu", "cuda"):
-        cfg = config(losses="energy,pitc,pisc", epochs=3, device=device)
+        # static_shapes never: a CUDA graph would draw its perturbations on the GPU
+        cfg = config(losses="energy,pitc,pisc", epochs=3, device=device, static_shapes="never")
         runs[device] = train(cfg, data, tmp_path / device, unlabelled=unlabelled)
     assert runs["cuda"].best_val_energy_rmse_eV == pytest.approx(
         runs["cpu"].best_val_energy_rmse_eV, rel=1e-6
