@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session: CUDA proof + step-time benchmark + acac data-efficiency grid.
+# One GPU session: CUDA proof + step-time benchmark + pilip train throughput + acac grid.
 # Runs from the repository root on a machine with torch+CUDA; results go to $OUT (default
 # benchmarks/out/gpu). Python packages missing there (ase, vesin, jsonschema) can be given
 # as wheels in .whl/. The acac data is read from $ACAC (default ../shared/data/acac).
@@ -19,7 +19,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 
 # 1. CUDA proof: the CUDA tests, then pilip import -> train (weak losses) -> evaluate on CUDA
 python3 -m pytest -q -x -p no:cacheprovider tests/unit/test_calculator.py tests/unit/test_train.py \
-    -k cuda 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+    tests/unit/test_static_step.py -k cuda 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
 python3 -m pilip.cli import "$ACAC/train_300K.xyz" -o /tmp/acac.parquet --reference dft \
     --splits 0.8,0.1,0.1 > /dev/null
 python3 -m pilip.cli train /tmp/acac.parquet --out /tmp/acac_run --losses energy,pitc,pisc \
@@ -33,8 +33,13 @@ cp /tmp/acac_run/metrics.csv "$OUT/cuda_train_metrics.csv" 2>/dev/null
 timeout ${STEP_SECONDS:-130} python3 benchmarks/step_time.py --device cuda --out "$OUT/step_time" \
     2>&1 | tail -40
 
-# 3. data efficiency on acac (energy-only labels; forces for evaluation only)
-timeout ${GRID_SECONDS:-270} python3 benchmarks/acac_data_efficiency.py --device cuda \
+# 2b. pilip train itself: three calls vs fused vs fused + static shapes (CUDA graph)
+timeout ${THROUGHPUT_SECONDS:-150} python3 benchmarks/train_throughput.py --device cuda \
+    --data "$ACAC" --out "$OUT/train_throughput" 2>&1 | tail -8
+
+# 3. data efficiency on acac (energy-only labels; forces for evaluation only); GRID_SECONDS=0
+# skips it
+[ "${GRID_SECONDS:-270}" = 0 ] || timeout ${GRID_SECONDS:-270} python3 benchmarks/acac_data_efficiency.py --device cuda \
     --data "$ACAC" --variants "${GRID_VARIANTS:-energy,weak,weak_unl,paper}" --jobs "${GRID_JOBS:-11}" \
     --minutes-per-run "${GRID_RUN_MINUTES:-1.2}" --out "$OUT/acac" 2>&1 | tail -45
 ls -R "$OUT" | head -30

@@ -6,8 +6,11 @@ structures read from an xyz file with ``--xyz``). Reports the median step time o
 after warm-up (CUDA synchronised), its ratio to the energy+force step, structures per second
 and peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the whole process's peak resident
 set during the timed steps, reset per configuration through /proc/self/clear_refs on Linux).
-On CUDA, two more modes capture the energy+force and the fused weak-loss steps once as CUDA
-graphs and replay them (static shapes through precomputed candidate pairs).
+On CUDA, two more modes run the energy+force and the fused weak-loss steps the way
+``pilip train`` runs them on a GPU (``pilip.static_step``): the batch padded to a static
+shape on the CPU, the losses and backward pass captured once as a CUDA graph and replayed,
+AdamW eagerly. Gradient clipping and the EMA (a few foreach kernels in pilip train) are in
+no mode.
 
     python benchmarks/step_time.py --device cuda --out benchmarks/out/step_time_cuda
     python benchmarks/step_time.py --device cpu --batch-sizes 6,32 --repeats 3 --out DIR
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pilip import keys  # noqa: E402
 from pilip.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
 from pilip.models import build_model  # noqa: E402
-from pilip.neighbors import molecular_pairs  # noqa: E402
+from pilip.static_step import StaticShape, StaticStep, pad_batch  # noqa: E402
 
 MODES = {
     # name: (loss terms, weak-loss mode)
@@ -49,7 +52,7 @@ MODES = {
     ),
 }
 REFERENCE_MODE = "energy+forces"
-GRAPH_SUFFIX = "+graph"  # the same step captured once as a CUDA graph and replayed
+GRAPH_SUFFIX = "+graph"  # pilip train's static step: padded, captured once, replayed
 GRAPH_MODES = ("energy+forces+graph", "weak_fused+graph")
 
 
@@ -128,62 +131,38 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _capture(step, optimizer):
-    """Replay function of a CUDA graph of ``step`` (losses, backward, optimizer step).
-
-    Shapes must be static (candidate pairs precomputed in the batch) and nothing may sync
-    with the host; warm-up runs on a side stream as torch.cuda.graph requires.
-    """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)  # the captured backward then assigns, not adds
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def time_steps(model_name, mode, batch_size, args, device) -> dict:
     graphed = mode.endswith(GRAPH_SUFFIX)
     base_mode = mode.removesuffix(GRAPH_SUFFIX)
     torch.manual_seed(0)
     model = build_model(model_name).to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graphed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     terms, weak_mode = MODES[base_mode]
     options = WeakLossOptions(mode=weak_mode)
     batch = make_batch(molecules(batch_size, args.xyz), device)
-    if graphed:
-        # static shapes: all candidate pairs, pruned by the envelope instead of by nonzero();
-        # the default CUDA generator is the one a graph capture registers
-        batch[keys.EDGE_INDEX] = molecular_pairs(batch[keys.N_ATOMS])
-        generator = torch.cuda.default_generators[device.index or 0]
-    else:
-        generator = torch.Generator(device=device).manual_seed(0)
-    next_positions = batch[keys.POSITIONS].clone()
     cuda = device.type == "cuda"
 
-    def step():
-        losses = compute_losses(model, batch, terms, generator, options)
-        losses["total"].backward()
-        optimizer.step()
-
     if graphed:
-        replay = _capture(step, optimizer)
+        # exactly pilip train's static step: the batch padded on the CPU, copied into the
+        # static inputs, the captured losses + backward replayed, then AdamW eagerly; the
+        # default CUDA generator is the one a graph capture registers
+        host_batch = {k: v.cpu() for k, v in batch.items()}
+        shape = StaticShape(batch_size, int(host_batch[keys.N_ATOMS].max()))
+        generator = torch.cuda.default_generators[device.index or 0]
+        static_step = StaticStep(model, terms, options, generator, capture=True)
 
         def full_step():
-            batch[keys.POSITIONS].copy_(next_positions)  # a new batch into the static input
-            replay()
+            static_step(pad_batch(host_batch, shape))
+            optimizer.step()
     else:
+        generator = torch.Generator(device=device).manual_seed(0)
 
         def full_step():
             optimizer.zero_grad(set_to_none=True)
-            step()
+            losses = compute_losses(model, batch, terms, generator, options)
+            losses["total"].backward()
+            optimizer.step()
 
     for _ in range(args.warmup):
         full_step()
