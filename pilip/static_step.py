@@ -23,6 +23,8 @@ foreach kernels), so the learning rate may change without a new capture.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -127,8 +129,10 @@ class StaticStep:
     graph (after ``_WARMUP`` eager passes on a side stream, whose gradients are discarded:
     no parameter changes) and every call replays it: do not reset ``p.grad`` to None in
     between, and read the returned losses before the next call (they are overwritten).
-    Without ``capture`` the same padded step runs eagerly (any device). The perturbations
-    come from ``generator``; a capture needs the device's default CUDA generator.
+    Without ``capture`` the same padded step runs eagerly (any device). A capture that fails
+    is reported through ``log`` (else a warning) and the step runs eagerly from then on:
+    slower, never wrong. The perturbations come from ``generator``; a capture needs the
+    device's default CUDA generator.
     """
 
     def __init__(
@@ -138,9 +142,11 @@ class StaticStep:
         options: WeakLossOptions,
         generator: torch.Generator,
         capture: bool,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.model, self.terms, self.options = model, terms, options
         self.generator, self.capture = generator, capture
+        self.log = log
         self.static: dict[str, Tensor] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: dict[str, Tensor] = {}
@@ -182,7 +188,17 @@ class StaticStep:
             self._zero_grad()
             return self._losses()
         if self.graph is None:
-            self._record()
+            try:
+                self._record()
+            except Exception as exc:  # noqa: BLE001 - a failed capture must not end training
+                self.capture, self.graph, self.outputs = False, None, {}
+                message = f"CUDA graph capture failed ({exc}); the padded step runs eagerly"
+                if self.log is not None:
+                    self.log(message)
+                else:
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                self._zero_grad()
+                return self._losses()
         assert self.graph is not None
         self.graph.replay()
         return self.outputs

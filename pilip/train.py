@@ -388,7 +388,7 @@ def train(
     if static:
         n_unl = config.unlabelled_batch_size if unlabelled is not None else 0
         shape = batch_shape(max_atoms, config.batch_size, len(train_set), n_unl)
-        step_fn = StaticStep(model, terms, options, perturb_gen, capture)
+        step_fn = StaticStep(model, terms, options, perturb_gen, capture, log)
         log(
             f"static shapes: {shape.n_slots} structures, {shape.n_atoms} atoms per step "
             f"({'CUDA graph' if capture else 'no graph'})"

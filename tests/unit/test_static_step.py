@@ -138,3 +138,49 @@ def test_cuda_graph_replays_fresh_perturbations_and_matches_the_eager_step():
     torch.testing.assert_close(other["energy"], replay["energy"], rtol=1e-12, atol=0.0)
     moved, _ = run(graphed, 7, moved=0.01)
     assert not torch.equal(moved["energy"], replay["energy"])  # the new inputs were read
+
+
+@pytest.mark.parametrize("mode", ["fused", "three_calls"])
+def test_padded_step_dispatches_no_host_sync(mode):
+    """What a CUDA graph capture needs, checked on the CPU through the dispatched operators:
+    every term (weights, per-atom, forces, k = 0.5) on a padded batch."""
+    from test_losses import SYNCING_OPS
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model("painn", cutoff=4.0, n_features=16, n_rbf=8, n_interactions=1)
+    batch = labelled_and_unlabelled()
+    padded = pad_batch(
+        {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()},
+        StaticShape(n_slots=4, max_atoms=9),
+    )
+    options = WeakLossOptions(eps=0.02, k=0.5, mode=mode)
+    generator = torch.Generator().manual_seed(0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        losses = compute_losses(model, padded, TERMS, generator, options)
+        losses[TOTAL].backward()
+    names = {event.name for event in prof.events()}
+    assert "aten::index_select" in names  # the profile saw the step
+    assert not names & SYNCING_OPS
+
+
+def test_a_failed_capture_falls_back_to_the_eager_padded_step():
+    """On a machine without CUDA the capture fails: one message, then the same losses as the
+    eager padded step, call after call."""
+    if torch.cuda.is_available():
+        pytest.skip("the capture would succeed here")
+    torch.manual_seed(0)
+    model = build_model("schnet", cutoff=4.0, n_features=16, n_rbf=8, n_interactions=1)
+    model.double()
+    padded = pad_batch(labelled_and_unlabelled(), StaticShape(n_slots=4, max_atoms=9))
+    options = WeakLossOptions(eps=0.02, k=0.5, mode="fused")
+    messages: list[str] = []
+    graphed = StaticStep(
+        model, TERMS, options, torch.Generator().manual_seed(2), True, messages.append
+    )
+    eager = StaticStep(model, TERMS, options, torch.Generator().manual_seed(2), False)
+    for _ in range(2):
+        got, expected = graphed(padded), eager(padded)
+        for term in expected:
+            torch.testing.assert_close(got[term], expected[term], rtol=1e-12, atol=0.0)
+    assert len(messages) == 1 and "CUDA graph capture failed" in messages[0]
+    assert not graphed.capture
