@@ -162,6 +162,11 @@ class StaticStep:
             p.grad = None
 
     def _record(self) -> None:
+        # a capture may only draw from the default generator of the device current at capture
+        with torch.cuda.device(self.generator.device):
+            self._record_on_current_device()
+
+    def _record_on_current_device(self) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
