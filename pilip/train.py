@@ -9,7 +9,9 @@ continues where its last checkpoint left it and ends with the same numbers as an
 uninterrupted one (on the CPU). ``model.pt`` holds the EMA weights of the best epoch.
 
 Determinism: the model is initialised from ``seed``; batch order and perturbations come from
-CPU generators seeded from ``seed``, so they do not depend on the device.
+CPU generators seeded from ``seed``, so they do not depend on the device, except when the step
+is a CUDA graph (``static_shapes``, pilip.static_step): its perturbations come from the
+device's default CUDA generator, seeded from ``seed`` too.
 """
 
 from __future__ import annotations
@@ -377,7 +379,8 @@ def train(
     unlabelled_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 3)
     generators = {"shuffle": shuffle_gen, "unlabelled": unlabelled_gen}
     if capture:  # a CUDA graph draws its random numbers from the default CUDA generator
-        perturb_gen = torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        index = torch.cuda.current_device() if device.index is None else device.index
+        perturb_gen = torch.cuda.default_generators[index]
         generators["perturb_cuda"] = perturb_gen
     else:
         perturb_gen = torch.Generator()
@@ -483,7 +486,7 @@ def train(
             take.append(chunk)
             unl_pos += len(chunk)
             need -= len(chunk)
-        return unl_dev.batch(torch.cat(take).to(device))
+        return unl_dev.batch(torch.cat(take).to(batch_device))
 
     from tqdm.auto import tqdm
 
