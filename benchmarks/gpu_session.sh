@@ -3,6 +3,9 @@
 # Runs from the repository root on a machine with torch+CUDA; results go to $OUT (default
 # benchmarks/out/gpu). Python packages missing there (ase, vesin, jsonschema) can be given
 # as wheels in .whl/. The acac data is read from $ACAC (default ../shared/data/acac).
+# Through the device tool (nothing reachable from the machine, $OUT collected): copy the data
+# to .devrun/acac, then run "GRID_SECONDS=0 ACAC=.devrun/acac bash benchmarks/gpu_session.sh"
+# with carry [".whl", ".devrun"] (~5 min without the acac grid).
 set -uo pipefail
 OUT=${OUT:-benchmarks/out/gpu}
 ACAC=${ACAC:-../shared/data/acac}
