@@ -155,6 +155,7 @@ def label_table(
     threads: int | None = None,
     gradients: bool = False,
     retry_failed: bool = False,
+    mem_mb: int | None = None,
 ) -> LabelReport:
     """Label every configuration of ``configs_path`` and write the labels table ``output``.
 
@@ -170,6 +171,10 @@ def label_table(
         if threads < 1:
             raise PilipError(f"--threads must be at least 1, got {threads}")
         settings["threads"] = threads
+    if mem_mb is not None:
+        if mem_mb < 100:
+            raise PilipError(f"--mem-mb must be at least 100, got {mem_mb}")
+        settings["mem_mb"] = mem_mb
     ref = resolve_reference(reference, config, config_path)
     if ref.spec.get("backend") == "psi4" and settings.get("psi4_python"):
         os.environ[PSI4_PYTHON_ENV] = str(settings["psi4_python"])
@@ -178,6 +183,7 @@ def label_table(
 
     configs = read_configs(configs_path)
     backend = make_backend(ref.name, ref.spec)
+    backend.memory_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
     backend.check(configs)
 
     results = labels.results_path_for(output)

@@ -75,6 +75,12 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
+    # MB of memory the job may use (``labelling.mem_mb`` / ``pilip label --mem-mb``), set by
+    # pilip label before ``run``; None when unknown. A backend that can bound its program's
+    # memory gives it ``program_memory_mb()`` (Psi4: ``memory``); an explicit memory option in
+    # the reference's ``options`` wins.
+    memory_mb: int | None = None
+    MEMORY_FRACTION: ClassVar[float] = 0.8  # the rest: interpreter, libraries, buffers
 
     def __init__(self, reference: str, spec: dict[str, Any]) -> None:
         """Keep the reference name and its config entry; subclasses validate ``spec``.
@@ -84,6 +90,12 @@ class Backend(abc.ABC):
         """
         self.reference = reference
         self.spec = dict(spec)
+
+    def program_memory_mb(self) -> int | None:
+        """MB for the quantum-chemistry program: ``MEMORY_FRACTION`` of ``memory_mb``."""
+        if self.memory_mb is None:
+            return None
+        return max(1, int(self.MEMORY_FRACTION * self.memory_mb))
 
     def key(self, field: str) -> str:
         """The config path of one field of this reference, for error messages."""

@@ -449,6 +449,8 @@ class _Run:
             "options": self.backend.options,
             "retry_options": retry,
             "threads": self.threads,
+            # Psi4's own memory; an explicit `memory` in options overrides it per calculation
+            "memory_mb": self.backend.program_memory_mb(),
             "timeout_s": timeout_s,
             "results": str(self.raw.resolve()),
             "plan": self.fingerprint,

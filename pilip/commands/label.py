@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="threads (default: labelling.threads)")
     parser.add_argument(
+        "--mem-mb",
+        type=int,
+        help="memory of the job in MB, 80%% of it for the program (default: labelling.mem_mb)",
+    )
+    parser.add_argument(
         "--forces", action="store_true", help="compute forces (eV/A) as well as energies"
     )
 
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         gradients=args.forces,
         retry_failed=args.retry_failed,
+        mem_mb=args.mem_mb,
     )
     counts = ", ".join(f"{status} {n}" for status, n in report.counts.items())
     retried = f", {report.retried} failed rows retried" if args.retry_failed else ""

@@ -173,12 +173,17 @@ def make_molecule(psi4, config):
     return molecule
 
 
-def set_options(psi4, options):
-    """Reset Psi4's options to its defaults, then apply ``options`` (``memory`` included)."""
+def set_options(psi4, options, base_memory=None):
+    """Reset Psi4's options to its defaults, then apply ``options`` (``memory`` included).
+
+    Memory is no option that clean_options resets: without ``memory`` in ``options`` it
+    returns to ``base_memory`` (bytes, the worker's start value), so that a retry's memory
+    does not stay for the next geometry.
+    """
     psi4.core.clean_options()
     options = dict(options)
-    memory = options.pop("memory", None)
-    if memory is not None:
+    memory = options.pop("memory", base_memory)
+    if memory is not None and memory != psi4.core.get_memory():
         psi4.set_memory(memory)
     if options:
         psi4.set_options(options)
@@ -233,7 +238,7 @@ def run_jobs(psi4, molecule, jobs):
     return energies, gradients
 
 
-def compute(psi4, config, request):
+def compute(psi4, config, request, base_memory=None):
     """One geometry: every job, retried once with the fallback options; never raises."""
     options = request.get("options") or {}
     retry = request.get("retry_options")
@@ -250,7 +255,7 @@ def compute(psi4, config, request):
             record["attempts"] = number
             psi4.core.print_out(f"\n  pilip: configuration {config['id']}, attempt {number}\n")
             try:
-                set_options(psi4, attempt_options)
+                set_options(psi4, attempt_options, base_memory)
                 energies, gradients = run_jobs(psi4, molecule, request["jobs"])
             except Exception as exc:
                 errors.append(f"attempt {number}: {error_text(exc)}")
@@ -315,8 +320,9 @@ def main(argv):
     else:
         psi4.core.be_quiet()
     psi4.core.set_num_threads(threads, True)
-    if request.get("memory_mb"):
+    if request.get("memory_mb"):  # the job's memory share; a `memory` option overrides it
         psi4.set_memory(int(request["memory_mb"]) * 1000**2)
+    base_memory = psi4.core.get_memory()
     for key in ("options", "retry_options"):
         try:
             set_options(psi4, {**(request.get("options") or {}), **(request.get(key) or {})})
@@ -338,7 +344,7 @@ def main(argv):
         if progress is not None:  # tells the caller which geometry a crash or hang hit
             progress.write(config["id"] + "\n")
             progress.flush()
-        record = compute(psi4, config, request)
+        record = compute(psi4, config, request, base_memory)
         record.update(meta)
         fh.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
         fh.flush()

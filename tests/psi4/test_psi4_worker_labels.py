@@ -257,3 +257,24 @@ def test_rejected_psi4_option_stops_before_any_geometry(tmp_path, chunk):
     assert "\n" not in message and message.startswith("references.r: the Psi4 worker")
     assert "NO_SUCH_OPTION is not a valid option" in message
     assert read_results(tmp_path / "r.results.jsonl") == {}
+
+
+def test_job_memory_reaches_psi4_and_a_memory_option_overrides_it(tmp_path, chunk):
+    """pilip label gives Psi4 80 % of the job's memory (labelling.mem_mb / --mem-mb); the
+    reference's `memory` option wins; neither is part of what identifies the results."""
+    outputs = {}
+    for name, options in (("job", {}), ("option", {"memory": "600 MB"})):
+        backend = make_backend(
+            name, {"backend": "psi4", "method": "scf/sto-3g", "options": options}
+        )
+        backend.memory_mb = 1000
+        backend.check(chunk[:1])
+        results = tmp_path / f"{name}.results.jsonl"
+        backend.run(
+            chunk[:1], results, threads=1, gradients=False, scratch=tmp_path / name,
+            retry_options=None, timeout_s=None,
+        )  # fmt: skip
+        assert read_results(results)[chunk[0]["id"]]["status"] == "ok"
+        outputs[name] = results.with_suffix(".psi4.out").read_text()
+    assert "Memory set to 762.939 MiB" in outputs["job"]  # 800 MB
+    assert "Memory set to 572.205 MiB" in outputs["option"]  # 600 MB

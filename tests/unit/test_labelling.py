@@ -312,6 +312,10 @@ def test_threads_must_be_positive(study, capsys):
         capsys, root, "configs.parquet", "--reference", "xtb", "-o", "l.parquet", "--threads", "0"
     )
     assert "--threads must be at least 1" in err
+    err = run_cli_error(
+        capsys, root, "configs.parquet", "--reference", "xtb", "-o", "l.parquet", "--mem-mb", "5"
+    )
+    assert "--mem-mb must be at least 100" in err
 
 
 def test_empty_configurations_give_an_empty_labels_table(study):

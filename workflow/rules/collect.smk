@@ -37,7 +37,8 @@ rule label_force_validation:
         recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
         "pilip label {input} --reference {wildcards.reference} --forces"
-        " --config {params.config} --threads {threads} -o {output} > {log} 2>&1"
+        " --config {params.config} --threads {threads} --mem-mb {resources.mem_mb}"
+        " -o {output} > {log} 2>&1"
 
 
 rule collect:

@@ -46,4 +46,5 @@ rule label:
         recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
         "pilip label {input} --reference {wildcards.reference}"
-        " --config {params.config} --threads {threads} -o {output} > {log} 2>&1"
+        " --config {params.config} --threads {threads} --mem-mb {resources.mem_mb}"
+        " -o {output} > {log} 2>&1"
