@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from acac_data_efficiency import read_extxyz  # noqa: E402
 
-from pilip.data import TRAIN, VAL, Structures  # noqa: E402
+from pilip.data import TRAIN, VAL, Structures, structures_from_arrays  # noqa: E402
 from pilip.train import TrainConfig, train  # noqa: E402
 
 WAYS = {
@@ -47,12 +47,10 @@ WAYS = {
 
 
 def structures(frames: list[dict]) -> Structures:
-    sizes = [len(f["numbers"]) for f in frames]
-    return Structures(
-        numbers=torch.from_numpy(np.concatenate([f["numbers"] for f in frames])),
-        positions=torch.from_numpy(np.concatenate([f["positions"] for f in frames])),
-        offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)])),
-        energy=torch.tensor([f["energy"] for f in frames], dtype=torch.float64),
+    return structures_from_arrays(
+        [f["numbers"] for f in frames],
+        [f["positions"] for f in frames],
+        np.array([f["energy"] for f in frames]),
     )
 
 

@@ -24,7 +24,6 @@ import copy
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acac_data_efficiency import read_extxyz  # noqa: E402
 
 from pilip import keys  # noqa: E402
+from pilip.data import structures_from_arrays  # noqa: E402
 from pilip.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
 from pilip.models import build_model  # noqa: E402
 
@@ -40,15 +40,10 @@ GRID = [(0.002, 0.0), (0.002, 0.5), (0.01, 0.0), (0.01, 0.5), (0.05, 0.0), (0.05
 
 
 def make_batch(frames: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    n_atoms = torch.tensor([len(f["numbers"]) for f in frames])
-    return {
-        keys.NUMBERS: torch.from_numpy(np.concatenate([f["numbers"] for f in frames])),
-        keys.POSITIONS: torch.from_numpy(np.concatenate([f["positions"] for f in frames])).to(
-            dtype
-        ),
-        keys.BATCH: torch.repeat_interleave(torch.arange(len(frames)), n_atoms),
-        keys.N_ATOMS: n_atoms,
-    }
+    structures = structures_from_arrays(
+        [f["numbers"] for f in frames], [f["positions"] for f in frames]
+    ).to("cpu", dtype)
+    return structures.batch(torch.arange(len(frames)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,9 +63,8 @@ def energy_and_forces(
     if gradient is None:  # an energy that does not depend on the positions
         gradient = torch.zeros_like(positions)
     forces = -gradient
-    if reference is not None:
-        offset = reference(inputs)
-        energy = energy + offset.to(energy.dtype) if create_graph else energy.double() + offset
     if not create_graph:
         energy = energy.detach().double()
+    if reference is not None:
+        energy = energy + reference(inputs).to(energy.dtype)
     return energy, forces

@@ -279,7 +279,7 @@ def compute_losses(
     if ENERGY in active:
         target = batch[keys.ENERGY].double()
         if reference is not None:
-            target = target - reference(_model_input(batch, batch[keys.POSITIONS]))
+            target = target - reference(batch)
         target = target.to(ev.energy_a.dtype)
         weight = batch.get(keys.ENERGY_WEIGHT)
         if weight is not None:  # unlabelled rows may hold NaN

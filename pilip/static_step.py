@@ -181,8 +181,8 @@ class StaticStep:
 
     def __call__(self, padded: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses (0-dim, detached) of ``padded``; gradients in the parameters' ``.grad``."""
-        device = next(self.model.parameters()).device
         if self.static is None:
+            device = next(self.model.parameters()).device
             self.static = {k: v.to(device).clone() for k, v in padded.items()}
         else:
             if padded.keys() != self.static.keys():
