@@ -190,7 +190,7 @@ def run_one(spec: dict) -> dict:
         "seed": spec["seed"],
         "n_unlabelled": len(unl_idx) if use_unlabelled else 0,
         **metrics,
-        "val_energy_rmse_meV": 1000 * result.best_val_energy_rmse_eV,
+        "val_energy_rmse_meV": 1000 * result.best_val_energy_rmse,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "stop_reason": result.stop_reason,

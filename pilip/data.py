@@ -24,6 +24,8 @@ import torch
 
 from pilip import keys
 from pilip.errors import PilipError
+from pilip.rows import FIT, SELECT, RowFlags, stage_rows
+from pilip.tables import read_schema
 
 TRAIN, VAL, TEST = keys.SPLITS
 
@@ -165,18 +167,40 @@ def _structures(
 
 
 def _schema_names(path: Path, kinds: tuple[str, ...]) -> list[str]:
-    """Column names of a Parquet file; a pilip table of another kind is an error."""
+    """Column names of a pilip table of one of ``kinds`` (version and kind checked)."""
     if not path.is_file():
         raise PilipError(f"{path}: no such file; pass a dataset Parquet table (pilip collect)")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
-    kind = (schema.metadata or {}).get(keys.META_KIND, b"").decode()
-    if kind and kind not in kinds:
-        raise PilipError(f"{path}: a {kind} table, expected {' or '.join(kinds)}")
-    return schema.names
+    return read_schema(path, kinds).names
+
+
+def _row_flags(table: pa.Table, path: Path) -> RowFlags:
+    split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
+    unknown = sorted({str(s) for s in split} - set(keys.SPLITS))
+    if unknown:
+        raise PilipError(
+            f"{path}: column 'split' has value(s) {unknown}; allowed: {', '.join(keys.SPLITS)}"
+        )
+    if keys.FORCE_VALIDATION in table.column_names:
+        column = table.column(keys.FORCE_VALIDATION).fill_null(False)
+        fv = np.asarray(column.to_numpy(zero_copy_only=False), dtype=bool)
+    else:
+        fv = np.zeros(len(split), dtype=bool)
+    return RowFlags(split=split, force_validation=fv)
+
+
+def training_references(path: str | Path) -> list[str]:
+    """Sorted reference names of a dataset's training (``rows.FIT``) energies."""
+    path = Path(path)
+    names = _schema_names(path, ("dataset",))
+    if keys.REFERENCE not in names:
+        return []
+    columns = [keys.SPLIT, keys.REFERENCE] + (
+        [keys.FORCE_VALIDATION] if keys.FORCE_VALIDATION in names else []
+    )
+    table = pq.read_table(path, columns=columns)
+    rows = stage_rows(FIT, _row_flags(table, path))
+    reference = table.column(keys.REFERENCE).to_pylist()
+    return sorted({str(reference[i]) for i in rows if reference[i] is not None})
 
 
 def subsample_indices(n_available: int, n: int | None, seed: int) -> np.ndarray:
@@ -202,9 +226,9 @@ def load_dataset(
     forces: bool = False,
     n_train: int | None = None,
     seed: int = 0,
-    splits: tuple[str, ...] = (TRAIN, VAL),
 ) -> dict[str, Structures]:
-    """Read a dataset table into ``{split: Structures}`` for training (float64, CPU).
+    """Read a dataset table into ``{"train": ..., "val": ...}`` Structures (float64, CPU): the
+    rows :func:`pilip.rows.stage_rows` gives the ``FIT`` and ``SELECT`` stages.
 
     Rows flagged ``force_validation`` are excluded from every split returned here. Forces are
     read only when ``forces`` is true and only for the training split; a training row without
@@ -223,23 +247,14 @@ def load_dataset(
     columns = required + ([keys.FORCE_VALIDATION] if keys.FORCE_VALIDATION in names else [])
     # The forces column is deliberately absent from this read.
     table = pq.read_table(path, columns=columns)
-    split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
-    unknown = sorted({str(s) for s in split} - set(keys.SPLITS))
-    if unknown:
-        raise PilipError(
-            f"{path}: column 'split' has value(s) {unknown}; allowed: {', '.join(keys.SPLITS)}"
-        )
-    if keys.FORCE_VALIDATION in names:
-        fv = table.column(keys.FORCE_VALIDATION).fill_null(False).to_numpy(zero_copy_only=False)
-    else:
-        fv = np.zeros(len(split), dtype=bool)
+    flags = _row_flags(table, path)
     numbers, offsets, positions = _column_numbers_positions(table, path)
     all_structures = _structures(numbers, offsets, positions, None)
     energy_col = table.column(keys.ENERGY)
 
     out: dict[str, Structures] = {}
-    for name in splits:
-        rows = np.flatnonzero((split == name) & ~fv)
+    for name, stage in ((TRAIN, FIT), (VAL, SELECT)):
+        rows = stage_rows(stage, flags)
         if name == TRAIN:
             if len(rows) == 0:
                 raise PilipError(
@@ -256,17 +271,12 @@ def load_dataset(
         s = all_structures.subset(rows)
         out[name] = replace(s, energy=torch.tensor(np.asarray(energy, dtype=np.float64)))
         if name == TRAIN and forces:
-            out[name] = replace(out[name], forces=_train_forces(path, names, split, fv, rows, s))
+            out[name] = replace(out[name], forces=_train_forces(path, names, flags, rows, s))
     return out
 
 
 def _train_forces(
-    path: Path,
-    names: list[str],
-    split: np.ndarray,
-    fv: np.ndarray,
-    rows: np.ndarray,
-    s: Structures,
+    path: Path, names: list[str], flags: RowFlags, rows: np.ndarray, s: Structures
 ) -> torch.Tensor:
     """Forces (n_atoms_total, 3) of the training rows ``rows``, read with a row filter.
 
@@ -280,7 +290,7 @@ def _train_forces(
         filters.append((keys.FORCE_VALIDATION, "=", False))
     table = pq.read_table(path, columns=[keys.FORCES], filters=filters)
     # The filtered rows come in file order: map them to positions among train & ~fv rows.
-    eligible = np.flatnonzero((split == TRAIN) & ~fv)
+    eligible = stage_rows(FIT, flags)
     if table.num_rows != len(eligible):
         raise PilipError(f"{path}: force_validation has nulls among training rows; fix collect")
     taken = table.column(keys.FORCES).take(pa.array(np.searchsorted(eligible, rows)))
@@ -359,3 +369,68 @@ def concat_batches(
         out[keys.FORCES] = torch.cat([forces, forces.new_zeros((n_atoms_unl, 3))])
         out[keys.FORCE_WEIGHT] = out[keys.ENERGY_WEIGHT].clone()
     return out
+
+
+def subtract_baseline(
+    structures: Structures, energy: torch.Tensor, forces: torch.Tensor | None = None
+) -> Structures:
+    """The same structures labelled reference - baseline (Delta-learning's targets).
+
+    ``energy`` (n_structures,) eV and ``forces`` (n_atoms_total, 3) eV/A are the baseline's, in
+    the structures' order; forces are subtracted only where the structures carry forces.
+    """
+    if structures.energy is None:
+        raise PilipError("subtract_baseline: the structures carry no energies")
+    energy = torch.as_tensor(energy, dtype=structures.energy.dtype)
+    if energy.shape != structures.energy.shape:
+        raise PilipError(
+            f"baseline energies {tuple(energy.shape)} do not match {len(structures)} structures"
+        )
+    shifted_forces = structures.forces
+    if structures.forces is not None and forces is not None:
+        forces = torch.as_tensor(forces, dtype=structures.forces.dtype)
+        if forces.shape != structures.forces.shape:
+            raise PilipError(
+                f"baseline forces {tuple(forces.shape)} do not match "
+                f"{tuple(structures.forces.shape)}"
+            )
+        shifted_forces = structures.forces - forces
+    return replace(structures, energy=structures.energy - energy, forces=shifted_forces)
+
+
+class UnlabelledStream:
+    """Endless batches of ``batch_size`` unlabelled structures for the weak losses.
+
+    Walks a random permutation (drawn from ``generator``) and draws a new one when it runs out,
+    so every structure is used equally often. Its position is part of a run's saved state.
+    """
+
+    def __init__(
+        self,
+        structures: Structures,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.structures, self.batch_size = structures, batch_size
+        self.generator, self.device = generator, device
+        self.order: torch.Tensor | None = None
+        self.position = 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next ``batch_size`` structures as a batch dict (no labels)."""
+        n, need, take = len(self.structures), self.batch_size, []
+        while need > 0:
+            if self.order is None or self.position >= n:
+                self.order, self.position = torch.randperm(n, generator=self.generator), 0
+            chunk = self.order[self.position : self.position + need]
+            take.append(chunk)
+            self.position += len(chunk)
+            need -= len(chunk)
+        return self.structures.batch(torch.cat(take).to(self.device))
+
+    def state_dict(self) -> dict[str, object]:
+        return {"order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.order, self.position = state["order"], int(state["position"])

@@ -1,12 +1,7 @@
 """Evaluate a trained model on a dataset table: metrics.json, parity plots, learning curves.
 
-Which rows count (so that no number is measured on data the model was fitted to):
-
-* energies: rows of the ``test`` split with an energy of the reference the training rows carry
-  (a collected dataset's force-validation rows hold the training reference's energy and count;
-  rows whose energy belongs to another reference, e.g. MP2/cc-pVDZ next to MP2/CBS, do not);
-* forces: rows that carry forces and are either ``force_validation`` rows (any split; training
-  never reads them) or rows of the ``test`` split (an imported dataset with forces).
+Which rows count is decided by :mod:`pilip.rows` (stages ``TEST_ENERGY`` and
+``TEST_FORCES``), so that no number is measured on data the model was fitted to.
 
 Energies in eV (and meV/atom), forces in eV/A; ``metrics.json`` keys are stable (see
 ``METRIC_KEYS``) and null where a set is empty.
@@ -33,6 +28,7 @@ from pilip.data import Structures, structures_from_arrays
 from pilip.errors import PilipError
 from pilip.forces import energy_and_forces, total_energy
 from pilip.metrics import energy_metrics, force_metrics, rmse
+from pilip.rows import TEST_ENERGY, TEST_FORCES, RowFlags, stage_rows
 from pilip.tables import field_unit, read_table, rows_of, table_provenance
 
 METRICS_FILE = "metrics.json"
@@ -104,19 +100,21 @@ def read_evaluation_sets(path: str | Path) -> EvaluationSets:
         found = field_unit(table, column) if column in table.column_names else unit
         if found not in (None, unit):
             raise PilipError(f"{path}: column '{column}' is in {found}; pilip expects {unit}")
-    split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
     fv = np.asarray(_column_or(table, keys.FORCE_VALIDATION, False), dtype=bool)
-    has_energy = table.column(keys.ENERGY).is_valid().to_numpy(zero_copy_only=False)
     if keys.FORCES in table.column_names:
         has_forces = table.column(keys.FORCES).is_valid().to_numpy(zero_copy_only=False)
     else:
         has_forces = np.zeros(table.num_rows, dtype=bool)
     reference = _column_or(table, keys.REFERENCE, "")
-    train_rows = (split == "train") & has_energy & ~fv
-    trained_on = {reference[i] for i in np.flatnonzero(train_rows)}
-    same_reference = np.array([r in trained_on for r in reference], dtype=bool)
-    energy_rows = np.flatnonzero((split == "test") & has_energy & (same_reference | ~fv))
-    force_rows = np.flatnonzero(has_forces & (fv | (split == "test")))
+    flags = RowFlags(
+        split=np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object),
+        force_validation=fv,
+        has_energy=table.column(keys.ENERGY).is_valid().to_numpy(zero_copy_only=False),
+        has_forces=has_forces,
+        reference=np.asarray(reference, dtype=object),
+    )
+    energy_rows = stage_rows(TEST_ENERGY, flags)
+    force_rows = stage_rows(TEST_FORCES, flags)
     if len(energy_rows) == 0 and len(force_rows) == 0:
         raise PilipError(
             f"{path}: nothing to evaluate: no test-split rows with energies and no rows with "
@@ -343,7 +341,7 @@ def plot_learning_curve(log_path: Path, path: Path, title: str = "") -> None:
     numeric = [c for c in log.columns if pd.api.types.is_numeric_dtype(log[c])]
     losses = [c for c in numeric if c.startswith("train_")]
     validation = [c for c in numeric if c.startswith("val_")]
-    validation = [c for c in validation if "meV_per_atom" in c] or validation
+    validation = [c for c in validation if c.endswith("_per_atom")] or validation
     if not losses and not validation:
         raise PilipError(f"{log_path}: no train_* or val_* columns to plot; is it a training log?")
     plt = _pyplot()

@@ -1,7 +1,7 @@
 """Training losses as a list of named, weighted terms: energy, forces, PITC, PISC.
 
 PITC and PISC are the physics-informed weak losses of Takamoto, Zaverkin and Niepert
-(arXiv 2408.05215), implemented as ``/work/shared/PIWSL.md`` specifies. Per structure A with
+(arXiv 2408.05215). Per structure A with
 positions R and fresh perturbations d1, d2 ~ U[-eps, eps] (per atom and coordinate, optionally
 centred per structure), C = R + d1 and B = R + d2:
 
@@ -19,6 +19,7 @@ cost more than the launches it saves: benchmarks/README.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from pilip import keys
 from pilip.errors import PilipError
-from pilip.forces import EnergyModel, energy_and_forces, energy_parts
+from pilip.forces import EnergyModel, ReferenceEnergy, energy_and_forces, energy_parts
 from pilip.neighbors import segment_sum
 
 ENERGY = "energy"  # MSE of the energy (eV^2; (eV/atom)^2 per atom)
@@ -35,7 +36,6 @@ PITC = "pitc"  # Taylor-expansion consistency (eV^2; (eV/atom)^2 per atom)
 PISC = "pisc"  # spatial (path-independence) consistency (eV^2; (eV/atom)^2 per atom)
 TERM_NAMES = (ENERGY, FORCES, PITC, PISC)
 WEAK_TERMS = (PITC, PISC)
-DEFAULT_WEIGHTS = {ENERGY: 1.0, FORCES: 1.0, PITC: 1.2, PISC: 0.01}  # the paper's C_PITC, C_PISC
 TOTAL = "total"
 MODES = ("auto", "fused", "three_calls")
 
@@ -61,22 +61,16 @@ class WeakLossOptions:
     mode: str = "auto"
 
 
-def parse_terms(spec: str, per_atom: bool = False) -> list[LossTerm]:
-    """Terms from text such as ``"energy,pitc,pisc"`` or ``"energy:1,pitc:0.5,pisc:0.01"``."""
-    terms: list[LossTerm] = []
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
-        name, _, weight_text = item.partition(":")
-        name = name.strip().lower()
-        if name not in TERM_NAMES:
-            raise PilipError(f"unknown loss term {name!r} in {spec!r}: use {', '.join(TERM_NAMES)}")
-        try:
-            weight = float(weight_text) if weight_text else DEFAULT_WEIGHTS[name]
-        except ValueError:
-            raise PilipError(f"loss weight {weight_text!r} of {name!r} is not a number") from None
-        terms.append(LossTerm(name, weight, per_atom and name != FORCES))
-    check_terms(terms)
+def make_terms(names: list[str], weights: dict[str, float], per_atom: bool) -> list[LossTerm]:
+    """The terms ``names`` (e.g. ``--losses energy,pitc,pisc``) with ``weights[name]``.
+
+    ``per_atom`` applies to every term but the forces (forces are per atom already).
+    """
+    terms = []
+    for name in names:
+        if name not in TERMS:
+            raise PilipError(f"unknown loss {name!r} in --losses: use {', '.join(TERM_NAMES)}")
+        terms.append(LossTerm(name, float(weights[name]), per_atom and name != FORCES))
     return terms
 
 
@@ -155,20 +149,42 @@ def _stack_three(batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tenso
 
 
 @dataclass
-class _Evaluations:
-    """Energies (n_struct,) and forces (n_atoms, 3) at A, B and C; None where not needed."""
+class Evaluations:
+    """The model at the points the active terms need: energies (n_struct,) eV in the model's
+    dtype (without the position-independent reference energy, see ``pilip.forces``) and forces
+    (n_atoms, 3) eV/A at A (the structures), B = A + d2 and C = A + d1; None where not needed."""
 
     energy_a: Tensor
-    forces_a: Tensor | None
+    forces_a: Tensor | None = None
     energy_b: Tensor | None = None
     forces_b: Tensor | None = None
     energy_c: Tensor | None = None
     forces_c: Tensor | None = None
+    d1: Tensor | None = None  # (n_atoms, 3) A, the perturbation of C
+    d2: Tensor | None = None  # (n_atoms, 3) A, the perturbation of B
+    reference: ReferenceEnergy | None = None  # float64 reference energy, batch -> (n_struct,)
+    _work: Tensor | None = None
+
+    def work(self, batch: dict[str, Tensor], k: float) -> Tensor:
+        """(n_struct, 2) eV: sum_i F~_i . d1_i (PITC) and sum_i F~_i . (d1_i - d2_i) (PISC).
+
+        One scatter for both weak terms (cached): F~ = (1-k) F + k F(C) at A and at B.
+        """
+        if self._work is None:
+            forces_a, forces_b = self.forces_a, self.forces_b
+            if k > 0:
+                forces_a = (1.0 - k) * forces_a + k * self.forces_c
+                forces_b = (1.0 - k) * forces_b + k * self.forces_c
+            per_atom = torch.stack(
+                [(forces_a * self.d1).sum(-1), (forces_b * (self.d1 - self.d2)).sum(-1)], dim=-1
+            )
+            self._work = segment_sum(per_atom, batch[keys.BATCH], batch[keys.N_ATOMS].shape[0])
+        return self._work
 
 
 def _evaluate_fused(
     model: EnergyModel, batch: dict[str, Tensor], d1: Tensor, d2: Tensor, create_graph: bool
-) -> _Evaluations:
+) -> Evaluations:
     positions = batch[keys.POSITIONS]
     n_struct = batch[keys.N_ATOMS].shape[0]
     n = positions.shape[0]
@@ -180,7 +196,7 @@ def _evaluate_fused(
         # structures are independent: the gradient of the summed energy is every atom's force
         (gradient,) = torch.autograd.grad(energy.sum(), stacked, create_graph=create_graph)
     forces = -gradient
-    return _Evaluations(
+    return Evaluations(
         energy_a=energy[:n_struct],
         forces_a=forces[:n],
         energy_b=energy[n_struct : 2 * n_struct],
@@ -197,7 +213,7 @@ def _evaluate_three_calls(
     d2: Tensor,
     create_graph: bool,
     need_forces_c: bool,
-) -> _Evaluations:
+) -> Evaluations:
     positions = batch[keys.POSITIONS]
     energy_a, forces_a = energy_and_forces(model, _model_input(batch, positions), create_graph)
     energy_b, forces_b = energy_and_forces(model, _model_input(batch, positions + d2), create_graph)
@@ -207,7 +223,46 @@ def _evaluate_three_calls(
     else:  # first order: C enters through its energy only
         with torch.set_grad_enabled(create_graph):
             energy_c, forces_c = model(batch_c), None
-    return _Evaluations(energy_a, forces_a, energy_b, forces_b, energy_c, forces_c)
+    return Evaluations(energy_a, forces_a, energy_b, forces_b, energy_c, forces_c)
+
+
+def evaluate_points(
+    model: EnergyModel,
+    batch: dict[str, Tensor],
+    names: set[str],
+    generator: torch.Generator | None,
+    options: WeakLossOptions,
+) -> Evaluations:
+    """The model at the points the terms ``names`` need (see :class:`Evaluations`).
+
+    Energy only: one call at A. Forces: one autograd pass at A. A weak term: fresh d1, d2 from
+    ``generator``, then A, B and C fused in one call or in three (``options.mode``). The graph
+    for the parameter gradients is kept when grad mode is on.
+    """
+    create_graph = torch.is_grad_enabled()
+    # the reference energy (per-element shifts, thousands of eV) cancels from the weak
+    # residuals and moves to the labels' side of the energy residual, in float64: float32
+    # totals would round the weak residuals (~1e-3 eV) away
+    network, reference = energy_parts(model)
+    if names & set(WEAK_TERMS):
+        if generator is None:
+            raise PilipError("the weak losses need a torch.Generator for their perturbations")
+        d1, d2 = draw_perturbations(batch, options.eps, options.center, generator)
+        mode = options.mode
+        if mode == "auto":
+            mode = "fused" if batch[keys.POSITIONS].is_cuda else "three_calls"
+        if mode == "fused":
+            ev = _evaluate_fused(network, batch, d1, d2, create_graph)
+        else:
+            ev = _evaluate_three_calls(network, batch, d1, d2, create_graph, options.k > 0)
+        ev.d1, ev.d2 = d1, d2
+    elif FORCES in names:
+        inputs = _model_input(batch, batch[keys.POSITIONS])
+        ev = Evaluations(*energy_and_forces(network, inputs, create_graph))
+    else:
+        ev = Evaluations(network(_model_input(batch, batch[keys.POSITIONS])))
+    ev.reference = reference
+    return ev
 
 
 def _mean_square(residual: Tensor, weight: Tensor | None) -> Tensor:
@@ -217,6 +272,66 @@ def _mean_square(residual: Tensor, weight: Tensor | None) -> Tensor:
     w = weight.to(residual.dtype)
     residual = torch.where(w > 0, residual, torch.zeros_like(residual))
     return (w * residual * residual).sum() / w.sum().clamp(min=1.0)
+
+
+def _per_atom(residual: Tensor, batch: dict[str, Tensor], term: LossTerm) -> Tensor:
+    return residual / batch[keys.N_ATOMS].to(residual.dtype) if term.per_atom else residual
+
+
+# --- one function per term: (evaluations, batch, term, options) -> 0-dim loss ----------------
+
+
+def energy_term(
+    ev: Evaluations, batch: dict[str, Tensor], term: LossTerm, options: WeakLossOptions
+) -> Tensor:
+    """Mean square of E_model - E_label over the structures with an energy label (eV^2)."""
+    target = batch[keys.ENERGY].double()
+    if ev.reference is not None:
+        target = target - ev.reference(batch)
+    target = target.to(ev.energy_a.dtype)
+    weight = batch.get(keys.ENERGY_WEIGHT)
+    if weight is not None:  # unlabelled rows may hold NaN
+        target = torch.where(weight > 0, target, torch.zeros_like(target))
+    return _mean_square(_per_atom(ev.energy_a - target, batch, term), weight)
+
+
+def forces_term(
+    ev: Evaluations, batch: dict[str, Tensor], term: LossTerm, options: WeakLossOptions
+) -> Tensor:
+    """Mean square of the force components' errors over atoms with force labels ((eV/A)^2)."""
+    reference = batch[keys.FORCES].to(ev.forces_a.dtype)
+    weight = batch.get(keys.FORCE_WEIGHT)
+    if weight is None:
+        return ((ev.forces_a - reference) ** 2).mean()
+    atom_weight = weight.to(reference.dtype).index_select(0, batch[keys.BATCH])
+    reference = torch.where(atom_weight[:, None] > 0, reference, torch.zeros_like(reference))
+    diff = ev.forces_a - reference
+    return (atom_weight[:, None] * diff * diff).sum() / (3.0 * atom_weight.sum()).clamp(min=1.0)
+
+
+def pitc_term(
+    ev: Evaluations, batch: dict[str, Tensor], term: LossTerm, options: WeakLossOptions
+) -> Tensor:
+    """PITC: mean square of E(C) - [E(A) - sum_i F~_i(A) . d1_i] over real structures."""
+    residual = ev.energy_c - ev.energy_a + ev.work(batch, options.k)[:, 0]
+    return _mean_square(_per_atom(residual, batch, term), batch.get(keys.STRUCTURE_WEIGHT))
+
+
+def pisc_term(
+    ev: Evaluations, batch: dict[str, Tensor], term: LossTerm, options: WeakLossOptions
+) -> Tensor:
+    """PISC: mean square of E(C) - [E(B) - sum_i F~_i(B) . (d1_i - d2_i)] over real structures."""
+    residual = ev.energy_c - ev.energy_b + ev.work(batch, options.k)[:, 1]
+    return _mean_square(_per_atom(residual, batch, term), batch.get(keys.STRUCTURE_WEIGHT))
+
+
+TermFunction = Callable[[Evaluations, dict[str, Tensor], LossTerm, WeakLossOptions], Tensor]
+TERMS: dict[str, TermFunction] = {
+    ENERGY: energy_term,
+    FORCES: forces_term,
+    PITC: pitc_term,
+    PISC: pisc_term,
+}
 
 
 def compute_losses(
@@ -239,88 +354,16 @@ def compute_losses(
     """
     options = options or WeakLossOptions()
     check_terms(terms, options)
-    active = {t.name: t for t in terms if t.weight > 0}
-    weak = any(name in active for name in WEAK_TERMS)
-    if ENERGY in active and keys.ENERGY not in batch:
+    active = [t for t in terms if t.weight > 0]
+    names = {t.name for t in active}
+    if ENERGY in names and keys.ENERGY not in batch:  # before the (costly) model calls
         raise PilipError(f"the energy loss needs {keys.ENERGY!r} in the batch: add labels")
-    if FORCES in active and keys.FORCES not in batch:
+    if FORCES in names and keys.FORCES not in batch:
         raise PilipError(
             f"the forces loss needs {keys.FORCES!r} in the batch: add force labels "
             "or give the forces term weight 0"
         )
-    if weak and generator is None:
-        raise PilipError("the weak losses need a torch.Generator for their perturbations")
-    create_graph = torch.is_grad_enabled()
-    # the reference energy (per-element shifts, thousands of eV) cancels from the weak
-    # residuals and moves to the labels' side of the energy residual, in float64: float32
-    # totals would round the weak residuals (~1e-3 eV) away
-    model, reference = energy_parts(model)
-    index = batch[keys.BATCH]
-    n_atoms = batch[keys.N_ATOMS]
-    n_struct = n_atoms.shape[0]
-
-    if weak:
-        d1, d2 = draw_perturbations(batch, options.eps, options.center, generator)
-        mode = options.mode
-        if mode == "auto":
-            mode = "fused" if batch[keys.POSITIONS].is_cuda else "three_calls"
-        if mode == "fused":
-            ev = _evaluate_fused(model, batch, d1, d2, create_graph)
-        else:
-            ev = _evaluate_three_calls(model, batch, d1, d2, create_graph, options.k > 0)
-    elif FORCES in active:
-        ev = _Evaluations(
-            *energy_and_forces(model, _model_input(batch, batch[keys.POSITIONS]), create_graph)
-        )
-    else:
-        ev = _Evaluations(model(_model_input(batch, batch[keys.POSITIONS])), None)
-
-    losses: dict[str, Tensor] = {}
-    if ENERGY in active:
-        target = batch[keys.ENERGY].double()
-        if reference is not None:
-            target = target - reference(batch)
-        target = target.to(ev.energy_a.dtype)
-        weight = batch.get(keys.ENERGY_WEIGHT)
-        if weight is not None:  # unlabelled rows may hold NaN
-            target = torch.where(weight > 0, target, torch.zeros_like(target))
-        residual = ev.energy_a - target
-        if active[ENERGY].per_atom:
-            residual = residual / n_atoms.to(residual.dtype)
-        losses[ENERGY] = _mean_square(residual, weight)
-
-    if FORCES in active:
-        reference = batch[keys.FORCES].to(ev.forces_a.dtype)
-        weight = batch.get(keys.FORCE_WEIGHT)
-        if weight is None:
-            losses[FORCES] = ((ev.forces_a - reference) ** 2).mean()
-        else:
-            atom_weight = weight.to(reference.dtype).index_select(0, index)
-            reference = torch.where(
-                atom_weight[:, None] > 0, reference, torch.zeros_like(reference)
-            )
-            diff = ev.forces_a - reference
-            losses[FORCES] = (atom_weight[:, None] * diff * diff).sum() / (
-                3.0 * atom_weight.sum()
-            ).clamp(min=1.0)
-
-    if weak:
-        k = options.k
-        forces_a, forces_b = ev.forces_a, ev.forces_b
-        if k > 0:
-            forces_a = (1.0 - k) * forces_a + k * ev.forces_c
-            forces_b = (1.0 - k) * forces_b + k * ev.forces_c
-        # per-atom work terms F.d of both losses, summed per structure in one scatter
-        work = torch.stack([(forces_a * d1).sum(-1), (forces_b * (d1 - d2)).sum(-1)], dim=-1)
-        work = segment_sum(work, index, n_struct)  # (n_struct, 2)
-        for column, name, energy_from in ((0, PITC, ev.energy_a), (1, PISC, ev.energy_b)):
-            if name not in active:
-                continue
-            residual = ev.energy_c - energy_from + work[:, column]
-            if active[name].per_atom:
-                residual = residual / n_atoms.to(residual.dtype)
-            losses[name] = _mean_square(residual, batch.get(keys.STRUCTURE_WEIGHT))
-
-    by_name = {t.name: t for t in terms}
-    losses[TOTAL] = sum(by_name[name].weight * value for name, value in losses.items())
+    ev = evaluate_points(model, batch, names, generator, options)
+    losses = {t.name: TERMS[t.name](ev, batch, t, options) for t in active}
+    losses[TOTAL] = sum(t.weight * losses[t.name] for t in active)
     return losses

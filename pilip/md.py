@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-import pyarrow.compute as pc
+import pyarrow as pa
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -28,6 +28,7 @@ from ase.neighborlist import natural_cutoffs, neighbor_list
 from pilip import keys
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
+from pilip.rows import MD_START, RowFlags, stage_rows
 from pilip.tables import atoms_list, read_table
 
 # Two atoms are bonded when closer than BOND_SCALE times the sum of their covalent radii
@@ -194,12 +195,15 @@ def write_trajectory(frames: list[Atoms], path: str | Path) -> None:
 
 
 def select_starts(dataset: str | Path, per_system: int) -> list[Atoms]:
-    """The first ``per_system`` test-split configurations of each system, in id order.
+    """The first ``per_system`` test-split configurations (``rows.MD_START``) of each system,
+    in id order.
 
     ``info`` keeps ``id`` and ``system``. Raises PilipError when the dataset has no test rows.
     """
     table = read_table(dataset, kind="dataset")
-    table = table.filter(pc.equal(table.column(keys.SPLIT), "test"))
+    split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
+    flags = RowFlags(split=split, force_validation=np.zeros(len(split), dtype=bool))
+    table = table.take(pa.array(stage_rows(MD_START, flags)))
     if table.num_rows == 0:
         raise PilipError(f"{dataset}: no test-split rows to start MD from; give splits.test > 0")
     table = table.sort_by([(keys.SYSTEM, "ascending"), (keys.ID, "ascending")])

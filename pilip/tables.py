@@ -352,6 +352,21 @@ def write_table(
     return path
 
 
+def read_schema(path: str | os.PathLike, kind: str | Sequence[str] | None = None) -> pa.Schema:
+    """The schema of a table written by :func:`write_table`, without reading its rows; its
+    schema version and kind checked as in :func:`read_table`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PilipError(f"{path}: no such file")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
+    _check_metadata(path, schema, kind)
+    return schema
+
+
 def read_table(path: str | os.PathLike, kind: str | Sequence[str] | None = None) -> pa.Table:
     """Read a table written by :func:`write_table`; check its schema version and kind.
 
@@ -366,7 +381,12 @@ def read_table(path: str | os.PathLike, kind: str | Sequence[str] | None = None)
     except (pa.ArrowException, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
-    metadata = table.schema.metadata or {}
+    _check_metadata(path, table.schema, kind)
+    return table
+
+
+def _check_metadata(path: Path, schema: pa.Schema, kind: str | Sequence[str] | None) -> None:
+    metadata = schema.metadata or {}
     version = metadata.get(keys.META_SCHEMA_VERSION)
     if version is None:
         raise PilipError(
@@ -379,10 +399,9 @@ def read_table(path: str | os.PathLike, kind: str | Sequence[str] | None = None)
         )
     if kind is not None:
         wanted = (kind,) if isinstance(kind, str) else tuple(kind)
-        found = table_kind(table)
+        found = metadata.get(keys.META_KIND, b"").decode()
         if found not in wanted:
             raise PilipError(f"{path}: a {found} table, expected {' or '.join(wanted)}")
-    return table
 
 
 def table_kind(table: pa.Table) -> str:

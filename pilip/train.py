@@ -3,10 +3,18 @@
 AdamW, reduce-on-plateau, an exponential moving average (EMA) of the weights, gradient
 clipping, and early stopping and model selection on the VALIDATION ENERGY error only (an
 energy-only user has no validation forces). The budget is epochs and/or minutes, whichever
-ends first. Every epoch appends one row to ``metrics.csv``; ``last.pt`` holds everything to
-resume (weights, optimizer, scheduler, EMA, random-number states), so an interrupted run
-continues where its last checkpoint left it and ends with the same numbers as an
-uninterrupted one (on the CPU). ``model.pt`` holds the EMA weights of the best epoch.
+ends first. Every epoch adds one row to ``metrics.csv`` (the columns ``val_*`` carry the
+names of ``metrics.json``, pilip.metrics); ``last.pt`` holds everything to resume
+(pilip.train_state: weights, optimizer, scheduler, EMA, random streams, the metrics history),
+so an interrupted run continues where its last checkpoint left it and ends with the same
+numbers as an uninterrupted one (on the CPU), and a finished run run again rewrites the same
+``model.pt`` and ``metrics.csv``. SIGINT and SIGTERM (Ctrl-C; SLURM before a kill) save
+``last.pt`` at the current step, then stop (:class:`TrainingInterrupted`). ``model.pt`` holds
+the EMA weights of the best epoch.
+
+Seams for multi-fidelity training: Delta-learning passes data whose labels are reference -
+baseline (:func:`pilip.data.subtract_baseline`); fine-tuning passes ``init_weights`` (the
+per-element energy shifts are then refitted on the new labels, the optimizer starts fresh).
 
 Determinism: the model is initialised from ``seed``; batch order and perturbations come from
 CPU generators seeded from ``seed``, so they do not depend on the device, except when the step
@@ -21,7 +29,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,21 +43,28 @@ from torch import nn
 
 from pilip.atomic_io import atomic_path
 from pilip.checkpoint import read_checkpoint, save_checkpoint
-from pilip.data import TRAIN, VAL, Structures, concat_batches
+from pilip.data import TRAIN, VAL, Structures, UnlabelledStream, concat_batches
 from pilip.devices import resolve_device
+from pilip.ema import EMA, swapped_weights
 from pilip.errors import PilipError
-from pilip.forces import total_energy
+from pilip.evaluate import predict
 from pilip.losses import (
     ENERGY,
     FORCES,
+    TERM_NAMES,
     TOTAL,
     WEAK_TERMS,
     LossTerm,
     WeakLossOptions,
     check_terms,
-    compute_losses,
+    make_terms,
 )
-from pilip.static_step import MAX_AUTO_ATOMS, StaticStep, batch_shape, pad_batch
+from pilip.metrics import energy_metrics
+from pilip.static_step import batch_shape
+from pilip.steps import TrainingDiverged, make_step, plan_static
+from pilip.train_state import STATE_VERSION, RandomStreams, TrainState
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 METRICS_FILE = "metrics.csv"
 BEST_FILE = "model.pt"
@@ -59,10 +76,8 @@ RESUMABLE_CHANGES = (
     "epochs", "minutes", "device", "progress", "checkpoint_interval_s", "static_shapes",
 )  # fmt: skip
 STATIC_SHAPES = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
-
-
-class TrainingDiverged(PilipError):
-    """The loss became NaN or infinite; training stopped (the last good checkpoint is kept)."""
+# validation columns of metrics.csv: "val_" + the energy keys of metrics.json
+VAL_KEYS = ("energy_rmse", "energy_mae", "energy_rmse_mev_per_atom", "energy_mae_mev_per_atom")
 
 
 @dataclass
@@ -100,8 +115,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_interval_s: float = 30.0  # seconds between last.pt writes (also at the end)
     # pad every batch to one shape (pilip.static_step); on CUDA the step is then captured once
-    # as a CUDA graph and replayed. auto: on CUDA for molecules of up to 64 atoms; always: also
-    # on a CPU (no graph there: the same padded step, eagerly); never
+    # as a CUDA graph and replayed. always: pad (and capture on CUDA; on a CPU the same padded
+    # step runs eagerly); auto: eager until the graph step has passed its CUDA tests on a GPU
+    # (pilip.static_step.GRAPHS_VERIFIED), then as always for molecules up to 64 atoms; never
     static_shapes: str = "auto"
 
     def __post_init__(self) -> None:
@@ -123,20 +139,9 @@ class TrainConfig:
         return cls(**values)
 
     def terms(self) -> list[LossTerm]:
-        weights = {
-            ENERGY: self.w_energy,
-            FORCES: self.w_forces,
-            "pitc": self.w_pitc,
-            "pisc": self.w_pisc,
-        }
-        terms = []
-        for name in self.losses:
-            if name not in weights:
-                raise PilipError(
-                    f"unknown loss {name!r} in --losses: use energy, forces, pitc, pisc"
-                )
-            terms.append(LossTerm(name, float(weights[name]), self.per_atom and name != FORCES))
-        return terms
+        """The loss terms of ``losses`` with their ``w_*`` weights."""
+        weights = {name: getattr(self, f"w_{name}") for name in TERM_NAMES}
+        return make_terms(self.losses, weights, self.per_atom)
 
     def weak_options(self) -> WeakLossOptions:
         return WeakLossOptions(eps=self.eps, k=self.k, center=self.center, mode=self.weak_mode)
@@ -174,141 +179,27 @@ class TrainConfig:
         return any(name in WEAK_TERMS for name in self.losses)
 
 
-# --- EMA of the weights ----------------------------------------------------------------------
+class TrainingInterrupted(Exception):  # noqa: N818 - like KeyboardInterrupt
+    """SIGINT or SIGTERM arrived; ``last.pt`` was saved at the step reached."""
 
-
-class EMA:
-    """Shadow copies of the floating-point parameters: s <- d s + (1 - d) p after each step.
-
-    The decay ramps up as min(d, (1 + n) / (10 + n)) over the first steps, so the average is
-    not dominated by the random initialisation on short runs.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        names, params = zip(*model.named_parameters(), strict=True)
-        # one foreach kernel per dtype/device, not one per parameter (launch-bound on a GPU)
-        torch._foreach_lerp_([self.shadow[n] for n in names], list(params), 1.0 - d)
-
-    def state_dict_of(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The model's state dict with EMA weights in place of the parameters."""
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        state.update({k: v.clone() for k, v in self.shadow.items()})
-        return state
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updates = int(state["updates"])
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
-
-
-class _swapped_weights:
-    """Context manager: the model temporarily carries ``state`` (e.g. EMA) weights."""
-
-    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        self.model, self.state = model, state
-
-    def __enter__(self) -> nn.Module:
-        self.saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.state)
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.load_state_dict(self.saved)
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_energies(model: nn.Module, structures: Structures, batch_size: int) -> torch.Tensor:
-    """Model energies (n_structures,) eV, in order, in float64."""
-    out = [total_energy(model, b) for b in structures.batches(batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
-
-
-def energy_errors(predicted: torch.Tensor, structures: Structures) -> dict[str, float]:
-    """Energy RMSE and MAE in eV and in meV/atom (each structure's error / its atom count)."""
-    error = predicted.double() - structures.energy.double()
-    per_atom_mev = error / structures.n_atoms.double() * 1000.0
-    return {
-        "energy_rmse_eV": float(error.square().mean().sqrt()),
-        "energy_mae_eV": float(error.abs().mean()),
-        "energy_rmse_meV_per_atom": float(per_atom_mev.square().mean().sqrt()),
-        "energy_mae_meV_per_atom": float(per_atom_mev.abs().mean()),
-    }
-
-
-# --- the loop --------------------------------------------------------------------------------
+    def __init__(self, signum: int, epoch: int, step: int, out_dir: Path) -> None:
+        self.signum, self.epoch, self.step, self.out_dir = signum, epoch, step, out_dir
+        name = signal.Signals(signum).name
+        where = f"after epoch {epoch}" + (f" and {step} step(s) of the next" if step else "")
+        super().__init__(f"{name}: saved {out_dir / LAST_FILE} {where}; run again to resume")
 
 
 @dataclass
 class TrainResult:
     best_epoch: int
-    best_val_energy_rmse_eV: float
+    best_val_energy_rmse: float  # eV, the validation energy RMSE of the saved model
     epochs: int  # epochs completed
     stop_reason: str  # epochs | minutes | early_stopping
     wall_time_s: float  # training time over all sessions (excluding evaluation of the test set)
     out_dir: Path
 
 
-def _build_model(config: TrainConfig, train: Structures) -> nn.Module:
-    from pilip.models import build_model
-
-    params = {"dtype": config.dtype, **config.model_params}
-    model = build_model(config.model, **params)
-    if hasattr(model, "energy_shift"):
-        batch = torch.repeat_interleave(torch.arange(len(train)), train.n_atoms)
-        model.energy_shift.fit(train.numbers, batch, train.energy)
-    return model
-
-
-def data_fingerprint(data: dict[str, Structures], unlabelled: Structures | None) -> str:
-    """16 hex characters identifying the training, validation and unlabelled structures."""
-    digest = hashlib.sha256()
-    for s in (data[TRAIN], data[VAL], unlabelled):
-        if s is None:
-            digest.update(b"none")
-            continue
-        for t in (s.numbers, s.positions, s.offsets, s.energy, s.forces):
-            digest.update(b"-" if t is None else t.detach().cpu().double().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    return {name: g.get_state() for name, g in generators.items()}
-
-
-class _MetricsLog:
-    """metrics.csv, one row per epoch; header fixed at the first row."""
-
-    def __init__(self, path: Path, columns: list[str], keep_epochs: int) -> None:
-        self.path, self.columns = path, columns
-        rows: list[dict[str, str]] = []
-        if keep_epochs > 0 and path.is_file():
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= keep_epochs]
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-
-    def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.columns).writerow(
-                {k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
+# --- the loop --------------------------------------------------------------------------------
 
 
 def train(
@@ -317,6 +208,8 @@ def train(
     out_dir: str | Path,
     *,
     unlabelled: Structures | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    meta: dict[str, Any] | None = None,
     resume: bool = True,
     restart_if_changed: bool = False,
     progress: bool | None = None,
@@ -326,19 +219,154 @@ def train(
     ``out_dir``/{model.pt, last.pt, metrics.csv, config.json}.
 
     ``data`` comes from :func:`pilip.data.load_dataset` (float64, CPU). ``unlabelled``
-    structures (no labels) feed the weak losses only. ``resume`` continues from
-    ``out_dir/last.pt`` when it exists: the same config (the budget aside) and data are
-    required, else PilipError, or with ``restart_if_changed`` a fresh start.
+    structures (no labels) feed the weak losses only. ``init_weights`` (a model state dict of
+    the same architecture) start the model instead of the random initialisation (fine-tuning).
+    ``meta`` (JSON-like) is stored in both checkpoints, e.g. the training data's reference.
+    ``resume`` continues from ``out_dir/last.pt`` when it exists: the same config (the budget
+    aside) and data are required, else PilipError, or with ``restart_if_changed`` a fresh start.
     ``progress`` None shows a bar only on a terminal. Raises :class:`TrainingDiverged` on a
-    non-finite loss.
+    non-finite loss and :class:`TrainingInterrupted` after SIGINT/SIGTERM (``last.pt`` saved).
     """
     log = log or (lambda message: None)
+    train_set, val_set = data[TRAIN], data[VAL]
+    check_inputs(config, train_set, unlabelled)
+    device, dtype = resolve_device(config.device), getattr(torch, config.dtype)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    max_atoms = max(int(s.n_atoms.max()) for s in (train_set, unlabelled) if s is not None)
+    static, capture = plan_static(config.static_shapes, device, max_atoms)
+    streams = RandomStreams(config.seed, device if capture else None)
+    torch.manual_seed(config.seed)
+    model = build_model(config, train_set, init_weights).to(device)
+    config = dataclasses.replace(config, model_params=model.hparams())  # resolved, recorded
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
+    )
+    ema = EMA(model, config.ema_decay)
+    n_unl = config.unlabelled_batch_size if unlabelled is not None else 0
+    shape = batch_shape(max_atoms, config.batch_size, len(train_set), n_unl) if static else None
+    step = make_step(model, config.terms(), config.weak_options(), streams.perturb, device,
+                     shape=shape, capture=capture, log=log)  # fmt: skip
+    train_dev = train_set.to(step.batch_device, dtype)
+    val_dev = val_set.to(device, dtype)
+    components = {"optimizer": optimizer, "scheduler": scheduler, "ema": ema, "rng": streams}
+    stream = None
+    if unlabelled is not None:
+        stream = UnlabelledStream(
+            unlabelled.to(step.batch_device, dtype), n_unl, streams.unlabelled, step.batch_device
+        )
+        components["unlabelled"] = stream
+    state = TrainState(components)
+    fingerprint = data_fingerprint(data, unlabelled, init_weights)
+    run = RunFolder(out_dir, config, model, {
+        **(meta or {}), "elements": train_set.elements(), "n_train": len(train_set),
+        "n_val": len(val_set), "n_unlabelled": 0 if unlabelled is None else len(unlabelled),
+        "data_fingerprint": fingerprint,
+    })  # fmt: skip
+    if resume:
+        run.restore(state, model, fingerprint, restart_if_changed, log)
+    run.start(state)
+
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(
+        total=config.epochs, initial=state.epoch, disable=not show, unit="epoch", leave=False
+    )
+    last_saved = time.monotonic()
+    session_start = time.monotonic() - state.elapsed_s
+    model.train()
+    with StopSignals() as stop, bar:
+        while not (stop_reason := budget_spent(config, state)):
+            if state.epoch_order is None:  # a new epoch (else: the rest of an interrupted one)
+                state.epoch_order = torch.randperm(len(train_dev), generator=streams.shuffle)
+            sums = {n: torch.tensor(state.epoch_sums.get(n, 0.0), device=device,
+                                    dtype=torch.float64) for n in run.loss_names}  # fmt: skip
+            order, size = state.epoch_order.to(step.batch_device), config.batch_size
+            for start in range(state.step_in_epoch * size, len(train_dev), size):
+                batch = train_dev.batch(order[start : start + size])
+                if stream is not None:
+                    batch = concat_batches(batch, stream.next_batch())
+                losses = step(batch)
+                step.check_finite(losses, f"at epoch {state.epoch + 1} step {start // size + 1}")
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                optimizer.step()
+                ema.update(model)
+                for name in run.loss_names:
+                    sums[name] += losses[name].double()
+                state.step_in_epoch += 1
+                if stop.signum is not None:
+                    state.epoch_sums = {n: float(v) for n, v in sums.items()}
+                    state.elapsed_s = time.monotonic() - session_start
+                    run.save(state)
+                    raise TrainingInterrupted(
+                        stop.signum, state.epoch, state.step_in_epoch, out_dir
+                    )
+            n_steps = max(state.step_in_epoch, 1)
+            train_losses = {f"train_{n}": float(v) / n_steps for n, v in sums.items()}
+            if not math.isfinite(train_losses[f"train_{TOTAL}"]):  # a graph step checks here
+                raise TrainingDiverged(
+                    f"loss {TOTAL} is {train_losses[f'train_{TOTAL}']} in epoch "
+                    f"{state.epoch + 1}; stopped (last good checkpoint kept in {out_dir}); "
+                    "lower --lr or --eps"
+                )
+            state.finish_epoch()
+
+            ema_weights = ema.weights_of(model)
+            with swapped_weights(model, ema_weights):
+                val = validation_errors(model, val_dev, val_set, config.val_batch_size)
+            if not math.isfinite(val["energy_rmse"]):
+                raise TrainingDiverged(
+                    f"validation energy RMSE is {val['energy_rmse']} at epoch {state.epoch}; "
+                    "stopped; lower --lr"
+                )
+            scheduler.step(val["energy_rmse"])
+            improved = state.record_validation(val["energy_rmse"], ema_weights)
+            state.elapsed_s = time.monotonic() - session_start
+            row = {
+                "epoch": state.epoch,
+                "wall_time_s": state.elapsed_s,
+                "lr": optimizer.param_groups[0]["lr"],
+                **train_losses,
+                **{f"val_{k}": val[k] for k in VAL_KEYS},
+                "best": int(improved),
+            }
+            run.append(state, row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_losses[f'train_{TOTAL}']:.3g}",
+                            val_rmse_meV=f"{1000 * val['energy_rmse']:.1f}")  # fmt: skip
+            if (
+                stop.signum is not None
+                or time.monotonic() - last_saved >= config.checkpoint_interval_s
+            ):
+                run.save(state)
+                last_saved = time.monotonic()
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, state.epoch, 0, out_dir)
+    run.save(state)
+    log(
+        f"stopped ({stop_reason}) after epoch {state.epoch}: best epoch {state.best_epoch}, "
+        f"validation energy RMSE {1000 * state.best_rmse:.2f} meV, {state.elapsed_s:.1f} s"
+    )
+    return TrainResult(
+        state.best_epoch, state.best_rmse, state.epoch, stop_reason, state.elapsed_s, out_dir
+    )
+
+
+# --- the loop's helpers ----------------------------------------------------------------------
+
+
+def check_inputs(config: TrainConfig, train_set: Structures, unlabelled: Structures | None) -> None:
+    """One-line PilipError for settings and data that cannot train together."""
     config.validate()
     if unlabelled is not None and not config.weak:
         raise PilipError(
             "--unlabelled feeds only the weak losses: add pitc and/or pisc to --losses"
         )
-    train_set, val_set = data[TRAIN], data[VAL]
     if FORCES in config.losses and train_set.forces is None:
         raise PilipError("--losses includes forces but the training data were read without forces")
     if unlabelled is not None:
@@ -348,262 +376,174 @@ def train(
                 f"--unlabelled has element(s) {extra} absent from the training set; "
                 "the model cannot place their energy"
             )
-    device = resolve_device(config.device)
-    dtype = getattr(torch, config.dtype)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    max_atoms = max(int(s.n_atoms.max()) for s in (train_set, unlabelled) if s is not None)
-    static = config.static_shapes == "always" or (
-        config.static_shapes == "auto" and device.type == "cuda" and max_atoms <= MAX_AUTO_ATOMS
-    )
-    capture = static and device.type == "cuda"
-    # padded batches are assembled on the CPU and copied into the step's static inputs
-    batch_device = torch.device("cpu") if static else device
 
-    torch.manual_seed(config.seed)
-    model = _build_model(config, train_set).to(device)
-    train_dev = train_set.to(batch_device, dtype)
-    val_dev = val_set.to(device, dtype)
-    unl_dev = unlabelled.to(batch_device, dtype) if unlabelled is not None else None
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
-        min_lr=config.min_lr,
-    )  # fmt: skip
-    ema = EMA(model, config.ema_decay)
-    # separate streams, so that adding unlabelled structures leaves the labelled batch order
-    shuffle_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 1)
-    unlabelled_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 3)
-    generators = {"shuffle": shuffle_gen, "unlabelled": unlabelled_gen}
-    if capture:  # a CUDA graph draws its random numbers from the default CUDA generator
-        index = torch.cuda.current_device() if device.index is None else device.index
-        perturb_gen = torch.cuda.default_generators[index]
-        generators["perturb_cuda"] = perturb_gen
-    else:
-        perturb_gen = torch.Generator()
-        generators["perturb"] = perturb_gen
-    perturb_gen.manual_seed(config.seed * 1_000_003 + 2)
-    terms, options = config.terms(), config.weak_options()
-    step_fn, shape = None, None
-    if static:
-        n_unl = config.unlabelled_batch_size if unlabelled is not None else 0
-        shape = batch_shape(max_atoms, config.batch_size, len(train_set), n_unl)
-        step_fn = StaticStep(model, terms, options, perturb_gen, capture, log)
-        log(
-            f"static shapes: {shape.n_slots} structures, {shape.n_atoms} atoms per step "
-            f"({'CUDA graph' if capture else 'no graph'})"
-        )
+def build_model(
+    config: TrainConfig, train: Structures, init_weights: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """The model of ``config`` (random, or ``init_weights``), its per-element energy shifts
+    fitted to the training energies by least squares."""
+    from pilip.models import build_model as build
 
-    epoch, best_epoch, best_rmse, bad_epochs, elapsed = 0, 0, math.inf, 0, 0.0
-    best_state: dict[str, torch.Tensor] | None = None
-    unl_order, unl_pos = None, 0
-    last_path = out_dir / LAST_FILE
-    fingerprint = data_fingerprint(data, unlabelled)
-    if resume and last_path.is_file():
-        state = read_checkpoint(last_path, "cpu")
+    model = build(config.model, **{"dtype": config.dtype, **config.model_params})
+    if init_weights is not None:
         try:
-            check_resumable(state["meta"], config, fingerprint, last_path)
-        except PilipError as exc:
-            if not restart_if_changed:
-                raise
-            log(f"starting afresh: {exc}")
-            state = None
-    else:
-        state = None
-    if state is not None:
-        ts = state["train_state"]
-        model.load_state_dict(state["model"]["state_dict"])
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        ema.load_state_dict(ts["ema"])
-        for name, generator in generators.items():
-            if name in ts["rng"]:  # a CUDA graph run resumed without one draws afresh
-                generator.set_state(ts["rng"][name])
-        epoch, best_epoch, bad_epochs = ts["epoch"], ts["best_epoch"], ts["bad_epochs"]
-        best_rmse, elapsed = ts["best_rmse"], ts["elapsed_s"]
-        best_state = ts["best_state"]
-        if ts.get("unl_order") is not None:
-            unl_order, unl_pos = ts["unl_order"], int(ts["unl_pos"])
-        log(f"resumed from {last_path} after epoch {epoch} (best epoch {best_epoch})")
-
-    with atomic_path(out_dir / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    loss_names = [t.name for t in terms if t.weight > 0] + [TOTAL]
-    columns = ["epoch", "wall_time_s", "lr"] + [f"train_{n}" for n in loss_names]
-    columns += [
-        "val_energy_rmse_eV", "val_energy_mae_eV", "val_energy_rmse_meV_per_atom",
-        "val_energy_mae_meV_per_atom", "best",
-    ]  # fmt: skip
-    metrics_log = _MetricsLog(out_dir / METRICS_FILE, columns, keep_epochs=epoch)
-    meta_base = {
-        "config": config.to_dict(),
-        "elements": train_set.elements(),
-        "n_train": len(train_set),
-        "n_val": len(val_set),
-        "n_unlabelled": 0 if unlabelled is None else len(unlabelled),
-        "data_fingerprint": fingerprint,
-    }
-
-    def save_last() -> None:
-        train_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "ema": ema.state_dict(),
-            "rng": _rng_states(generators),
-            "epoch": epoch,
-            "best_epoch": best_epoch,
-            "best_rmse": best_rmse,
-            "bad_epochs": bad_epochs,
-            "elapsed_s": elapsed,
-            "best_state": best_state,
-            "unl_order": unl_order,
-            "unl_pos": unl_pos,
-        }
-        save_checkpoint(
-            last_path, model=model, model_name=config.model, meta=meta_base,
-            train_state=train_state,
-        )  # fmt: skip
-
-    def save_best() -> None:
-        meta = {**meta_base, "best_epoch": best_epoch, "val_energy_rmse_eV": best_rmse}
-        save_checkpoint(
-            out_dir / BEST_FILE, model=model, model_name=config.model, meta=meta,
-            state_dict=best_state,
-        )  # fmt: skip
-
-    def next_unlabelled() -> dict[str, torch.Tensor]:
-        nonlocal unl_order, unl_pos
-        n_unl = len(unl_dev)
-        take = []
-        need = config.unlabelled_batch_size
-        while need > 0:
-            if unl_order is None or unl_pos >= n_unl:
-                unl_order, unl_pos = torch.randperm(n_unl, generator=unlabelled_gen), 0
-            chunk = unl_order[unl_pos : unl_pos + need]
-            take.append(chunk)
-            unl_pos += len(chunk)
-            need -= len(chunk)
-        return unl_dev.batch(torch.cat(take).to(batch_device))
-
-    from tqdm.auto import tqdm
-
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=config.epochs, initial=epoch, disable=not show, unit="epoch", leave=False)
-    stop_reason = ""
-    last_saved = time.monotonic()
-    session_start = time.monotonic() - elapsed
-    model.train()
-    try:
-        while True:
-            if config.epochs is not None and epoch >= config.epochs:
-                stop_reason = "epochs"
-                break
-            if config.minutes is not None and elapsed >= 60.0 * config.minutes:
-                stop_reason = "minutes"
-                break
-            if bad_epochs >= config.patience:
-                stop_reason = "early_stopping"
-                break
-            sums = {n: torch.zeros((), device=device, dtype=torch.float64) for n in loss_names}
-            n_steps = 0
-            for batch in train_dev.batches(config.batch_size, shuffle=True, generator=shuffle_gen):
-                if unl_dev is not None:
-                    batch = concat_batches(batch, next_unlabelled())
-                if step_fn is not None:  # losses and backward on the padded batch
-                    losses = step_fn(pad_batch(batch, shape))
-                else:
-                    losses = compute_losses(model, batch, terms, perturb_gen, options)
-                total = losses[TOTAL]
-                if not capture and not torch.isfinite(total):  # a host sync: not in graphs
-                    bad = [n for n, v in losses.items() if n != TOTAL and not torch.isfinite(v)]
-                    value = float(total.detach())
-                    raise TrainingDiverged(
-                        f"loss {', '.join(bad) or TOTAL} is {value} at epoch {epoch + 1} "
-                        f"step {n_steps + 1}; stopped (last good checkpoint kept in {out_dir}); "
-                        "lower --lr or --eps"
-                    )
-                if step_fn is None:
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                optimizer.step()
-                ema.update(model)
-                for n in loss_names:
-                    sums[n] += losses[n].detach().double()
-                n_steps += 1
-            if capture and not torch.isfinite(sums[TOTAL]):  # checked once per epoch
-                raise TrainingDiverged(
-                    f"loss {TOTAL} is {float(sums[TOTAL])} in epoch {epoch + 1}; stopped (last "
-                    f"good checkpoint kept in {out_dir}); lower --lr or --eps"
-                )
-            epoch += 1
-
-            ema_state = ema.state_dict_of(model)
-            with _swapped_weights(model, ema_state):
-                model.eval()
-                val = energy_errors(
-                    predict_energies(model, val_dev, config.val_batch_size), val_dev
-                )
-                model.train()
-            rmse = val["energy_rmse_eV"]
-            if not math.isfinite(rmse):
-                raise TrainingDiverged(
-                    f"validation energy RMSE is {rmse} at epoch {epoch}; stopped; lower --lr"
-                )
-            scheduler.step(rmse)
-            improved = rmse < best_rmse
-            if improved:
-                best_rmse, best_epoch, bad_epochs = rmse, epoch, 0
-                best_state = {k: v.detach().cpu() for k, v in ema_state.items()}
-            else:
-                bad_epochs += 1
-            elapsed = time.monotonic() - session_start
-            row = {
-                "epoch": epoch,
-                "wall_time_s": elapsed,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{f"train_{n}": float(sums[n]) / max(n_steps, 1) for n in loss_names},
-                **{f"val_{k}": v for k, v in val.items()},
-                "best": int(improved),
-            }
-            metrics_log.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row[f'train_{TOTAL}']:.3g}", val_rmse_meV=f"{1000 * rmse:.1f}")
-            if time.monotonic() - last_saved >= config.checkpoint_interval_s:
-                save_last()
-                save_best()
-                last_saved = time.monotonic()
-    finally:
-        bar.close()
-    save_last()
-    save_best()
-    log(
-        f"stopped ({stop_reason}) after epoch {epoch}: best epoch {best_epoch}, "
-        f"validation energy RMSE {1000 * best_rmse:.2f} meV, {elapsed:.1f} s"
-    )
-    return TrainResult(best_epoch, best_rmse, epoch, stop_reason, elapsed, out_dir)
+            model.load_state_dict(init_weights)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise PilipError(
+                f"the initial weights do not fit --model {config.model}: {first}"
+            ) from None
+    if hasattr(model, "energy_shift"):
+        batch = torch.repeat_interleave(torch.arange(len(train)), train.n_atoms)
+        model.energy_shift.fit(train.numbers, batch, train.energy)
+    return model
 
 
-def check_resumable(
-    meta: dict[str, Any], config: TrainConfig, fingerprint: str, path: Path
-) -> None:
-    """PilipError unless the checkpoint meta ``meta`` was written by ``config`` (budget aside)
-    on the data with ``fingerprint``."""
+def budget_spent(config: TrainConfig, state: TrainState) -> str:
+    """Why training stops now (epochs | minutes | early_stopping), or "" to go on."""
+    if config.epochs is not None and state.epoch >= config.epochs:
+        return "epochs"
+    if config.minutes is not None and state.elapsed_s >= 60.0 * config.minutes:
+        return "minutes"
+    if state.bad_epochs >= config.patience:
+        return "early_stopping"
+    return ""
+
+
+def validation_errors(
+    model: nn.Module, structures: Structures, labelled: Structures, batch_size: int
+) -> dict[str, Any]:
+    """Energy errors (pilip.metrics keys) of ``model`` on ``structures`` (on the model's device),
+    against the float64 labels of ``labelled`` (the same structures)."""
+    device = next(model.parameters()).device
+    predicted, _ = predict(model, structures, device, batch_size)
+    return energy_metrics(predicted, labelled.energy.numpy(), labelled.n_atoms.numpy())
+
+
+def data_fingerprint(
+    data: dict[str, Structures],
+    unlabelled: Structures | None,
+    init_weights: dict[str, torch.Tensor] | None = None,
+) -> str:
+    """16 hex characters identifying the training, validation and unlabelled structures and
+    their labels, and the initial weights when given."""
+    digest = hashlib.sha256()
+    for s in (data[TRAIN], data[VAL], unlabelled):
+        if s is None:
+            digest.update(b"none")
+            continue
+        for t in (s.numbers, s.positions, s.offsets, s.energy, s.forces):
+            digest.update(b"-" if t is None else t.detach().cpu().double().numpy().tobytes())
+    for name, tensor in sorted((init_weights or {}).items()):
+        digest.update(name.encode() + tensor.detach().cpu().double().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set ``signum`` (the loop then saves and stops);
+    the previous handlers come back at the first signal, so a second one acts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signals reach it only
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+class RunFolder:
+    """The run's files: config.json, metrics.csv (from the state's history), last.pt, model.pt."""
+
+    def __init__(
+        self, out_dir: Path, config: TrainConfig, model: nn.Module, meta: dict[str, Any]
+    ) -> None:
+        self.out_dir, self.config, self.model = out_dir, config, model
+        self.meta = {"config": config.to_dict(), **meta}
+        self.loss_names = [t.name for t in config.terms() if t.weight > 0] + [TOTAL]
+        self.columns = ["epoch", "wall_time_s", "lr", *(f"train_{n}" for n in self.loss_names)]
+        self.columns += [f"val_{k}" for k in VAL_KEYS] + ["best"]
+
+    def restore(
+        self,
+        state: TrainState,
+        model: nn.Module,
+        fingerprint: str,
+        restart_if_changed: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        """Load ``last.pt`` into ``model`` and ``state`` when it continues this run."""
+        path = self.out_dir / LAST_FILE
+        if not path.is_file():
+            return
+        saved = read_checkpoint(path, "cpu")
+        problem = resume_problem(saved, self.config, fingerprint)
+        if problem and not restart_if_changed:
+            raise PilipError(
+                f"{path} {problem}; to start afresh there pass --restart-if-changed (or "
+                "--no-resume), or choose another --out"
+            )
+        if problem:
+            log(f"starting afresh: {path} {problem}")
+            return
+        model.load_state_dict(saved["model"]["state_dict"])
+        state.load_state_dict(saved["train_state"])
+        log(f"resumed from {path} after epoch {state.epoch} (best epoch {state.best_epoch})")
+
+    def start(self, state: TrainState) -> None:
+        """Write config.json and metrics.csv (the history so far)."""
+        with atomic_path(self.out_dir / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        with atomic_path(self.out_dir / METRICS_FILE) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(_formatted(row) for row in state.history)
+
+    def append(self, state: TrainState, row: dict[str, Any]) -> None:
+        state.history.append(row)
+        with open(self.out_dir / METRICS_FILE, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.columns).writerow(_formatted(row))
+
+    def save(self, state: TrainState) -> None:
+        """last.pt (the weights and the whole state), then model.pt (the best EMA weights)."""
+        save_checkpoint(self.out_dir / LAST_FILE, model=self.model, model_name=self.config.model,
+                        meta=self.meta, train_state=state.state_dict())  # fmt: skip
+        best = {**self.meta, "best_epoch": state.best_epoch, "val_energy_rmse": state.best_rmse}
+        save_checkpoint(self.out_dir / BEST_FILE, model=self.model, model_name=self.config.model,
+                        meta=best, state_dict=state.best_weights)  # fmt: skip
+
+
+def _formatted(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def resume_problem(saved: dict[str, Any], config: TrainConfig, fingerprint: str) -> str:
+    """Why the checkpoint dict ``saved`` cannot continue a run of ``config`` on the data with
+    ``fingerprint`` (the budget may change), or "" when it can."""
+    meta = saved.get("meta", {})
+    if (saved.get("train_state") or {}).get("version") != STATE_VERSION:
+        return "was written by another pilip version and cannot be resumed"
     if meta.get("data_fingerprint") != fingerprint:
-        raise PilipError(
-            f"{path} was trained on other data (dataset, --n-train or --unlabelled); "
-            "use another --out or delete it to start afresh"
-        )
-    saved, current = meta["config"], config.to_dict()
+        return "was trained on other data (dataset, --n-train, --unlabelled or initial weights)"
+    previous, current = meta["config"], config.to_dict()
     changed = sorted(
-        k for k in set(saved) | set(current)
-        if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+        k for k in set(previous) | set(current)
+        if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k)
     )  # fmt: skip
-    if changed:
-        raise PilipError(
-            f"{path} was written with a different setting of {', '.join(changed)}; "
-            "use another --out or delete it to start afresh"
-        )
+    return f"was written with a different setting of {', '.join(changed)}" if changed else ""

@@ -31,6 +31,11 @@ _OVERRIDES = {
     "static_shapes": "static_shapes",
 }
 _MODEL_OVERRIDES = ("cutoff", "n_features", "n_interactions")
+NO_CONFIG_NOTE = (
+    "no --config: the model's own hyper-parameters (pilip.models; config.json records them), "
+    "larger than the demo study's config.yaml shrinks them to for 2 CPU cores; pass "
+    "--config config.yaml to train the study's size"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,11 +149,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pilip.data import load_dataset, load_unlabelled
+    from pilip.data import load_dataset, load_unlabelled, training_references
     from pilip.devices import resolve_device
     from pilip.errors import PilipError
     from pilip.losses import FORCES
-    from pilip.train import train
+    from pilip.train import TrainingInterrupted, train
 
     config, unlabelled_path = build_config(args)
     config.validate()
@@ -166,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     unlabelled = load_unlabelled(unlabelled_path) if unlabelled_path else None
     if unlabelled is not None and not config.weak:
         raise PilipError("--unlabelled feeds only the weak losses: add pitc, pisc to --losses")
+    meta = {"dataset": str(args.dataset), "reference": training_references(args.dataset)}
 
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "train.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -180,21 +186,27 @@ def run(args: argparse.Namespace) -> int:
             f"structures" + (f", {len(unlabelled)} unlabelled" if unlabelled else "")
             + f"; model {config.model}, losses {','.join(config.losses)}"
         )  # fmt: skip
+        if not args.config:
+            log(NO_CONFIG_NOTE)
         result = train(
             config,
             data,
             out,
             unlabelled=unlabelled,
+            meta=meta,
             resume=not args.no_resume,
             restart_if_changed=args.restart_if_changed,
             progress=False if args.no_progress else None,
             log=log,
         )
+    except TrainingInterrupted as stop:
+        log(f"interrupted by {stop}")
+        return 128 + stop.signum
     finally:
         log_file.close()
     print(
         f"pilip train: best epoch {result.best_epoch}, validation energy RMSE "
-        f"{1000 * result.best_val_energy_rmse_eV:.2f} meV -> {out / 'model.pt'}",
+        f"{1000 * result.best_val_energy_rmse:.2f} meV -> {out / 'model.pt'}",
         file=sys.stderr,
     )
     return 0

@@ -73,8 +73,8 @@ def files(tmp_path, model):
     save_checkpoint(checkpoint, model=model, model_name="schnet", meta=meta)
     log = tmp_path / "run" / "metrics.csv"
     log.write_text(
-        "epoch,wall_time_s,lr,train_energy,train_pitc,train_total,val_energy_rmse_eV,"
-        "val_energy_mae_eV,val_energy_rmse_meV_per_atom,val_energy_mae_meV_per_atom,best\n"
+        "epoch,wall_time_s,lr,train_energy,train_pitc,train_total,val_energy_rmse,"
+        "val_energy_mae,val_energy_rmse_mev_per_atom,val_energy_mae_mev_per_atom,best\n"
         "1,10.0,1e-3,1.5,0.5,2.0,0.30,0.25,50.0,40.0,1\n"
         "2,20.5,1e-3,0.8,0.2,1.0,0.20,0.15,30.0,20.0,1\n"
         "3,31.0,1e-3,0.4,0.1,0.5,0.25,0.20,35.0,25.0,0\n"

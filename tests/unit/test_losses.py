@@ -15,9 +15,10 @@ from pilip.forces import energy_and_forces
 from pilip.losses import (
     LossTerm,
     WeakLossOptions,
+    check_terms,
     compute_losses,
     draw_perturbations,
-    parse_terms,
+    make_terms,
 )
 from pilip.models import MODELS, build_model
 from pilip.neighbors import molecular_pairs, segment_sum
@@ -225,23 +226,25 @@ def test_losses_under_no_grad_give_the_same_values(mode):
     torch.testing.assert_close(without["total"], with_grad["total"].detach())
 
 
-def test_parse_terms_and_bad_specifications():
-    terms = parse_terms("energy, pitc:0.5,pisc", per_atom=True)
+def test_terms_from_names_and_bad_specifications():
+    weights = {"energy": 1.0, "forces": 2.0, "pitc": 0.5, "pisc": 0.01}
+    terms = make_terms(["energy", "pitc", "pisc"], weights, per_atom=True)
     assert terms == [
         LossTerm("energy", 1.0, True),
         LossTerm("pitc", 0.5, True),
         LossTerm("pisc", 0.01, True),
     ]
-    assert parse_terms("energy,forces")[1] == LossTerm("forces", 1.0, False)
-    for spec, message in (
-        ("energy,pitcc", "unknown loss term 'pitcc'"),
-        ("energy,energy", "given twice"),
-        ("energy:x", "not a number"),
-        ("energy:-1", ">= 0"),
-        ("energy:0", "no loss term with a positive weight"),
+    assert make_terms(["energy", "forces"], weights, True)[1] == LossTerm("forces", 2.0, False)
+    with pytest.raises(PilipError, match="unknown loss 'pitcc' in --losses"):
+        make_terms(["energy", "pitcc"], weights, False)
+    for terms, message in (
+        ([LossTerm("energy"), LossTerm("energy")], "given twice"),
+        ([LossTerm("energy", -1.0)], ">= 0"),
+        ([LossTerm("energy", 0.0)], "no loss term with a positive weight"),
+        ([LossTerm("forces", 1.0, per_atom=True)], "no per-atom option"),
     ):
         with pytest.raises(PilipError, match=message):
-            parse_terms(spec)
+            check_terms(terms)
     batch = to_batch(molecules(("H2O",)))
     model = build_model("schnet", dtype="float64")
     for options, message in (

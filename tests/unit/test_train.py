@@ -15,7 +15,9 @@ from pilip.checkpoint import load_model, read_checkpoint
 from pilip.cli import main
 from pilip.data import TRAIN, VAL, load_dataset, load_unlabelled, subsample_indices
 from pilip.errors import PilipError
-from pilip.train import TrainConfig, TrainingDiverged, energy_errors, predict_energies, train
+from pilip.evaluate import predict
+from pilip.metrics import energy_metrics
+from pilip.train import TrainConfig, TrainingDiverged, train
 
 torch.set_num_threads(1)
 
@@ -157,7 +159,7 @@ def test_force_validation_forces_are_never_read(tmp_path, monkeypatch):
     # and training with force labels stays finite
     monkeypatch.undo()
     result = train(config(losses="energy,force", epochs=2), data, tmp_path / "run")
-    assert math.isfinite(result.best_val_energy_rmse_eV)
+    assert math.isfinite(result.best_val_energy_rmse)
 
 
 def test_train_forces_match_the_table(dataset):
@@ -189,8 +191,8 @@ def test_loss_decreases_and_outputs_written(dataset, tmp_path):
     rows = read_metrics(out / "metrics.csv")
     assert len(rows) == 20 and result.epochs == 20 and result.stop_reason == "epochs"
     assert float(rows[-1]["train_energy"]) < 0.3 * float(rows[0]["train_energy"])
-    assert float(rows[-1]["val_energy_rmse_eV"]) < float(rows[0]["val_energy_rmse_eV"])
-    for column in ("train_pitc", "train_pisc", "train_total", "val_energy_mae_meV_per_atom"):
+    assert float(rows[-1]["val_energy_rmse"]) < float(rows[0]["val_energy_rmse"])
+    for column in ("train_pitc", "train_pisc", "train_total", "val_energy_mae_mev_per_atom"):
         assert column in rows[0]
     for name in ("model.pt", "last.pt", "metrics.csv", "config.json"):
         assert (out / name).is_file()
@@ -216,7 +218,7 @@ def test_resume_after_interruption_matches_uninterrupted(dataset, tmp_path, monk
     cfg = config(losses="energy,pitc,pisc", epochs=5, unlabelled_batch_size=3)
     train(cfg, data, tmp_path / "full", unlabelled=unlabelled)
 
-    import pilip.train as train_module
+    import pilip.steps as train_module
 
     calls = {"n": 0}
     real = train_module.compute_losses
@@ -238,9 +240,7 @@ def test_resume_after_interruption_matches_uninterrupted(dataset, tmp_path, monk
     assert all(torch.equal(full[k], cut[k]) for k in full)
     rows_full = read_metrics(tmp_path / "full" / "metrics.csv")
     rows_cut = read_metrics(tmp_path / "cut" / "metrics.csv")
-    assert [r["val_energy_rmse_eV"] for r in rows_full] == [
-        r["val_energy_rmse_eV"] for r in rows_cut
-    ]
+    assert [r["val_energy_rmse"] for r in rows_full] == [r["val_energy_rmse"] for r in rows_cut]
 
 
 def test_resume_with_another_config_is_refused(dataset, tmp_path):
@@ -279,7 +279,7 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
     out = tmp_path / "run"
     result = train(config(epochs=8, lr=2e-2), data, out)
     rows = read_metrics(out / "metrics.csv")
-    val = [float(r["val_energy_rmse_eV"]) for r in rows]
+    val = [float(r["val_energy_rmse"]) for r in rows]
     assert result.best_epoch == 1 + int(np.argmin(val))
     assert [int(r["best"]) for r in rows].count(1) >= 1
 
@@ -291,10 +291,9 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
     assert meta["cutoff"] == TINY["cutoff"] and meta["config"]["lr"] == 2e-2
     assert meta["best_epoch"] == result.best_epoch
     # the saved model reproduces the best validation error: it is the selected EMA model
-    predicted = predict_energies(model, data[VAL], 64)
-    assert energy_errors(predicted, data[VAL])["energy_rmse_eV"] == pytest.approx(
-        min(val), rel=1e-9
-    )
+    predicted, _ = predict(model, data[VAL], torch.device("cpu"))
+    errors = energy_metrics(predicted, data[VAL].energy.numpy(), data[VAL].n_atoms.numpy())
+    assert errors["energy_rmse"] == pytest.approx(min(val), rel=1e-9)
     shifts = dict((int(z), s) for z, s in meta["energy_shifts"])
     assert set(shifts) == {1, 8}
 
@@ -313,19 +312,19 @@ def test_static_shapes_train_the_same_numbers_as_plain_batches(dataset, tmp_path
     rows = {m: read_metrics(tmp_path / m / "metrics.csv") for m in runs}
     assert len(rows["always"]) == 3
     for plain, padded in zip(rows["never"], rows["always"], strict=True):
-        for column in ("train_energy", "train_forces", "val_energy_rmse_eV"):
+        for column in ("train_energy", "train_forces", "val_energy_rmse"):
             assert float(padded[column]) == pytest.approx(float(plain[column]), rel=1e-9), column
     weak = config(losses="energy,pitc,pisc", epochs=8, lr=2e-2, static_shapes="always")
     train(weak, data, tmp_path / "weak", unlabelled=load_unlabelled(dataset))
     rows = read_metrics(tmp_path / "weak" / "metrics.csv")
-    assert float(rows[-1]["val_energy_rmse_eV"]) < float(rows[0]["val_energy_rmse_eV"])
+    assert float(rows[-1]["val_energy_rmse"]) < float(rows[0]["val_energy_rmse"])
     assert all(float(r["train_pitc"]) > 0 for r in rows)
     with pytest.raises(PilipError, match="static_shapes 'on'"):
         config(static_shapes="on").validate()
 
 
 def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path, monkeypatch):
-    import pilip.train as train_module
+    import pilip.steps as train_module
 
     data = load_dataset(dataset)
     unlabelled = load_unlabelled(dataset)
@@ -344,7 +343,7 @@ def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path, monkeypat
     a = train(cfg, data, tmp_path / "a")
     run = "b"
     b = train(cfg, data, tmp_path / "b", unlabelled=unlabelled)
-    assert a.best_val_energy_rmse_eV != b.best_val_energy_rmse_eV
+    assert a.best_val_energy_rmse != b.best_val_energy_rmse
     # the same labelled batches in the same order, each with 3 unlabelled structures added
     assert len(seen["a"]) == len(seen["b"]) == 8
     for (energy_a, extra_a), (energy_b, extra_b) in zip(seen["a"], seen["b"], strict=True):
@@ -452,20 +451,22 @@ def test_wrong_table_kind_is_one_line(dataset, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_training_learns_and_resumes(dataset, tmp_path):
-    """static_shapes auto on CUDA: the step is a replayed CUDA graph; the loss falls, the
+    """static_shapes always on CUDA: the step is a replayed CUDA graph; the loss falls, the
     validation error improves, and an interrupted run resumes."""
     data = load_dataset(dataset)
     unlabelled = load_unlabelled(dataset)
-    cfg = config(losses="energy,pitc,pisc", epochs=12, lr=2e-2, device="cuda", dtype="float32")
+    cfg = config(losses="energy,pitc,pisc", epochs=12, lr=2e-2, device="cuda", dtype="float32",
+                 static_shapes="always")  # fmt: skip
     messages: list[str] = []
     train(cfg, data, tmp_path / "g", unlabelled=unlabelled, log=messages.append)
     assert any("CUDA graph" in m for m in messages)
     rows = read_metrics(tmp_path / "g" / "metrics.csv")
     assert float(rows[-1]["train_energy"]) < 0.5 * float(rows[0]["train_energy"])
-    assert float(rows[-1]["val_energy_rmse_eV"]) < float(rows[0]["val_energy_rmse_eV"])
+    assert float(rows[-1]["val_energy_rmse"]) < float(rows[0]["val_energy_rmse"])
     assert all(math.isfinite(float(r["train_pitc"])) and float(r["train_pitc"]) > 0 for r in rows)
     more = train(
-        config(losses="energy,pitc,pisc", epochs=15, lr=2e-2, device="cuda", dtype="float32"),
+        config(losses="energy,pitc,pisc", epochs=15, lr=2e-2, device="cuda", dtype="float32",
+               static_shapes="always"),
         data, tmp_path / "g", unlabelled=unlabelled,
     )  # fmt: skip
     assert more.epochs == 15 and len(read_metrics(tmp_path / "g" / "metrics.csv")) == 15
@@ -482,10 +483,13 @@ def test_cuda_training_matches_cpu(dataset, tmp_path):
         # static_shapes never: a CUDA graph would draw its perturbations on the GPU
         cfg = config(losses="energy,pitc,pisc", epochs=3, device=device, static_shapes="never")
         runs[device] = train(cfg, data, tmp_path / device, unlabelled=unlabelled)
-    assert runs["cuda"].best_val_energy_rmse_eV == pytest.approx(
-        runs["cpu"].best_val_energy_rmse_eV, rel=1e-6
+    assert runs["cuda"].best_val_energy_rmse == pytest.approx(
+        runs["cpu"].best_val_energy_rmse, rel=1e-6
     )
     model, meta = load_model(tmp_path / "cuda" / "model.pt", "cpu")
     assert meta["config"]["device"] == "cuda"
-    rmse = energy_errors(predict_energies(model, data[VAL], 64), data[VAL])["energy_rmse_eV"]
-    assert rmse == pytest.approx(runs["cuda"].best_val_energy_rmse_eV, rel=1e-6)
+    predicted, _ = predict(model, data[VAL], torch.device("cpu"))
+    rmse = energy_metrics(predicted, data[VAL].energy.numpy(), data[VAL].n_atoms.numpy())[
+        "energy_rmse"
+    ]
+    assert rmse == pytest.approx(runs["cuda"].best_val_energy_rmse, rel=1e-6)
