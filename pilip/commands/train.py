@@ -32,9 +32,9 @@ _OVERRIDES = {
 }
 _MODEL_OVERRIDES = ("cutoff", "n_features", "n_interactions")
 NO_CONFIG_NOTE = (
-    "no --config: the model's own hyper-parameters (pilip.models; config.json records them), "
-    "larger than the demo study's config.yaml shrinks them to for 2 CPU cores; pass "
-    "--config config.yaml to train the study's size"
+    "no --config: the model at its own default size (config.json records it), larger than "
+    "the demo study's, which config.yaml shrinks for 2 CPU cores; pass --config config.yaml "
+    "to train the study's size"
 )
 
 

@@ -483,7 +483,7 @@ def test_cli_train_writes_the_run_folder(dataset, tmp_path, capsys):
     assert meta["config"]["losses"] == ["energy", "pitc", "pisc"]
     assert meta["reference"] == ["analytic"] and meta["dataset"] == str(dataset)
     err = capsys.readouterr().err
-    assert "best epoch" in err and "no --config: the model's own hyper-parameters" in err
+    assert "best epoch" in err and "no --config: the model at its own default size" in err
     # config.json records the hyper-parameters the model was built with, not only overrides
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["model_params"] == meta["hparams"]
