@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "evaluate a trained model: metrics.json (eV, eV/A), parity plots, learning curves"
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         training_log=log,
         batch_size=args.batch_size,
         title=args.title if args.title is not None else args.model.parent.name,
+        warn=lambda message: print(f"pilip evaluate: warning: {message}", file=sys.stderr),
     )
 
     def show(value: float | None, scale: float = 1.0, fmt: str = ".4g") -> str:

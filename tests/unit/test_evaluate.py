@@ -167,3 +167,24 @@ def test_dataset_with_an_element_the_model_never_saw_is_refused(files, model, ca
     assert code == 2
     assert "element(s) C unknown to the model" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(("trained_on", "warned"), [(["cbs"], False), (["mp2/cbs"], True)])
+def test_energies_of_another_reference_than_the_training_data_are_flagged(
+    files, model, capsys, trained_on, warned
+):
+    checkpoint = files["dir"] / "other" / "model.pt"
+    meta = {"elements": [1, 6, 8], "reference": trained_on}
+    save_checkpoint(checkpoint, model=model, model_name="schnet", meta=meta)
+    out = files["dir"] / "other-results"
+    assert main(["evaluate", str(checkpoint), str(files["dataset"]), "--out", str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_reference"] == trained_on and metrics["energy_reference"] == ["cbs"]
+    if warned:
+        assert (
+            len(err) == 1 and "test energies of reference cbs but the model was trained" in err[0]
+        )
+        assert "mp2/cbs" in err[0] and "compare different references" in err[0]
+    else:
+        assert err == []

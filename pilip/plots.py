@@ -1,0 +1,133 @@
+"""Plots of an evaluation: energy and force parity, learning curves (PNG, matplotlib Agg).
+
+Inputs are the predictions of :func:`pilip.evaluate.evaluate_model` (eV, eV/A) and a
+training ``metrics.csv`` (pilip.train); every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from pilip.atomic_io import atomic_path
+from pilip.errors import PilipError
+from pilip.metrics import rmse
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def _parity_axes(ax, low: float, high: float) -> None:
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.5", lw=1, zorder=0)
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_aspect("equal")
+
+
+def plot_energy_parity(predictions: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Predicted vs reference energies, each system shifted by its mean reference energy.
+
+    Total energies of different molecules differ by thousands of eV; subtracting each system's
+    mean reference energy (from both axes alike) keeps the parity line and the errors intact.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    pred, ref, systems = (predictions[k] for k in ("energy_pred", "energy_ref", "energy_system"))
+    low, high = math.inf, -math.inf
+    for system in sorted(set(systems.tolist())):
+        mask = systems == system
+        shift = ref[mask].mean()
+        x, y = ref[mask] - shift, pred[mask] - shift
+        label = f"{system} (RMSE {1000 * rmse(y - x):.1f} meV)"
+        ax.scatter(x, y, s=12, alpha=0.8, label=label)
+        low, high = min(low, x.min(), y.min()), max(high, x.max(), y.max())
+    if math.isfinite(low):
+        _parity_axes(ax, low, high)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no test energies", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("reference E - <E_ref>_system (eV)")
+    ax.set_ylabel("predicted E - <E_ref>_system (eV)")
+    ax.set_title(title or "Test-set energies")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_force_parity(predictions: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Predicted vs reference force components (eV/A), coloured by element."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    pred, ref, numbers = (predictions[k] for k in ("force_pred", "force_ref", "force_numbers"))
+    for z in np.unique(numbers):
+        mask = numbers == z
+        x, y = ref[mask].ravel(), pred[mask].ravel()
+        label = f"{chemical_symbols[int(z)]} (RMSE {rmse(y - x):.3f} eV/A)"
+        ax.scatter(x, y, s=6, alpha=0.6, label=label)
+    if len(numbers):
+        _parity_axes(ax, min(ref.min(), pred.min()), max(ref.max(), pred.max()))
+        ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5, 0.5, "no structures with reference forces", ha="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("reference force component (eV/A)")
+    ax.set_ylabel("predicted force component (eV/A)")
+    ax.set_title(title or "Forces (never trained on)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_learning_curve(log_path: Path, path: Path, title: str = "") -> None:
+    """Training loss terms (left) and validation energy errors (right) per epoch.
+
+    Reads a training ``metrics.csv``: columns ``train_*`` are the loss terms, ``val_*`` the
+    validation metrics (those in meV/atom when present, else all), ``best`` marks the epochs
+    whose weights were kept (the last one is drawn as a dotted line). Log scales; non-positive
+    values are not drawn.
+    """
+    import pandas as pd
+
+    log = pd.read_csv(log_path)
+    x_name = "epoch" if "epoch" in log.columns else None
+    x = log[x_name] if x_name else pd.Series(range(1, len(log) + 1))
+    numeric = [c for c in log.columns if pd.api.types.is_numeric_dtype(log[c])]
+    losses = [c for c in numeric if c.startswith("train_")]
+    validation = [c for c in numeric if c.startswith("val_")]
+    validation = [c for c in validation if c.endswith("_per_atom")] or validation
+    if not losses and not validation:
+        raise PilipError(f"{log_path}: no train_* or val_* columns to plot; is it a training log?")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
+    for ax, columns, ylabel in (
+        (axes[0], losses, "training loss term"),
+        (axes[1], validation, "validation error"),
+    ):
+        for column in columns:
+            values = log[column].where(log[column] > 0)
+            if values.notna().any():
+                ax.plot(x, values, label=column)
+        if "best" in log.columns and (log["best"] == 1).any():
+            ax.axvline(x[log["best"] == 1].iloc[-1], color="0.5", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel(x_name or "epoch")
+        ax.set_ylabel(ylabel)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title or "Learning curves")
+    _save(fig, path)
+    plt.close(fig)
