@@ -85,7 +85,9 @@ class TrainConfig:
     """Everything that defines a training run (JSON-serialisable; stored in checkpoints)."""
 
     model: str = "painn"  # painn | schnet
-    model_params: dict[str, Any] = field(default_factory=dict)  # hyper-parameter overrides
+    # model hyper-parameters (pilip.models); unset ones take the model's defaults, and train()
+    # records them all (config.json, checkpoints)
+    model_params: dict[str, Any] = field(default_factory=dict)
     losses: list[str] = field(default_factory=lambda: [ENERGY])  # energy, forces, pitc, pisc
     w_energy: float = 1.0
     w_forces: float = 1.0
@@ -239,7 +241,7 @@ def train(
     streams = RandomStreams(config.seed, device if capture else None)
     torch.manual_seed(config.seed)
     model = build_model(config, train_set, init_weights).to(device)
-    config = dataclasses.replace(config, model_params=model.hparams())  # resolved, recorded
+    config = dataclasses.replace(config, model_params=resolved_params(model))  # recorded
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -398,6 +400,11 @@ def build_model(
         batch = torch.repeat_interleave(torch.arange(len(train)), train.n_atoms)
         model.energy_shift.fit(train.numbers, batch, train.energy)
     return model
+
+
+def resolved_params(model: nn.Module) -> dict[str, Any]:
+    """Every hyper-parameter the model was built with, but its dtype (``TrainConfig.dtype``)."""
+    return {k: v for k, v in model.hparams().items() if k != "dtype"}
 
 
 def budget_spent(config: TrainConfig, state: TrainState) -> str:

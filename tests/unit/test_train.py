@@ -486,7 +486,7 @@ def test_cli_train_writes_the_run_folder(dataset, tmp_path, capsys):
     assert "best epoch" in err and "no --config: the model at its own default size" in err
     # config.json records the hyper-parameters the model was built with, not only overrides
     recorded = json.loads((out / "config.json").read_text())
-    assert recorded["model_params"] == meta["hparams"]
+    assert recorded["model_params"] == {k: v for k, v in meta["hparams"].items() if k != "dtype"}
     assert recorded["model_params"]["n_features"] == 8 and "n_rbf" in recorded["model_params"]
 
 
