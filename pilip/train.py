@@ -384,7 +384,8 @@ def build_model(
     config: TrainConfig, train: Structures, init_weights: dict[str, torch.Tensor] | None = None
 ) -> nn.Module:
     """The model of ``config`` (random, or ``init_weights``), its per-element energy shifts
-    fitted to the training energies by least squares."""
+    fitted to the training energies by least squares (with ``init_weights`` only the shifts:
+    the output scale stays the initial model's)."""
     from pilip.models import build_model as build
 
     model = build(config.model, **{"dtype": config.dtype, **config.model_params})
@@ -397,8 +398,11 @@ def build_model(
                 f"the initial weights do not fit --model {config.model}: {first}"
             ) from None
     if hasattr(model, "energy_shift"):
+        scale = model.energy_shift.scale.clone()
         batch = torch.repeat_interleave(torch.arange(len(train)), train.n_atoms)
         model.energy_shift.fit(train.numbers, batch, train.energy)
+        if init_weights is not None:  # the network's output scale is part of what it learnt
+            model.energy_shift.scale.copy_(scale)
     return model
 
 

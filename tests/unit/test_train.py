@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -410,6 +411,35 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
     assert errors["energy_rmse"] == pytest.approx(min(val), rel=1e-9)
     shifts = dict((int(z), s) for z, s in meta["energy_shifts"])
     assert set(shifts) == {1, 8}
+
+
+def test_initial_weights_reproduce_the_model_and_refit_only_the_shifts(dataset, tmp_path):
+    """The fine-tuning seam: a model started from a checkpoint's weights predicts what the
+    checkpoint does (same data: same least-squares shifts); on other labels only the
+    per-element shifts move."""
+    from pilip.train import build_model
+
+    data = load_dataset(dataset)
+    train(config(epochs=3), data, tmp_path / "pre")
+    pretrained, _ = load_model(tmp_path / "pre" / "model.pt")
+    weights = state(tmp_path / "pre" / "model.pt")
+    started = build_model(config(), data[TRAIN], weights).eval()
+    cpu = torch.device("cpu")
+    np.testing.assert_allclose(
+        predict(started, data[VAL], cpu)[0], predict(pretrained, data[VAL], cpu)[0], rtol=1e-12
+    )
+    shifted = replace(data[TRAIN], energy=data[TRAIN].energy + 0.5 * data[TRAIN].n_atoms)
+    moved = build_model(config(), shifted, weights).eval()
+    assert torch.equal(moved.energy_shift.scale, pretrained.energy_shift.scale)
+    np.testing.assert_allclose(
+        predict(moved, data[VAL], cpu)[0],
+        predict(pretrained, data[VAL], cpu)[0] + 0.5 * data[VAL].n_atoms.numpy(),
+        rtol=1e-12,
+    )
+    result = train(config(epochs=2), data, tmp_path / "fine", init_weights=weights)
+    assert result.epochs == 2
+    with pytest.raises(PilipError, match="was trained on other data"):
+        train(config(epochs=3), data, tmp_path / "fine")  # without the initial weights
 
 
 def test_static_shapes_train_the_same_numbers_as_plain_batches(dataset, tmp_path):
