@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--static-shapes",
         choices=("auto", "always", "never"),
-        help="pad batches to one shape, captured as a CUDA graph on a GPU "
-        "(auto: on CUDA for molecules up to 64 atoms)",
+        help="always: pad batches to one shape, captured as a CUDA graph on a GPU; never; "
+        "auto (default): eager until the graph step is proven on a GPU",
     )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="AdamW learning rate")
