@@ -23,6 +23,10 @@ Psi4 1.3.2 facts this module reproduces or corrects:
 * Within one basis, Psi4 reads every lesser method from the most complete calculation (the
   MP2 energy of a delta correction comes out of the CCSD(T) run), see ``plan_jobs``.
 
+DFT functionals Psi4 knows (``b3lyp/cc-pvdz``, ``wb97x-d/def2-svp``; the names of
+``pilip.backends.psi4_functionals``) are one-stage recipes: one basis, no extrapolation, the
+total stored as the component ``<functional>/<basis>``.
+
 Only the standard library is used here.
 """
 
@@ -33,6 +37,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pilip.backends.psi4_functionals import FUNCTIONALS
 from pilip.errors import PilipError
 
 # --- extrapolation formulas -------------------------------------------------------------------
@@ -238,28 +243,56 @@ METHOD_PROVIDES: dict[str, dict[str, str]] = {
     "fci": {"hf": "HF TOTAL ENERGY", "fci": "FCI TOTAL ENERGY"},
 }
 METHOD_ALIASES = {"scf": "hf"}  # Psi4's "scf" is Hartree-Fock for the methods supported here
+DFT_ENERGY_VARIABLE = "CURRENT ENERGY"  # what psi4.energy returns: functional + dispersion
+# the functionals a user most likely means, for the error message of an unknown method
+COMMON_FUNCTIONALS = ("b3lyp", "pbe0", "wb97x-d", "b3lyp-d3bj", "pbe", "tpss")
+
+
+def is_functional(method: str) -> bool:
+    """True for a (canonical) DFT functional name Psi4 1.3.2 knows, e.g. ``b3lyp-d3bj``."""
+    return method not in METHOD_PROVIDES and method in FUNCTIONALS
 
 
 def canonical_method(method: str) -> str:
-    """Lower-case method name with aliases resolved (``SCF`` -> ``hf``); raise if unknown."""
+    """Lower-case method name with aliases resolved (``SCF`` -> ``hf``); raise if unknown.
+
+    Wavefunction methods of ``METHOD_PROVIDES`` and Psi4's DFT functionals are known.
+    """
     name = method.strip().lower()
     name = METHOD_ALIASES.get(name, name)
-    if name not in METHOD_PROVIDES:
+    if name not in METHOD_PROVIDES and name not in FUNCTIONALS:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*METHOD_PROVIDES, *FUNCTIONALS], n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         known = ", ".join(["scf", *METHOD_PROVIDES])
-        raise PilipError(f"unknown method {method!r}; supported methods: {known}")
+        raise PilipError(
+            f"unknown method {method!r}; {hint}supported: {known}, or a DFT functional Psi4 "
+            f"knows ({', '.join(COMMON_FUNCTIONALS)}, ...)"
+        )
     return name
 
 
+def provides(method: str) -> dict[str, str]:
+    """method -> Psi4 variable of every total energy one calculation of ``method`` yields."""
+    if is_functional(method):
+        return {method: DFT_ENERGY_VARIABLE}
+    return METHOD_PROVIDES[method]
+
+
 def component_name(method: str, basis: str) -> str:
-    """Stored component name: ``scf/<basis>`` or ``<method>_corl/<basis>`` (Hartree)."""
-    return f"scf/{basis}" if method == "hf" else f"{method}_corl/{basis}"
+    """Stored component name (Hartree): ``scf/<basis>``, ``<method>_corl/<basis>`` or, for a
+    DFT functional, its total ``<functional>/<basis>``."""
+    if method == "hf":
+        return f"scf/{basis}"
+    return f"{method}/{basis}" if is_functional(method) else f"{method}_corl/{basis}"
 
 
 def components_from_totals(totals: Mapping[tuple[str, str], float]) -> dict[str, float]:
-    """Components (SCF per basis, correlation per method and basis) from total energies."""
+    """Components (SCF per basis, correlation per method and basis, DFT totals) from totals."""
     out: dict[str, float] = {}
     for (method, basis), value in totals.items():
-        if method == "hf":
+        if method == "hf" or is_functional(method):
             out[component_name(method, basis)] = value
         elif ("hf", basis) in totals:
             out[component_name(method, basis)] = value - totals[("hf", basis)]
@@ -273,6 +306,8 @@ def totals_from_components(components: Mapping[str, float]) -> dict[tuple[str, s
         kind, _, basis = name.partition("/")
         if kind == "scf":
             totals[("hf", basis)] = value
+        elif is_functional(kind):
+            totals[(kind, basis)] = value
     for name, value in components.items():
         kind, _, basis = name.partition("/")
         if kind.endswith("_corl") and ("hf", basis) in totals:
@@ -339,7 +374,7 @@ def expand_basis(basis: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
 class Stage:
     """One stage of a recipe: ``scheme(T[method]) - scheme(T[lesser])`` over its bases."""
 
-    name: str  # scf, corl, delta1, delta2, ...
+    name: str  # scf, corl, delta1, delta2, ... (dft: a functional, the only stage)
     method: str  # canonical method of the upper level (hf for the scf stage)
     lesser: str | None  # canonical method subtracted (None for the scf stage)
     bases: tuple[str, ...]
@@ -403,7 +438,8 @@ class Recipe:
         """The stored component names the recipe needs (SCF of every basis it touches)."""
         names: dict[str, None] = {}
         for method, basis in self.required_totals():
-            names[component_name("hf", basis)] = None
+            if not is_functional(method):  # a DFT component is a total, not hf + correlation
+                names[component_name("hf", basis)] = None
             if method != "hf":
                 names[component_name(method, basis)] = None
         return list(names)
@@ -522,6 +558,18 @@ def parse_method_string(text: str, *, where: str = "method") -> Recipe:
         bases.append(basis)
 
     stages: list[Stage] = []
+    if any(is_functional(m) for m in methods):
+        if len(methods) > 1:
+            raise PilipError(
+                f"{where}: {text!r}: a DFT functional takes no '+D:' delta; use one method/basis"
+            )
+        if len(expand_basis(bases[0])[0]) > 1:
+            raise PilipError(
+                f"{where}: {text!r}: DFT energies are not extrapolated; give one basis set "
+                "(e.g. b3lyp/def2-svp)"
+            )
+        stages.append(_make_stage("dft", methods[0], None, bases[0], None, None, where))
+        return Recipe(stages=tuple(stages), label=text.strip())
     if methods[0] == "hf":
         stages.append(_make_stage("scf", "hf", None, bases[0], None, None, where))
     else:
@@ -576,9 +624,15 @@ def parse_cbs_recipe(spec: Mapping, *, where: str = "cbs") -> Recipe:
 
     def method_of(raw: Mapping, key: str, field: str) -> str:
         try:
-            return canonical_method(str(raw[field]))
+            method = canonical_method(str(raw[field]))
         except PilipError as exc:
             raise PilipError(f"{where}.{key}.{field}: {exc}") from None
+        if is_functional(method):
+            raise PilipError(
+                f"{where}.{key}.{field}: {method!r} is a DFT functional, which takes no CBS "
+                f"recipe; write method: {method}/<basis> instead of `cbs`"
+            )
+        return method
 
     stages: list[Stage] = []
     corl = stage_spec("corl", spec["corl"], "corl") if "corl" in spec else None
@@ -655,6 +709,8 @@ def describe(stages: Sequence[Stage]) -> str:
     for stage in stages:
         if stage.name == "scf":
             text = f"hf/{series(stage)}"
+        elif stage.name == "dft":
+            text = f"{stage.method}/{series(stage)}"
         elif stage.name == "corl":
             text = f"{stage.method}/{series(stage)}"
         else:
@@ -677,7 +733,7 @@ class Job:
     @property
     def provides(self) -> dict[str, str]:
         """method -> Psi4 variable of every total energy this calculation yields."""
-        return METHOD_PROVIDES[self.method]
+        return provides(self.method)
 
 
 def plan_jobs(recipe: Recipe, *, gradients: bool) -> list[Job]:
@@ -701,7 +757,7 @@ def plan_jobs(recipe: Recipe, *, gradients: bool) -> list[Job]:
             by_basis.setdefault(basis, []).append(method)
     energy_jobs = []
     for basis, methods in by_basis.items():
-        tops = [m for m in methods if all(other in METHOD_PROVIDES[m] for other in methods)]
+        tops = [m for m in methods if all(other in provides(m) for other in methods)]
         if not tops:
             raise PilipError(
                 f"recipe {recipe.label!r} needs {', '.join(methods)} in {basis}, and no one of "

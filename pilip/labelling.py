@@ -186,6 +186,8 @@ def label_table(
     backend.memory_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
     backend.check(configs)
 
+    # the results file, Psi4's text output and the table all live beside the output
+    output.parent.mkdir(parents=True, exist_ok=True)
     results = labels.results_path_for(output)
     if not results.exists() and output.exists():
         labels.seed_results(results, labels.read_labels(output))

@@ -7,6 +7,13 @@ A reference entry::
       method: mp2/cc-pv[dt]z        # Psi4 syntax: scf/cc-pvdz, ccsd(t)/cc-pv[dt]z, a+D:b ...
       options: {freeze_core: true}  # Psi4 options, passed through (``memory`` too)
 
+a DFT functional Psi4 knows, with one basis (analytic gradients; ``-d3*`` dispersion needs
+Grimme's ``dftd3`` program on the worker's PATH, ``-d2`` and wB97X-D's ``-d`` do not)::
+
+    dft_svp:
+      backend: psi4
+      method: wb97x-d/def2-svp
+
 or a composite recipe instead of ``method`` (see ``pilip.cbs.parse_cbs_recipe``)::
 
     cbs:
@@ -48,6 +55,7 @@ from pilip.backends.base import (
     result_record,
 )
 from pilip.backends.psi4_basis_sets import BASIS_ELEMENTS
+from pilip.backends.psi4_functionals import FUNCTIONALS
 from pilip.errors import PilipError
 from pilip.psi4_env import WORKER, psi4_python
 
@@ -183,7 +191,22 @@ class Psi4Backend(Backend):
                     f"{basis} has no functions for {', '.join(_symbol(z) for z in missing)}; "
                     "choose a basis set that covers every element"
                 )
-        psi4_python()
+        self._check_programs(psi4_python())
+
+    def _check_programs(self, interpreter: Any) -> None:
+        """The external programs Psi4 runs for a functional's dispersion (dftd3, gcp)."""
+        path = interpreter.environment().get("PATH", "")
+        for stage in self.recipe.stages:
+            if not cbs.is_functional(stage.method):
+                continue
+            for program in filter(None, FUNCTIONALS[stage.method].split(",")):
+                if shutil.which(program, path=path) is None:
+                    raise PilipError(
+                        f"{self.key('method')}: {stage.method} needs the {program!r} program, "
+                        "which Psi4 1.3.2 runs for it and which is not on PATH (Debian ships "
+                        f"none); install it, or use a functional Psi4 computes alone, e.g. "
+                        "wb97x-d or b3lyp-d2"
+                    )
 
     # --- running ---------------------------------------------------------------------------
 

@@ -316,6 +316,7 @@ def main(argv):
         fail(f"{sys.executable} cannot import psi4 ({error_text(exc)}); {INSTALL_HINT}")
     psi4.core.IOManager.shared_object().set_default_path(scratch)
     if output:
+        os.makedirs(os.path.dirname(output), exist_ok=True)  # Psi4 dies on a missing folder
         psi4.core.set_output_file(output, True)
     else:
         psi4.core.be_quiet()
