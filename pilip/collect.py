@@ -1,9 +1,11 @@
 """Join configurations and labels into the dataset table that training reads, with a summary.
 
 Only ``status == ok`` labels become dataset rows; every row gets a split from its id hash
-(``pilip.splits``). Force-validation labels (analytic gradients at an affordable level) put
-their forces, in eV/A, on the matching rows with ``force_validation = true``: those forces are
-for evaluation only, and :func:`training_forces` hides them from training code.
+(``pilip.splits``), except rows whose configuration comes from a *dataset* table given as
+configurations (cheap labels of an imported dataset): those keep that dataset's split.
+Force-validation labels (analytic gradients at an affordable level) put their forces, in eV/A,
+on the matching rows with ``force_validation = true``: those forces are for evaluation only,
+and :func:`training_forces` hides them from training code.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ class Collected:
 
 
 def read_configurations(paths: Sequence[str | os.PathLike]) -> pa.Table:
-    """Concatenate configurations tables; an id in two tables is an error."""
+    """Concatenate configurations tables (or the configurations of dataset tables).
+
+    An id in two tables is an error.
+    """
     if not paths:
         raise PilipError("--configurations: give at least one configurations table")
     parts = [
-        tables.read_table(p, kind="configurations").select(tables.CONFIGURATION_SCHEMA.names)
+        tables.read_table(p, kind=("configurations", "dataset")).select(
+            tables.CONFIGURATION_SCHEMA.names
+        )
         for p in paths
     ]
     table = pa.concat_tables([p.cast(tables.CONFIGURATION_SCHEMA) for p in parts])
@@ -56,6 +63,17 @@ def read_configurations(paths: Sequence[str | os.PathLike]) -> pa.Table:
             f"{', '.join(str(p) for p in paths)}; remove the duplicate"
         )
     return table
+
+
+def stored_splits(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """Configuration id -> split of every row of the dataset tables among ``paths``."""
+    out: dict[str, str] = {}
+    for path in paths:
+        table = tables.read_table(path, kind=("configurations", "dataset"))
+        if tables.table_kind(table) == "dataset":
+            ids = table.column(keys.ID).to_pylist()
+            out.update(zip(ids, table.column(keys.SPLIT).to_pylist(), strict=True))
+    return out
 
 
 def label_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -81,8 +99,13 @@ def collect(
     label_paths: Sequence[str | os.PathLike],
     fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
     force_validation_paths: Sequence[str | os.PathLike] = (),
+    keep_splits: bool = True,
 ) -> Collected:
-    """Build the dataset table (configuration columns + energy eV + forces eV/A + split)."""
+    """Build the dataset table (configuration columns + energy eV + forces eV/A + split).
+
+    ``configuration_paths`` may name dataset tables; with ``keep_splits`` their rows keep
+    their split, the others get one from ``fractions``.
+    """
     configurations = read_configurations(configuration_paths)
     files = label_files(label_paths)
     if not files:
@@ -147,12 +170,16 @@ def collect(
                 fv_flag[i] = True
                 fv_rows += 1
 
+    split = splits.assign_splits(kept_ids, fractions)
+    if keep_splits:
+        stored = stored_splits(configuration_paths)
+        split = [stored.get(i, s) for i, s in zip(kept_ids, split, strict=True)]
     table = tables.dataset_table(
         kept,
         energy,
         forces,
         reference=reference,
-        split=splits.assign_splits(kept_ids, fractions),
+        split=split,
         force_validation=fv_flag,
     )
     systems = Counter(configurations.column(keys.SYSTEM).to_pylist())

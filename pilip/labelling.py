@@ -2,8 +2,11 @@
 
 ``label_table`` is what ``pilip label`` runs:
 
-1. read the configurations and resolve the reference (a name in the config's ``references``
-   or an inline Psi4 method string such as ``mp2/cc-pv[dt]z``, run with Psi4's defaults);
+1. read the configurations (a configurations table, or a dataset table whose configurations
+   are labelled; ``--ids``/``--limit`` pick some) and resolve the reference: a name in the
+   config's ``references``, an inline Psi4 method string such as ``mp2/cc-pv[dt]z`` (run with
+   Psi4's defaults), or an inline tight-binding name ``gfn2-xtb``/``gfn1-xtb`` (tblite's
+   defaults, always with forces: they cost nothing extra);
 2. pre-flight, before any quantum chemistry: the backend validates its spec and checks the
    configurations (electron count, elements, interpreter, ...);
 3. the backend appends one JSON line per finished configuration to the results file beside
@@ -29,9 +32,9 @@ import numpy as np
 from pilip import keys, labels, tables
 from pilip.backends import Backend, make_backend
 from pilip.backends.base import read_results
+from pilip.backends.psi4_backend import Psi4Backend
+from pilip.backends.xtb_backend import METHODS as XTB_METHODS
 from pilip.errors import PilipError
-
-PSI4_PYTHON_ENV = "PILIP_PSI4_PYTHON"
 
 
 @dataclasses.dataclass
@@ -41,6 +44,7 @@ class Reference:
     name: str
     spec: dict[str, Any]
     inline: bool = False
+    forces: bool = False  # always compute forces (inline tight binding: they are free)
 
 
 @dataclasses.dataclass
@@ -71,23 +75,34 @@ def load_study_config(path: str | os.PathLike | None) -> dict[str, Any] | None:
 
 
 def resolve_reference(reference: str, config: dict[str, Any] | None, config_path: Any) -> Reference:
-    """A reference name from ``config['references']``, else an inline Psi4 method string."""
+    """A reference name from ``config['references']``, else an inline method.
+
+    Inline: ``gfn2-xtb``/``gfn1-xtb``/``ipea1-xtb`` (tblite, energies and forces) or a Psi4
+    method string such as ``mp2/cc-pv[dt]z`` or ``wb97x-d/def2-svp``.
+    """
     known = (config or {}).get("references", {})
     if reference in known:
         return Reference(reference, dict(known[reference]))
+    if reference.lower() in XTB_METHODS:
+        spec = {"backend": "xtb", "method": XTB_METHODS[reference.lower()]}
+        return Reference(reference.lower(), spec, inline=True, forces=True)
     if "/" in reference and not reference.startswith("/"):
         # run with Psi4's own defaults, so the numbers equal psi4.energy(reference)
         return Reference(reference, {"backend": "psi4", "method": reference}, inline=True)
     where = f"{config_path}" if config is not None else f"{config_path} (not found)"
     names = ", ".join(known) or "none"
     raise PilipError(
-        f"--reference {reference!r} is neither a reference in {where} (known: {names}) nor a "
-        "Psi4 method string like mp2/cc-pv[dt]z"
+        f"--reference {reference!r} is neither a reference in {where} (known: {names}) nor an "
+        f"inline method ({', '.join(XTB_METHODS)}, or a Psi4 method string like mp2/cc-pv[dt]z)"
     )
 
 
 def read_configs(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Configurations as backend config dicts (positions in Angstrom), checked for NaN/inf."""
+    """Configurations as backend config dicts (positions in Angstrom), checked for NaN/inf.
+
+    ``path`` is a configurations table or a dataset table (its configurations; the labels'
+    ``config_id`` is the dataset's ``id``, so they join back).
+    """
     table = tables.read_table(path, kind=("configurations", "dataset"))
     needed = (keys.ID, keys.NUMBERS, keys.POSITIONS, keys.CHARGE, keys.MULTIPLICITY)
     missing = [c for c in needed if c not in table.column_names]
@@ -124,6 +139,47 @@ def read_configs(path: str | os.PathLike) -> list[dict[str, Any]]:
     return configs
 
 
+def parse_ids(text: str) -> list[str]:
+    """``--ids``: a file of ids (whitespace-separated, ``#`` comments) or ``id,id,...``."""
+    path = Path(text)
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        ids = [word for line in lines for word in line.split("#", 1)[0].split()]
+        if not ids:
+            raise PilipError(f"--ids {text}: the file lists no configuration ids")
+        return ids
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids or any(os.sep in i or i.endswith((".txt", ".csv")) for i in ids):
+        raise PilipError(
+            f"--ids {text!r}: not a file of ids, nor ids separated by commas (id,id,...)"
+        )
+    return ids
+
+
+def select_configs(
+    configs: list[dict[str, Any]],
+    path: str | os.PathLike,
+    ids: list[str] | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The configurations named by ``ids`` (in table order), then the first ``limit`` of them."""
+    if ids is not None:
+        wanted = set(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in {c["id"] for c in configs}]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise PilipError(
+                f"--ids: configuration {missing[0]}{more} is not in {path}; use ids of its "
+                "`id` column"
+            )
+        configs = [c for c in configs if c["id"] in wanted]
+    if limit is not None:
+        if limit < 1:
+            raise PilipError(f"--limit must be at least 1, got {limit}")
+        configs = configs[:limit]
+    return configs
+
+
 def check_results_match(results: Path, backend: Backend) -> None:
     """Refuse to resume from a results file written by another program, method or options."""
     records = read_results(results)
@@ -156,11 +212,16 @@ def label_table(
     gradients: bool = False,
     retry_failed: bool = False,
     mem_mb: int | None = None,
+    ids: list[str] | None = None,
+    limit: int | None = None,
 ) -> LabelReport:
-    """Label every configuration of ``configs_path`` and write the labels table ``output``.
+    """Label the configurations of ``configs_path`` and write the labels table ``output``.
 
-    Energies in eV, forces (with ``gradients``) in eV/A, components in Hartree. All input
-    checks run before any quantum chemistry; nothing is written when one fails.
+    ``configs_path`` is a configurations or a dataset table; ``ids`` (a list of ids) and
+    ``limit`` (the first N, after ``ids``) label part of it, and the table holds those rows.
+    Energies in eV, forces (with ``gradients``, always for inline tight binding) in eV/A,
+    components in Hartree. All input checks run before any quantum chemistry; nothing is
+    written when one fails.
     """
     output = Path(output)
     config = load_study_config(config_path)
@@ -176,14 +237,16 @@ def label_table(
             raise PilipError(f"--mem-mb must be at least 100, got {mem_mb}")
         settings["mem_mb"] = mem_mb
     ref = resolve_reference(reference, config, config_path)
-    if ref.spec.get("backend") == "psi4" and settings.get("psi4_python"):
-        os.environ[PSI4_PYTHON_ENV] = str(settings["psi4_python"])
-    # in-process backends (tblite, PySCF) read the thread count when their libraries load
-    os.environ["OMP_NUM_THREADS"] = str(settings["threads"])
+    gradients = gradients or ref.forces
 
-    configs = read_configs(configs_path)
+    configs = select_configs(read_configs(configs_path), configs_path, ids, limit)
     backend = make_backend(ref.name, ref.spec)
     backend.memory_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
+    if isinstance(backend, Psi4Backend):
+        backend.configured_python = settings.get("psi4_python")  # the worker's interpreter
+    else:
+        # in-process backends (tblite, PySCF) read the thread count when their libraries load
+        os.environ["OMP_NUM_THREADS"] = str(settings["threads"])
     backend.check(configs)
 
     # the results file, Psi4's text output and the table all live beside the output

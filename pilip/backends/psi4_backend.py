@@ -98,6 +98,9 @@ class Psi4Backend(Backend):
     """Psi4 energies (and analytic gradients) of a method string or composite CBS recipe."""
 
     name: ClassVar[str] = "psi4"
+    # the worker's interpreter as configured (``labelling.psi4_python``), set by pilip label;
+    # None: ``$PILIP_PSI4_PYTHON`` or found (``pilip.psi4_env``)
+    configured_python: str | None = None
 
     def __init__(self, reference: str, spec: dict[str, Any]) -> None:
         super().__init__(reference, spec)
@@ -191,15 +194,19 @@ class Psi4Backend(Backend):
                     f"{basis} has no functions for {', '.join(_symbol(z) for z in missing)}; "
                     "choose a basis set that covers every element"
                 )
-        self._check_programs(psi4_python())
+        self._check_programs(self.interpreter())
+
+    def interpreter(self) -> Any:
+        """The Psi4 worker's interpreter (``pilip.psi4_env.Psi4Python``) for this setting."""
+        return psi4_python(self.configured_python)
 
     def _check_programs(self, interpreter: Any) -> None:
         """The external programs Psi4 runs for a functional's dispersion (dftd3, gcp)."""
-        path = interpreter.environment().get("PATH", "")
         for stage in self.recipe.stages:
             if not cbs.is_functional(stage.method):
                 continue
             for program in filter(None, FUNCTIONALS[stage.method].split(",")):
+                path = interpreter.environment().get("PATH", "")
                 if shutil.which(program, path=path) is None:
                     raise PilipError(
                         f"{self.key('method')}: {stage.method} needs the {program!r} program, "
@@ -212,7 +219,7 @@ class Psi4Backend(Backend):
 
     def provenance(self) -> dict[str, Any]:
         try:
-            version = psi4_python().psi4_version
+            version = self.interpreter().psi4_version
         except PilipError:
             version = "unknown"
         return {
@@ -259,7 +266,7 @@ class Psi4Backend(Backend):
         pending = [c for c in configs if c["id"] not in done]
         if not pending:
             return
-        interpreter = psi4_python()
+        interpreter = self.interpreter()
         retry = None if retry_options is None else self._validated_retry(retry_options)
         Path(scratch).mkdir(parents=True, exist_ok=True)
         # a folder of its own, so that runs sharing `scratch` never share request files

@@ -11,7 +11,11 @@ HELP = "join configurations and ok labels into a dataset table with splits and a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--configurations", nargs="+", required=True, help="configurations tables (Parquet)"
+        "--configurations",
+        nargs="+",
+        required=True,
+        help="configurations tables, or dataset tables whose rows keep their split unless "
+        "--splits is given (Parquet)",
     )
     parser.add_argument(
         "--labels", nargs="+", required=True, help="labels tables of one reference, or folders"
@@ -55,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     summary = Path(args.summary) if args.summary else output.with_name(f"{output.stem}.summary.txt")
     fractions = fractions_from(args)
-    collected = collect(args.configurations, args.labels, fractions, args.force_validation)
+    collected = collect(
+        args.configurations,
+        args.labels,
+        fractions,
+        args.force_validation,
+        keep_splits=args.splits is None,
+    )
     text = summary_text(collected, output)
     tables.write_table(
         collected.table,

@@ -1,4 +1,4 @@
-"""``pilip label``: label a configurations table with one reference method (resumable)."""
+"""``pilip label``: label a configurations (or dataset) table with one reference (resumable)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ HELP = "label configurations with a reference method (resumes; failures kept as 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configurations", help="configurations table (Parquet)")
+    parser.add_argument(
+        "configurations",
+        help="configurations table, or a dataset table whose configurations are labelled "
+        "(Parquet; the labels' config_id is its id)",
+    )
     parser.add_argument(
         "--reference",
         required=True,
-        help="a name in the config's `references`, or a Psi4 method string such as "
-        "mp2/cc-pv[dt]z (run with Psi4's own defaults)",
+        help="a name in the config's `references`; or inline: gfn2-xtb, gfn1-xtb (tblite, "
+        "energies and forces) or a Psi4 method string such as mp2/cc-pv[dt]z or "
+        "wb97x-d/def2-svp (run with Psi4's own defaults)",
     )
     parser.add_argument("-o", "--output", required=True, help="labels table to write (Parquet)")
     parser.add_argument(
@@ -34,10 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--forces", action="store_true", help="compute forces (eV/A) as well as energies"
     )
+    parser.add_argument(
+        "--ids",
+        metavar="FILE|ID,ID",
+        help="label only these configurations: a file of ids (one per line) or ids separated "
+        "by commas",
+    )
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="label only the first N configurations (after --ids)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilip.labelling import label_table
+    from pilip.labelling import label_table, parse_ids
 
     report = label_table(
         args.configurations,
@@ -48,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         gradients=args.forces,
         retry_failed=args.retry_failed,
         mem_mb=args.mem_mb,
+        ids=parse_ids(args.ids) if args.ids is not None else None,
+        limit=args.limit,
     )
     counts = ", ".join(f"{status} {n}" for status, n in report.counts.items())
     retried = f", {report.retried} failed rows retried" if args.retry_failed else ""

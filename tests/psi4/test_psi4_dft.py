@@ -4,11 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
+from test_psi4_worker_labels import DIRECT, label, water
 
 from pilip import keys, labels, tables, units
 from pilip.cli import main
-
-from test_psi4_worker_labels import DIRECT, label, water
 
 pytestmark = pytest.mark.psi4
 

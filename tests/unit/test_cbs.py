@@ -188,7 +188,7 @@ def test_basis_series():
     [
         ("mp2/cc-pv[dq]z", "skips a cardinal number"),
         ("mp2/cc-pv[dtq]z", "no extrapolation of a corl energy over 3"),
-        ("mp3x/cc-pvdz", "unknown method 'mp3x'; supported methods: scf, hf, mp2"),
+        ("mp3x/cc-pvdz", "unknown method 'mp3x'; did you mean mp3"),
         ("mp2", "must be method/basis"),
         ("mp2/cc-pv[dt]z+D:ccsd/cc-pvdz+D:ccsd(t)/cc-pvdz", "more than one"),
         ("mp2/cc-pv[xy]z", "not a cardinal number"),

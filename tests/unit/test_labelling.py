@@ -325,3 +325,110 @@ def test_empty_configurations_give_an_empty_labels_table(study):
     report = label_table("empty.parquet", "xtb", "labels.parquet")
     assert report.counts == {"ok": 0, "failed": 0, "timeout": 0}
     assert labels.read_labels(root / "labels.parquet").num_rows == 0
+
+
+# --- inline tight binding, dataset input, part of a table (issues 10 and 14) -----------------
+
+
+def displaced(atoms: Atoms, moves, h: float) -> list[Atoms]:
+    """``atoms`` and, per (atom, axis) move, copies displaced by +h and -h Angstrom."""
+    frames = [atoms]
+    for atom, axis in moves:
+        for sign in (+1, -1):
+            copy = atoms.copy()
+            copy.positions[atom, axis] += sign * h
+            frames.append(copy)
+    return frames
+
+
+@pytest.mark.parametrize("method", ["gfn2-xtb", "gfn1-xtb"])
+def test_inline_xtb_without_config_writes_forces_equal_to_finite_differences(
+    tmp_path, monkeypatch, method
+):
+    monkeypatch.chdir(tmp_path)  # no config.yaml here
+    h, moves = 1e-3, [(0, 0), (1, 2), (4, 1)]
+    frames = displaced(rattled("CH3OH", 1, 3)[0], moves, h)
+    table = tables.configurations_from_atoms(frames, system="methanol", generator="rattle")
+    tables.write_table(table, tmp_path / "c.parquet", "configurations", {})
+    assert main(["label", "c.parquet", "--reference", method.upper(), "-o", "L.parquet"]) == 0
+    out = labels.read_labels(tmp_path / "L.parquet")
+    assert set(out.column(keys.STATUS).to_pylist()) == {keys.STATUS_OK}
+    assert set(out.column(keys.REFERENCE).to_pylist()) == {method}
+    assert out.column(keys.FORCES).null_count == 0  # forces without --forces
+    energies = out.column(keys.ENERGY).to_pylist()
+    forces = np.asarray(out.column(keys.FORCES)[0].as_py())
+    for k, (atom, axis) in enumerate(moves):
+        up, down = energies[1 + 2 * k], energies[2 + 2 * k]
+        assert forces[atom, axis] == pytest.approx(-(up - down) / (2 * h), abs=2e-4)
+    assert np.abs(forces).max() > 0.1  # eV/A: a rattled molecule is far from a minimum
+    direct = frames[0].copy()
+    direct.calc = TBLite(method=method.upper().replace("XTB", "xTB"), verbosity=0)
+    assert energies[0] == pytest.approx(direct.get_potential_energy(), abs=1e-9)  # eV
+
+
+def test_inline_xtb_failure_is_a_failed_row(study, count_calls):
+    root, atoms = study
+    calls, fail_ids = count_calls
+    ids = tables.read_table(root / "configs.parquet").column(keys.ID).to_pylist()
+    fail_ids.add(ids[1])
+    assert main(["label", "configs.parquet", "--reference", "gfn2-xtb", "-o", "L.parquet"]) == 0
+    out = labels.read_labels(root / "L.parquet").to_pylist()
+    assert [r[keys.STATUS] for r in out] == ["ok", "failed"] + ["ok"] * (len(atoms) - 2)
+    assert out[1][keys.ERROR] == "RuntimeError: simulated SCF failure"
+    assert out[1][keys.ENERGY] is None and out[1][keys.FORCES] is None
+
+
+def test_dataset_labelled_then_collected_keeps_ids_and_splits(tmp_path, monkeypatch):
+    """Cheap labels of an imported dataset become a dataset: ids join back, splits are kept."""
+    monkeypatch.chdir(tmp_path)
+    frames = rattled("H2O", 5, 7)
+    configurations = tables.configurations_from_atoms(frames, system="water", generator="md")
+    split = ["test", "train", "val", "train", "test"]
+    dataset = tables.dataset_table(
+        configurations, [-1.0] * 5, [None] * 5, reference="dft", split=split
+    )
+    tables.write_table(dataset, tmp_path / "d.parquet", "dataset", {})
+    report = label_table("d.parquet", "gfn2-xtb", "L.parquet", config_path=None)
+    assert report.counts["ok"] == 5
+    assert main(
+        ["collect", "--configurations", "d.parquet", "--labels", "L.parquet", "-o", "x.parquet"]
+    ) == 0  # fmt: skip
+    cheap = tables.read_table(tmp_path / "x.parquet", kind="dataset")
+    assert cheap.column(keys.ID).to_pylist() == dataset.column(keys.ID).to_pylist()
+    assert cheap.column(keys.SPLIT).to_pylist() == split
+    assert set(cheap.column(keys.REFERENCE).to_pylist()) == {"gfn2-xtb"}
+    assert cheap.column(keys.POSITIONS).equals(dataset.column(keys.POSITIONS))
+    labelled = labels.read_labels(tmp_path / "L.parquet")
+    assert cheap.column(keys.ENERGY).to_pylist() == labelled.column(keys.ENERGY).to_pylist()
+    assert cheap.column(keys.FORCES).null_count == 0
+    # --splits asks for fresh ones from the id hash
+    main(["collect", "--configurations", "d.parquet", "--labels", "L.parquet", "-o", "y.parquet",
+          "--splits", "0,0,1"])  # fmt: skip
+    fresh = tables.read_table(tmp_path / "y.parquet")
+    assert fresh.column(keys.SPLIT).to_pylist() == ["test"] * 5
+
+
+def test_ids_and_limit_label_part_of_a_table(study, count_calls, capsys):
+    root, _ = study
+    calls, _ = count_calls
+    ids = tables.read_table(root / "configs.parquet").column(keys.ID).to_pylist()
+    main(["label", "configs.parquet", "--reference", "xtb", "-o", "a.parquet",
+          "--ids", f"{ids[3]},{ids[1]}"])  # fmt: skip
+    assert labels.read_labels(root / "a.parquet").column(keys.CONFIG_ID).to_pylist() == [
+        ids[1],
+        ids[3],
+    ]
+    assert sorted(calls) == sorted([ids[1], ids[3]])
+    (root / "ids.txt").write_text(f"# two of them\n{ids[0]}\n{ids[5]}  # methanol\n")
+    main(["label", "configs.parquet", "--reference", "xtb", "-o", "b.parquet",
+          "--ids", "ids.txt", "--limit", "1"])  # fmt: skip
+    assert labels.read_labels(root / "b.parquet").column(keys.CONFIG_ID).to_pylist() == [ids[0]]
+    main(["label", "configs.parquet", "--reference", "xtb", "-o", "c.parquet", "--limit", "2"])
+    assert labels.read_labels(root / "c.parquet").column(keys.CONFIG_ID).to_pylist() == ids[:2]
+    capsys.readouterr()
+    err = run_cli_error(capsys, root, "configs.parquet", "--reference", "xtb", "-o", "d.parquet",
+                        "--ids", f"{ids[0]},deadbeef")  # fmt: skip
+    assert "--ids: configuration deadbeef is not in configs.parquet" in err
+    err = run_cli_error(capsys, root, "configs.parquet", "--reference", "xtb", "-o", "d.parquet",
+                        "--limit", "0")  # fmt: skip
+    assert "--limit must be at least 1, got 0" in err

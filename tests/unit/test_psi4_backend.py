@@ -79,7 +79,7 @@ def test_bad_specs(spec, match):
 
 
 def test_odd_electron_count_with_closed_shell_method(monkeypatch):
-    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda: None)
+    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda configured=None: None)
     radical = {**WATER, "id": "oh", "numbers": [8, 1], "positions": WATER["positions"][:2]}
     message = one_line_error(backend(method="mp2/cc-pvdz").check, [{**radical}])
     assert "cannot have multiplicity 1" in message  # 9 electrons, singlet
@@ -90,7 +90,7 @@ def test_odd_electron_count_with_closed_shell_method(monkeypatch):
 
 
 def test_elements_outside_the_basis(monkeypatch):
-    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda: None)
+    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda configured=None: None)
     iodide = {**WATER, "id": "hi", "numbers": [53, 1], "positions": WATER["positions"][:2]}
     message = one_line_error(backend(method="mp2/cc-pvdz").check, [iodide])
     assert "cc-pvdz has no functions for I" in message
@@ -212,3 +212,55 @@ def test_worker_rejects_a_broken_request(tmp_path):
     assert done.stderr.strip() == (
         f"psi4_worker: error: request {request} lacks jobs, results, scratch"
     )
+
+
+def test_dft_functionals_are_one_stage_recipes_with_their_total_as_component():
+    from pilip import cbs
+
+    dft = backend(method="wB97X-D/def2-SVP")
+    assert [(s.name, s.method, s.bases) for s in dft.recipe.stages] == [
+        ("dft", "wb97x-d", ("def2-svp",))
+    ]
+    jobs = cbs.plan_jobs(dft.recipe, gradients=True)
+    assert jobs == [cbs.Job("wb97x-d", "def2-svp", True)]
+    assert jobs[0].provides == {"wb97x-d": "CURRENT ENERGY"}  # what psi4.energy returns
+    raw = {"config_id": "w", "status": "ok", "energies": [{"wb97x-d": -76.3}],
+           "gradients": [[[0.0, 0.0, 0.01], [0.0, 0.0, -0.01], [0.0, 0.0, 0.0]]]}  # fmt: skip
+    record = dft.record_from_raw(raw, jobs, threads=1, gradients=True)
+    assert record["energy"] == pytest.approx(-76.3 * units.HARTREE_TO_EV)
+    assert record["components"] == {"wb97x-d/def2-svp": -76.3}
+    assert record["forces"][0][2] == pytest.approx(
+        -0.01 * units.HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
+    )
+    assert dft.extrapolate(record["components"], None) == pytest.approx(-76.3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"method": "b3lyp/cc-pv[dt]z"}, "DFT energies are not extrapolated; give one basis"),
+        ({"method": "b3lpy/def2-svp"}, "unknown method 'b3lpy'; did you mean b3lyp"),
+        ({"method": "b3lyp/def2-svp+D:ccsd(t)/cc-pvdz"}, "takes no '+D:' delta"),
+        ({"cbs": {"corl": {"method": "pbe0", "basis": "cc-pv[dt]z"}}}, "is a DFT functional"),
+    ],
+)
+def test_bad_dft_specs(spec, match):
+    assert match in one_line_error(backend, **spec)
+
+
+def test_d3_dispersion_needs_the_dftd3_program(monkeypatch, tmp_path):
+    class Interpreter:
+        def environment(self, threads=1):
+            return {"PATH": str(tmp_path)}
+
+    monkeypatch.setattr(
+        "pilip.backends.psi4_backend.psi4_python", lambda configured=None: Interpreter()
+    )
+    message = one_line_error(backend(method="b3lyp-d3bj/def2-svp").check, [WATER])
+    assert "b3lyp-d3bj needs the 'dftd3' program" in message and "wb97x-d" in message
+    backend(method="b3lyp-d2/def2-svp").check([WATER])  # Psi4 computes -D2 itself
+    program = tmp_path / "dftd3"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    backend(method="b3lyp-d3bj/def2-svp").check([WATER])
+    assert "'gcp' program" in one_line_error(backend(method="hf-3c/minix").check, [WATER])
