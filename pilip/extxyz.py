@@ -6,13 +6,16 @@ single-point results under configurable keys; a file with energies becomes a *da
 ready for labelling. Every frame is validated first; one bad frame fails the whole import.
 
 Export writes extended XYZ with every float in shortest round-trip form (``repr``), so
-export -> import reproduces positions, energies and forces bit for bit.
+export -> import reproduces positions, energies and forces bit for bit, and every column of
+the table: how each configuration was made (``generator``, ``generator_params``, ``seed``,
+``parent_id``) travels in the comment line's info.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,68 @@ def _int_info(atoms: Any, key: str, default: int, where: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise PilipError(f"{where}: {key}={value!r} is not an integer; fix the comment line")
     return int(value)
+
+
+def _raw_info(path: Path, key: str) -> list[str | None]:
+    """The unparsed text of ``key=value`` in each comment line of an extended-XYZ file.
+
+    ASE turns a quoted value such as ``parent_id="0123456789012345"`` into a number; this
+    reads the text itself, so an id made only of digits keeps its leading zeros.
+    """
+    pattern = re.compile(rf'(?:^|\s){re.escape(key)}=("(?:[^"\\]|\\.)*"|\S+)')
+    values: list[str | None] = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            match = pattern.search(handle.readline())
+            text = match.group(1) if match else None
+            if text is not None and text.startswith('"'):
+                text = re.sub(r"\\(.)", r"\1", text[1:-1])
+            values.append(text)
+            for _ in range(int(line.split()[0])):
+                handle.readline()
+    return values
+
+
+def _provenance_info(
+    frames: Sequence[Any], path: Path, default_params: Sequence[str]
+) -> tuple[list[str], list[str], list[int], list[str | None]]:
+    """generator, generator_params (JSON), seed and parent_id of every frame.
+
+    From the frames' info where pilip's export wrote them, else ``import``, ``default_params``,
+    0 and None.
+    """
+    single = len(frames) == 1
+    raw: dict[str, list[str | None]] = {}
+    generators, params, seeds, parents = [], [], [], []
+    for k, atoms in enumerate(frames):
+        where = frame_label(path, None if single else k)
+        values = {}
+        for key in (keys.GENERATOR, keys.GENERATOR_PARAMS, keys.PARENT_ID):
+            value = atoms.info.get(key)
+            if value is not None and not isinstance(value, str):
+                if key not in raw:  # a string that ASE read as a number: take the text
+                    text_file = path.suffix.lower() in (".xyz", ".extxyz")
+                    raw[key] = _raw_info(path, key) if text_file else []
+                value = raw[key][k] if len(raw[key]) == len(frames) else str(value)
+            values[key] = value
+        text = values[keys.GENERATOR_PARAMS]
+        if text is not None:
+            try:
+                decoded = json.loads(text)
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict):
+                raise PilipError(
+                    f"{where}: generator_params={text!r} is not a JSON object; fix or remove it"
+                )
+            text = json.dumps(decoded, sort_keys=True)
+        generators.append(values[keys.GENERATOR] or "import")
+        params.append(text if text is not None else default_params[k])
+        seeds.append(_int_info(atoms, keys.SEED, 0, where))
+        parents.append(values[keys.PARENT_ID])
+    return generators, params, seeds, parents
 
 
 def _common_info(frames: Sequence[Any], key: str) -> Any:
@@ -141,13 +206,14 @@ def import_structures(
     params = [
         json.dumps({"source": path.name, "frame": k}, sort_keys=True) for k in range(len(frames))
     ]
+    generators, params, seeds, parents = _provenance_info(frames, path, params)
     table = tables.configurations_from_atoms(
         frames,
         system=system,
-        generator="import",
+        generator=generators,
         generator_params=params,
-        seed=0,
-        parent_id=None,
+        seed=seeds,
+        parent_id=parents,
         charge=charges,
         multiplicity=mults,
     )
@@ -204,6 +270,9 @@ def _info_value(value: Any) -> str:
         return "T" if value else "F"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", value):
+        # quoted, with " and \ escaped: ASE's extxyz reader undoes exactly this
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(value)
 
 
@@ -212,7 +281,8 @@ def extxyz_frames(table: pa.Table) -> list[str]:
 
     Floats are written with ``repr`` (17 significant digits at most), so reading them back
     gives the same float64 values. The comment line carries energy (eV), charge,
-    multiplicity, system, generator and, for datasets, reference, split and force_validation.
+    multiplicity, system, generator, generator_params, seed, parent_id and, for datasets,
+    reference, split and force_validation.
     """
     from ase.data import chemical_symbols
 
@@ -223,7 +293,8 @@ def extxyz_frames(table: pa.Table) -> list[str]:
     forces = table.column(keys.FORCES).to_pylist() if keys.FORCES in names else None
     info_columns = [
         c
-        for c in (keys.CHARGE, keys.MULTIPLICITY, keys.SYSTEM, keys.GENERATOR, keys.REFERENCE,
+        for c in (keys.CHARGE, keys.MULTIPLICITY, keys.SYSTEM, keys.GENERATOR,
+                  keys.GENERATOR_PARAMS, keys.SEED, keys.PARENT_ID, keys.REFERENCE,
                   keys.SPLIT, keys.FORCE_VALIDATION)
         if c in names
     ]  # fmt: skip

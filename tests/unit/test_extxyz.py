@@ -192,3 +192,38 @@ def test_real_acac_file(tmp_path):
     )
     assert 350 < counts["train"] < 450 and counts["val"] + counts["test"] == 500 - counts["train"]
     assert isinstance(table.column(keys.POSITIONS), pa.ChunkedArray)
+
+
+def test_export_import_keeps_how_each_configuration_was_made(tmp_path):
+    """Issue 14, defect 8: generator, generator_params, seed and parent_id survive the trip."""
+    frames = labelled_frames(n=4, seed=8)
+    params = [
+        {"amplitude": 0.05, "n": 20},
+        {"source": 'C:\\data\\"odd" name.xyz', "frame": 3},  # backslashes and quotes
+        {},
+        {"temperature": 500.0, "calculator": "GFN2-xTB"},
+    ]
+    configs = tables.configurations_from_atoms(
+        frames,
+        system="mix",
+        generator=["rattle", "import", "seed", "md"],
+        generator_params=params,
+        seed=[0, 17, 2**40, 3],
+        # an id of digits only, which ASE reads as a number, and one with leading zeros
+        parent_id=[None, "0123456789012345", "1234567890123456", "00ab00cd00ef0012"],
+    )
+    first = tables.write_table(configs, tmp_path / "c.parquet", "configurations", {})
+    assert main(["export", str(first), "-o", str(tmp_path / "c.xyz")]) == 0
+    assert main(["import", str(tmp_path / "c.xyz"), "-o", str(tmp_path / "d.parquet")]) == 0
+    back = tables.read_table(tmp_path / "d.parquet", kind="configurations")
+    for name in tables.CONFIGURATION_SCHEMA.names:
+        assert back.column(name).equals(configs.column(name)), name
+    assert json.loads(back.column(keys.GENERATOR_PARAMS)[1].as_py()) == params[1]
+
+
+def test_bad_generator_params_in_a_file(tmp_path):
+    frame = molecule("H2O")
+    frame.info["generator_params"] = "not json"
+    source = write_ase(tmp_path / "bad.xyz", [frame])
+    assert main(["import", str(source), "-o", str(tmp_path / "x.parquet")]) == 2
+    assert not (tmp_path / "x.parquet").exists()

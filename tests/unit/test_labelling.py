@@ -432,3 +432,19 @@ def test_ids_and_limit_label_part_of_a_table(study, count_calls, capsys):
     err = run_cli_error(capsys, root, "configs.parquet", "--reference", "xtb", "-o", "d.parquet",
                         "--limit", "0")  # fmt: skip
     assert "--limit must be at least 1, got 0" in err
+
+
+def test_psi4_python_setting_reaches_the_backend_without_touching_the_environment(
+    study, capsys, monkeypatch
+):
+    """Issue 11: labelling.psi4_python is passed to the Psi4 backend, not via os.environ."""
+    import os
+
+    root, _ = study
+    monkeypatch.delenv("PILIP_PSI4_PYTHON", raising=False)
+    write_config(root / "config.yaml", psi4_python=str(root / "no-python"))
+    err = run_cli_error(
+        capsys, root, "configs.parquet", "--reference", "scf/sto-3g", "-o", "l.parquet"
+    )
+    assert f"labelling.psi4_python = {root / 'no-python'}: not an interpreter that runs" in err
+    assert "PILIP_PSI4_PYTHON" not in os.environ
