@@ -210,12 +210,16 @@ def seed_results(path: str | os.PathLike, table: pa.Table) -> None:
 
 
 def reextrapolate_table(
-    table: pa.Table, extrapolate: Callable[[dict[str, float]], float], reference: str
+    table: pa.Table,
+    extrapolate: Callable[[dict[str, float]], float],
+    reference: str,
+    method: str | None = None,
 ) -> pa.Table:
     """Recompute ``energy`` (eV) of every ok row from its components with ``extrapolate``.
 
-    ``extrapolate(components_in_hartree) -> total_in_hartree``. Failed rows are kept as they
-    are. Components are not changed, so the original totals can always be recovered.
+    ``extrapolate(components_in_hartree) -> total_in_hartree``. Every row gets ``reference``
+    and, when given, ``method`` (the new recipe's string); failed rows keep their energy
+    (none) and error. Components are not changed, so the original totals can be recovered.
     """
     status = table.column(keys.STATUS).to_pylist()
     components = table.column(keys.COMPONENTS).to_pylist()
@@ -233,7 +237,11 @@ def reextrapolate_table(
         new.append(float(extrapolate(dict(comps))) * units.HARTREE_TO_EV)
     index = table.schema.get_field_index(keys.ENERGY)
     table = table.set_column(index, table.schema.field(index), pa.array(new, pa.float64()))
-    index = table.schema.get_field_index(keys.REFERENCE)
-    return table.set_column(
-        index, table.schema.field(index), pa.array([reference] * table.num_rows, pa.string())
-    )
+    replaced = {keys.REFERENCE: reference}
+    if method is not None:
+        replaced[keys.METHOD] = method
+    for name, value in replaced.items():
+        index = table.schema.get_field_index(name)
+        column = pa.array([value] * table.num_rows, pa.string())
+        table = table.set_column(index, table.schema.field(index), column)
+    return table

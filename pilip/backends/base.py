@@ -144,6 +144,12 @@ class Backend(abc.ABC):
             "components, so its totals cannot be re-extrapolated; relabel with another reference"
         )
 
+    def formula_label(self, formula: dict[str, Any] | None) -> str:
+        """The method string of the recipe ``formula`` describes (the rows' new ``method``)."""
+        if not formula:
+            return str(self.spec.get("method", ""))
+        return json.dumps(formula, sort_keys=True)
+
     def provenance(self) -> dict[str, Any]:
         """Program, version, method string and options, as stored on every row."""
         return {

@@ -353,6 +353,10 @@ class Psi4Backend(Backend):
         """
         return self.formula_recipe(formula).total_from_components(components)
 
+    def formula_label(self, formula: dict[str, Any] | None) -> str:
+        """The method string (or description) of the recipe a formula describes."""
+        return self.formula_recipe(formula).label
+
     def formula_recipe(self, formula: Mapping[str, Any] | None) -> cbs.Recipe:
         """The recipe a ``pilip reextrapolate`` formula describes (see ``extrapolate``)."""
         if not formula:

@@ -162,6 +162,14 @@ class PySCFBackend(Backend):
 
     def extrapolate(self, components: dict[str, float], formula: dict[str, Any] | None) -> float:
         """Total (Hartree) from components: this recipe, ``{"method": ...}`` or ``{"cbs": ...}``."""
+        return self.formula_recipe(formula).total_from_components(components)
+
+    def formula_label(self, formula: dict[str, Any] | None) -> str:
+        """The method string (or description) of the recipe a formula describes."""
+        return self.formula_recipe(formula).label
+
+    def formula_recipe(self, formula: dict[str, Any] | None) -> cbs.Recipe:
+        """The recipe of ``formula``: this one (None), ``{"method": ...}`` or ``{"cbs": ...}``."""
         if not formula:
             recipe = self.recipe
         elif set(formula) == {"method"}:
@@ -173,7 +181,7 @@ class PySCFBackend(Backend):
                 "formula: for pyscf labels give {method: mp2/cc-pv[dt]z} or {cbs: {...}} "
                 f"(a pilip.cbs recipe), got keys {sorted(formula)}"
             )
-        return recipe.total_from_components(components)
+        return recipe
 
     def run(
         self,

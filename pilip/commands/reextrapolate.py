@@ -59,19 +59,25 @@ def run(args: argparse.Namespace) -> int:
         )
     backend = make_backend(provenance["reference"], provenance["spec"])
     name = args.name or f"{provenance['reference']}_rx"
+    method = backend.formula_label(formula)
     new = labels.reextrapolate_table(
-        table, lambda components: backend.extrapolate(components, formula), name
+        table, lambda components: backend.extrapolate(components, formula), name, method
     )
+    # the new table's own date and pilip version (write_table adds them); the source's are kept
+    inherited = {k: v for k, v in provenance.items() if k not in ("created", "pilip_version")}
     labels.write_labels(
         new,
         args.output,
         provenance={
-            **provenance,
+            **inherited,
             "command": "pilip reextrapolate",
             "source": str(args.labels),
             "formula": formula,
             "reference": name,
+            "method": method,
             "original_reference": provenance["reference"],
+            "original_method": provenance.get("method"),
+            "original_created": provenance.get("created"),
         },
     )
     print(f"pilip reextrapolate: {new.num_rows} rows as {name!r} -> {args.output}", file=sys.stderr)

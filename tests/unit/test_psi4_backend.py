@@ -264,3 +264,48 @@ def test_d3_dispersion_needs_the_dftd3_program(monkeypatch, tmp_path):
     program.chmod(0o755)
     backend(method="b3lyp-d3bj/def2-svp").check([WATER])
     assert "'gcp' program" in one_line_error(backend(method="hf-3c/minix").check, [WATER])
+
+
+def test_reextrapolated_table_says_what_it_now_holds(tmp_path, monkeypatch):
+    """Issue 14, defect 9: new per-row and provenance `method`, a new `created`."""
+    from pilip import keys, labels, tables
+    from pilip.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    components = {"scf/cc-pvdz": -76.0268, "scf/cc-pvtz": -76.0572,
+                  "mp2_corl/cc-pvdz": -0.2038, "mp2_corl/cc-pvtz": -0.2749}  # fmt: skip
+    old_created = "2020-01-01T00:00:00+00:00"
+    records = [
+        {"config_id": "a", "status": "ok", "energy": -2000.0, "components": components,
+         "method": "mp2/cc-pv[dt]z", "program": "psi4"},
+        {"config_id": "b", "status": "failed", "error": "SCF", "method": "mp2/cc-pv[dt]z"},
+    ]  # fmt: skip
+    spec = {"backend": "psi4", "method": "mp2/cc-pv[dt]z"}
+    labels.write_labels(
+        labels.labels_table(records, "mp2_cbs"),
+        "l.parquet",
+        provenance={
+            "reference": "mp2_cbs",
+            "spec": spec,
+            "method": "mp2/cc-pv[dt]z",
+            "created": old_created,
+        },  # fmt: skip
+    )
+    assert main(["reextrapolate", "l.parquet", "-o", "tz.parquet",
+                 "--formula", "{method: 'mp2/cc-pvtz'}"]) == 0  # fmt: skip
+    new = labels.read_labels("tz.parquet")
+    assert new.column(keys.METHOD).to_pylist() == ["mp2/cc-pvtz", "mp2/cc-pvtz"]
+    assert new.column(keys.REFERENCE).to_pylist() == ["mp2_cbs_rx"] * 2
+    assert new.column(keys.ENERGY)[0].as_py() == pytest.approx(
+        (-76.0572 - 0.2749) * units.HARTREE_TO_EV, abs=1e-9
+    )
+    provenance = tables.table_provenance(new)
+    assert provenance["method"] == "mp2/cc-pvtz"
+    assert provenance["original_method"] == "mp2/cc-pv[dt]z"
+    assert provenance["created"] != old_created and provenance["original_created"] == old_created
+    assert main(["reextrapolate", "l.parquet", "-o", "s.parquet", "--formula",
+                 "{scf: scf_xtpl_helgaker_2}"]) == 0  # fmt: skip
+    described = labels.read_labels("s.parquet").column(keys.METHOD)[0].as_py()
+    assert (
+        described == "hf/cc-pv[dt]z (scf_xtpl_helgaker_2) + mp2/cc-pv[dt]z (corl_xtpl_helgaker_2)"
+    )

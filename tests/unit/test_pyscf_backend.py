@@ -136,7 +136,8 @@ def test_timeout_is_a_row(study):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"method": "b3lyp/cc-pvdz"}, "references.ref.method: unknown method 'b3lyp'"),
+        ({"method": "b3lyp/cc-pvdz"}, "pyscf backend runs hf, mp2, ccsd, ccsd(t), not 'b3lyp'"),
+        ({"method": "b3lpy/cc-pvdz"}, "references.ref.method: unknown method 'b3lpy'"),
         ({"method": "mp3/cc-pvdz"}, "pyscf backend runs hf, mp2, ccsd, ccsd(t), not 'mp3'"),
         ({"method": "mp2/cc-pvdzz"}, "basis set 'cc-pvdzz' is unknown to PySCF"),
         ({"method": "mp2"}, "'mp2' has no basis"),
