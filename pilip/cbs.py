@@ -367,6 +367,14 @@ def expand_basis(basis: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(names), tuple(zetas)
 
 
+def _expand(basis: str, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``expand_basis`` with errors that name the config key."""
+    try:
+        return expand_basis(basis)
+    except PilipError as exc:
+        raise PilipError(f"{where}: {exc}") from None
+
+
 # --- recipes ----------------------------------------------------------------------------------
 
 
@@ -492,7 +500,7 @@ def _make_stage(
     alpha: float | None,
     where: str,
 ) -> Stage:
-    bases, zetas = expand_basis(basis)
+    bases, zetas = _expand(basis, where)
     treatment = "scf" if lesser is None else "corl"
     if len(bases) > 1 and 0 in zetas:
         raise PilipError(f"{where}: basis series {basis!r} has no cardinal numbers")
@@ -563,7 +571,7 @@ def parse_method_string(text: str, *, where: str = "method") -> Recipe:
             raise PilipError(
                 f"{where}: {text!r}: a DFT functional takes no '+D:' delta; use one method/basis"
             )
-        if len(expand_basis(bases[0])[0]) > 1:
+        if len(_expand(bases[0], where)[0]) > 1:
             raise PilipError(
                 f"{where}: {text!r}: DFT energies are not extrapolated; give one basis set "
                 "(e.g. b3lyp/def2-svp)"
@@ -573,7 +581,7 @@ def parse_method_string(text: str, *, where: str = "method") -> Recipe:
     if methods[0] == "hf":
         stages.append(_make_stage("scf", "hf", None, bases[0], None, None, where))
     else:
-        corl_bases, _ = expand_basis(bases[0])
+        corl_bases, _ = _expand(bases[0], where)
         stages.append(_make_stage("scf", "hf", None, corl_bases[-1], None, None, where))
         stages.append(_make_stage("corl", methods[0], "hf", bases[0], None, None, where))
     if len(methods) == 2:
@@ -650,7 +658,7 @@ def parse_cbs_recipe(spec: Mapping, *, where: str = "cbs") -> Recipe:
             )
         )
     else:
-        largest = expand_basis(str(corl["basis"]))[0][-1]
+        largest = _expand(str(corl["basis"]), f"{where}.corl")[0][-1]
         stages.append(_make_stage("scf", "hf", None, largest, None, None, f"{where}.scf"))
     if corl is not None:
         method = method_of(corl, "corl", "method")

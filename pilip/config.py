@@ -90,6 +90,7 @@ def validate_config(
         raise PilipError(f"{source}: expected a mapping of keys at the top level")
     if schema is None or isinstance(schema, (str, os.PathLike)):
         schema = load_schema(schema)
+    given = config
     config = copy.deepcopy(dict(config))
     validator_class = _defaulting_validator()
     validator = validator_class(schema)
@@ -102,6 +103,12 @@ def validate_config(
         specific = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
         error = jsonschema.exceptions.best_match(specific)
         raise PilipError(f"{source}: {describe_error(error)}")
+    from pilip.backends import check_reference_names
+
+    try:  # every reference entry parsed, every reference name known, before any job
+        check_reference_names(config, given)
+    except PilipError as exc:
+        raise PilipError(f"{source}: {exc}") from None
     return config
 
 

@@ -8,6 +8,7 @@ pilip's own PySCF backend does in pyproject.toml. Built-in names cannot be shado
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -64,4 +65,71 @@ def make_backend(reference: str, spec: dict[str, Any]) -> Backend:
     return get_backend(str(spec["backend"]))(reference, spec)
 
 
-__all__ = ["Backend", "ENTRY_POINT_GROUP", "available_backends", "get_backend", "make_backend"]
+def check_reference_spec(reference: str, spec: Mapping[str, Any]) -> None:
+    """Validate one ``references.<reference>`` entry: backend known, method parsed, options.
+
+    Runs no calculation and needs no quantum-chemistry program (the Psi4 interpreter, tblite,
+    ...): what the backend's constructor checks. PilipError naming the key otherwise.
+    """
+    make_backend(reference, dict(spec))
+
+
+# Config keys that name a reference: (key path, the section's on/off switch or None, inline
+# names allowed). A key absent from the config (or null) is not checked.
+REFERENCE_KEYS: tuple[tuple[tuple[str, ...], str | None, bool], ...] = (
+    (("labelling", "reference"), None, False),
+    (("force_validation", "reference"), "enabled", False),
+    (("training", "baseline"), None, True),
+)
+INLINE_REFERENCES = ("gfn2-xtb", "gfn1-xtb", "ipea1-xtb")  # what pilip label/train run inline
+
+
+def check_reference_names(
+    config: Mapping[str, Any], given: Mapping[str, Any] | None = None
+) -> None:
+    """Every reference entry is valid and every key that names a reference names one.
+
+    ``given`` is the config as written, before defaults: only names the user wrote are
+    checked (a label-only config need not define the default study's ``mp2_dz``), including
+    training variants' overrides of a checked training key.
+    """
+    import difflib
+
+    references = config.get("references") or {}
+    for name, spec in references.items():
+        check_reference_spec(name, spec)
+    given = config if given is None else given
+    for path, switch, inline in REFERENCE_KEYS:
+        section, written = config.get(path[0]), given.get(path[0])
+        if not isinstance(section, Mapping) or not isinstance(written, Mapping):
+            continue
+        if switch is not None and not section.get(switch, True):
+            continue
+        candidates = [(".".join(path), written[path[1]])] if path[1] in written else []
+        for variant, overrides in (written.get("variants") or {}).items():
+            if isinstance(overrides, Mapping) and path[1] in overrides:
+                key = f"{path[0]}.variants.{variant}.{path[1]}"
+                candidates.append((key, overrides[path[1]]))
+        for key, name in candidates:
+            if name is None or name in references:
+                continue
+            if inline and str(name).lower() in INLINE_REFERENCES:
+                continue
+            pool = list(references) + (list(INLINE_REFERENCES) if inline else [])
+            close = difflib.get_close_matches(str(name), pool, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PilipError(
+                f"{key}: {name!r} is not a name in `references` ({hint}known: "
+                f"{', '.join(pool) or 'none'}); add it to references or fix the name"
+            )
+
+
+__all__ = [
+    "Backend",
+    "ENTRY_POINT_GROUP",
+    "available_backends",
+    "check_reference_names",
+    "check_reference_spec",
+    "get_backend",
+    "make_backend",
+]

@@ -158,3 +158,59 @@ def test_helpers():
     for bad in ("a/b", "..", "1abc", "", "a b", "a\\b"):
         with pytest.raises(PilipError, match="is not a safe name"):
             check_name(bad, "--reference")
+
+
+# --- reference names and specs are checked at validation (issue 14, defect 10) ---------------
+
+STUDY = """
+systems: {water: {seed: H2O}}
+references:
+  mp2_cbs: {backend: psi4, method: "mp2/cc-pv[dt]z"}
+  mp2_dz: {backend: psi4, method: mp2/cc-pvdz}
+  xtb: {backend: xtb, method: GFN2-xTB}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "labelling: {reference: mp2cbs}",
+            "labelling.reference: 'mp2cbs' is not a name in `references` "
+            "(did you mean 'mp2_cbs'? known: mp2_cbs, mp2_dz, xtb)",
+        ),
+        (
+            "force_validation: {reference: mp2dz}",
+            "force_validation.reference: 'mp2dz' is not a name in `references`",
+        ),
+    ],
+)
+def test_misspelt_reference_names_are_refused(tmp_path, extra, message):
+    with pytest.raises(PilipError) as err:
+        load_config(write(tmp_path, STUDY + extra))
+    assert str(err.value).startswith(f"{tmp_path / 'config.yaml'}: {message}")
+    assert "\n" not in str(err.value)
+
+
+def test_a_disabled_section_and_a_label_only_config_need_no_other_names(tmp_path):
+    load_config(write(tmp_path, STUDY + "force_validation: {enabled: false, reference: nope}"))
+    label_only = "systems: {w: {seed: H2O}}\nreferences: {x: {backend: xtb}}\n"
+    load_config(write(tmp_path, label_only + "labelling: {reference: x}"))  # no mp2_dz needed
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('{backend: psi4, method: "mp2/cc-pv[dq]z"}', "references.bad.method: basis series"),
+        ("{backend: psi4, method: mp2cbs/cc-pvdz}", "references.bad.method: unknown method"),
+        ("{backend: psi4, method: mp2}", "references.bad.method: 'mp2' has no basis"),
+        ("{backend: xtb, method: GFN3-xTB}", "references.bad.method: unknown xtb method"),
+        ("{backend: turbomole}", "unknown backend 'turbomole'"),
+    ],
+)
+def test_unparseable_reference_specs_are_refused(tmp_path, entry, message):
+    text = f"systems: {{w: {{seed: H2O}}}}\nreferences: {{bad: {entry}}}\n"
+    with pytest.raises(PilipError) as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "config.yaml"))
