@@ -448,3 +448,21 @@ def test_psi4_python_setting_reaches_the_backend_without_touching_the_environmen
     )
     assert f"labelling.psi4_python = {root / 'no-python'}: not an interpreter that runs" in err
     assert "PILIP_PSI4_PYTHON" not in os.environ
+
+
+def test_commands_create_the_output_folder(study):
+    """Issue 14, defect 1: every command writes into a folder that does not exist yet."""
+    root, _ = study
+    steps = [
+        ["label", "configs.parquet", "--reference", "xtb", "-o", "a/b/l.parquet"],
+        ["collect", "--configurations", "configs.parquet", "--labels", "a/b/l.parquet",
+         "-o", "c/d/data.parquet"],
+        ["export", "c/d/data.parquet", "-o", "e/f/data.xyz"],
+        ["import", "e/f/data.xyz", "-o", "g/h/back.parquet"],
+        ["chunk", "configs.parquet", "--size", "2", "-o", "i/j/chunks"],
+    ]  # fmt: skip
+    for argv in steps:
+        assert main(argv) == 0, argv
+    assert labels.read_labels(root / "a" / "b" / "l.parquet").num_rows == 6
+    assert tables.read_table(root / "g" / "h" / "back.parquet").num_rows == 6
+    assert len(list((root / "i" / "j" / "chunks").glob("*.parquet"))) == 3
