@@ -4,6 +4,10 @@ from pilip.calculator import PilipCalculator
 atoms.calc = PilipCalculator("models/weak/model.pt", device="auto")
 atoms.get_potential_energy()  # eV
 atoms.get_forces()            # eV/A, -dE/dR by autograd
+
+A Delta model (``pilip train --baseline gfn2-xtb``) returns baseline + model with no extra
+argument; its baseline reads the charge and multiplicity from ``atoms.info["charge"]`` and
+``atoms.info["multiplicity"]`` (default: a neutral singlet).
 """
 
 from __future__ import annotations
@@ -81,6 +85,9 @@ class PilipCalculator(Calculator):
             if unknown:
                 names = ", ".join(chemical_symbols[z] for z in unknown)
                 raise PilipError(f"the model was not trained on element(s) {names}")
+        if hasattr(self.model, "baseline"):  # a Delta model: the baseline needs the electrons
+            self.model.charge = int(self.atoms.info.get("charge", 0))
+            self.model.multiplicity = int(self.atoms.info.get("multiplicity", 1))
         batch = atoms_to_batch(self.atoms, self.device, self.dtype)
         energy, forces = energy_and_forces(self.model, batch)
         self.results = {

@@ -6,11 +6,14 @@ A checkpoint is one ``torch.save`` of plain containers, tensors and numbers, so 
     format_version  int
     model           {"name": "painn", "hparams": {...}, "state_dict": {...}}
     meta            {"config": {...}, "cutoff": A, "elements": [Z, ...],
-                     "energy_shifts": [[Z, eV], ...], "pilip_version": str, ...}
+                     "energy_shifts": [[Z, eV], ...], "pilip_version": str,
+                     "baseline": {name, spec, program, program_version, method, options}
+                                 (Delta models only: the energy is baseline + model), ...}
     train_state     (last.pt only) optimizer / scheduler / EMA / RNG state, epoch counters
 
 ``load_model`` returns the model in eval mode and ``meta`` with ``format_version``, ``model``
-and ``hparams`` added.
+and ``hparams`` added; for a Delta model it is the total surface (``pilip.baselines.DeltaModel``:
+baseline + network), so every user of a checkpoint gets baseline + model without a flag.
 """
 
 from __future__ import annotations
@@ -108,10 +111,16 @@ def load_model(
 
     ``model(batch)`` gives per-structure energies in eV. ``meta`` holds ``config`` (the training
     configuration), ``format_version``, ``cutoff`` (A), ``elements``, ``energy_shifts`` and the
-    model's ``model`` name and ``hparams``.
+    model's ``model`` name and ``hparams``. A checkpoint with a ``baseline`` comes back as
+    baseline + model; a one-line PilipError says what to install if its baseline cannot run.
     """
     payload = read_checkpoint(path, device)
     model = model_from_checkpoint(payload, device)
+    if payload["meta"].get("baseline"):
+        from pilip.baselines import DeltaModel, baseline_from_specification
+
+        baseline = baseline_from_specification(payload["meta"]["baseline"], str(path))
+        model = DeltaModel(model, baseline)
     model.eval()
     meta = dict(payload["meta"])
     meta["format_version"] = payload["format_version"]

@@ -75,6 +75,10 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
+    # True when the backend computes one structure inside this Python process
+    # (``energy_and_forces``), so it can serve as a Delta-learning baseline at inference
+    # (``pilip train --baseline``, ``PilipCalculator``); Psi4 runs in another interpreter.
+    in_process: ClassVar[bool] = False
     # MB of memory the job may use (``labelling.mem_mb`` / ``pilip label --mem-mb``), set by
     # pilip label before ``run``; None when unknown. A backend that can bound its program's
     # memory gives it ``program_memory_mb()`` (Psi4: ``memory``); an explicit memory option in
@@ -132,6 +136,17 @@ class Backend(abc.ABC):
         options for one retry of a failed calculation (None: no retry). ``timeout_s`` limits
         one configuration's wall time where the backend can enforce it.
         """
+
+    def energy_and_forces(self, config: dict[str, Any]) -> tuple[float, list[list[float]]]:
+        """Energy (eV) and forces (n_atoms, 3, eV/A) of one config dict, in this process.
+
+        Raises on a failed calculation (the caller records it). Only backends with
+        ``in_process = True`` implement it.
+        """
+        raise PilipError(
+            f"backend {self.name!r} of reference {self.reference!r} does not run in process, "
+            "so it cannot compute single structures on demand"
+        )
 
     def extrapolate(self, components: dict[str, float], formula: dict[str, Any] | None) -> float:
         """Total energy in Hartree from stored components (``pilip reextrapolate``).

@@ -26,6 +26,7 @@ class XTBBackend(Backend):
     """Extended tight binding through tblite, in process."""
 
     name: ClassVar[str] = "xtb"
+    in_process: ClassVar[bool] = True
 
     def __init__(self, reference: str, spec: dict[str, Any]) -> None:
         super().__init__(reference, spec)
@@ -100,6 +101,12 @@ class XTBBackend(Backend):
             provenance=self.provenance(),
             timeout_s=timeout_s,
         )
+
+    def energy_and_forces(self, config: dict[str, Any]) -> tuple[float, list[list[float]]]:
+        """Energy (eV) and forces (eV/A) of one configuration with this reference's options;
+        raises what tblite raises (e.g. an SCF that does not converge)."""
+        energy, forces, _ = self._single_point(config, self.options, gradients=True)
+        return energy, forces
 
     def _single_point(
         self, config: dict[str, Any], options: dict[str, Any], gradients: bool
