@@ -111,7 +111,7 @@ def refit_energy_shifts(model: nn.Module, structures: Any, energy: torch.Tensor)
     )
     present = np.zeros(len(shift), dtype=bool)
     present[np.unique(structures.numbers.cpu().numpy())] = True
-    old = model.energy_shift.shift.double().cpu().numpy()
+    old = model.energy_shift.shift.detach().double().cpu().numpy().copy()
     new = np.where(present, shift, old)
     model.energy_shift.shift.copy_(torch.from_numpy(new))
     return new - old
