@@ -48,7 +48,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from acac_data_efficiency import N_VAL, read_extxyz, split_indices  # noqa: E402
+from acac_data_efficiency import read_extxyz, split_indices  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "acac"
 E_KEY, F_KEY = "test_energy_rmse_meV", "test_force_rmse_eV_per_A"
