@@ -1,0 +1,134 @@
+"""pilip train's preparation for --baseline and --init: labels, failures, compatibility."""
+
+import numpy as np
+import pytest
+import torch
+
+from pilip import tables
+from pilip.baselines import CACHE_TABLE, resolve_baseline
+from pilip.checkpoint import save_checkpoint
+from pilip.data import TRAIN, VAL, load_dataset
+from pilip.errors import PilipError
+from pilip.labels import read_labels
+from pilip.models import build_model
+from pilip.multifidelity import check_init_baseline, init_model, prepare_baseline
+
+pytest.importorskip("tblite")
+torch.set_num_threads(1)
+
+BASE = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+
+
+def write_water(path, n_train=6, n_val=3, broken_train=0, numbers=(8, 1, 1)):
+    """Water dataset (energies from a made-up level); ``broken_train`` training rows put two
+    atoms on top of each other, where xTB fails."""
+    rng = np.random.default_rng(0)
+    split = ["train"] * n_train + ["val"] * n_val
+    positions = [BASE + rng.normal(scale=0.05, size=(3, 3)) for _ in split]
+    for i in range(broken_train):
+        positions[i][1] = positions[i][0]
+    energy = [-2080.0 + 0.1 * i for i in range(len(split))]
+    configs = tables.configurations_table(
+        [np.array(numbers)] * len(split), positions, system="water", generator="rattle"
+    )
+    table = tables.dataset_table(configs, energy, [None] * len(split), reference="x", split=split)
+    tables.write_table(table, path, "dataset", {"command": "test"})
+    return path
+
+
+def xtb_energy(positions):
+    return resolve_baseline("gfn2-xtb").energy_and_forces(np.array([8, 1, 1]), positions)[0]
+
+
+def test_targets_are_reference_minus_baseline_and_cached(tmp_path, monkeypatch):
+    path = write_water(tmp_path / "w.parquet")
+    data = load_dataset(path)
+    run = tmp_path / "run"
+    setup, shifted, _ = prepare_baseline("gfn2-xtb", data, dataset=path, run_dir=run)
+    for split in (TRAIN, VAL):
+        s = data[split]
+        for i in range(len(s)):
+            atoms = s.positions[3 * i : 3 * i + 3].numpy()
+            expected = float(s.energy[i]) - xtb_energy(atoms)
+            assert float(shifted[split].energy[i]) == pytest.approx(expected, abs=1e-8)
+    assert read_labels(run / CACHE_TABLE).num_rows == 9
+    assert setup.meta()["baseline"]["method"] == "GFN2-xTB"
+    # resumed: nothing is computed again
+    backend_cls = type(setup.baseline.backend)
+
+    def no_calculation(*args, **kwargs):
+        raise AssertionError("recomputed a cached baseline label")
+
+    monkeypatch.setattr(backend_cls, "_single_point", no_calculation)
+    _, again, _ = prepare_baseline("gfn2-xtb", data, dataset=path, run_dir=run)
+    torch.testing.assert_close(again[TRAIN].energy, shifted[TRAIN].energy)
+
+
+def test_a_structure_where_the_baseline_fails_is_left_out_and_recorded(tmp_path):
+    path = write_water(tmp_path / "w.parquet", broken_train=2)
+    messages = []
+    setup, shifted, _ = prepare_baseline(
+        "gfn2-xtb", load_dataset(path), dataset=path, run_dir=tmp_path / "run",
+        log=messages.append,
+    )  # fmt: skip
+    assert len(shifted[TRAIN]) == 4 and len(shifted[VAL]) == 3
+    assert len(setup.dropped[TRAIN]) == 2
+    assert any("failed on 2 train structure(s)" in m for m in messages)
+    rows = read_labels(tmp_path / "run" / CACHE_TABLE).to_pylist()
+    assert sum(r["status"] == "failed" and bool(r["error"]) for r in rows) == 2
+
+
+def test_elements_beyond_the_baseline_are_a_one_line_error(tmp_path):
+    path = write_water(tmp_path / "u.parquet", numbers=(92, 1, 1))
+    with pytest.raises(PilipError) as info:
+        prepare_baseline("gfn2-xtb", load_dataset(path), dataset=path, run_dir=tmp_path / "r")
+    assert "\n" not in str(info.value) and "--baseline gfn2-xtb" in str(info.value)
+    assert not (tmp_path / "r" / CACHE_TABLE).exists()
+
+
+def pretrained(tmp_path, baseline=None):
+    torch.manual_seed(0)
+    model = build_model("painn", n_features=8, n_rbf=6, n_interactions=1, dtype="float64")
+    meta = {"config": {}, "elements": [1, 8]}
+    if baseline:
+        meta["baseline"] = resolve_baseline(baseline).specification()
+    path = tmp_path / f"init-{baseline}.pt"
+    save_checkpoint(path, model=model, model_name="painn", meta=meta)
+    return path
+
+
+def test_init_and_baseline_must_agree(tmp_path):
+    from pilip.finetune import init_checkpoint
+
+    path = write_water(tmp_path / "w.parquet")
+    setup, _, _ = prepare_baseline(
+        "gfn2-xtb", load_dataset(path), dataset=path, run_dir=tmp_path / "run"
+    )
+    plain, over_gfn2, over_gfn1 = (pretrained(tmp_path, b) for b in (None, "gfn2-xtb", "gfn1-xtb"))
+    check_init_baseline(init_checkpoint(plain), plain, None)
+    check_init_baseline(init_checkpoint(over_gfn2), over_gfn2, setup)
+    for init, given, words in (
+        (plain, setup, "has no baseline"),
+        (over_gfn2, None, "add --baseline gfn2-xtb"),
+        (over_gfn1, setup, "use the same baseline"),
+    ):
+        with pytest.raises(PilipError) as info:
+            check_init_baseline(init_checkpoint(init), init, given)
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_init_model_refits_to_the_delta_targets(tmp_path):
+    path = write_water(tmp_path / "w.parquet")
+    setup, shifted, _ = prepare_baseline(
+        "gfn2-xtb", load_dataset(path), dataset=path, run_dir=tmp_path / "run"
+    )
+    init = pretrained(tmp_path, "gfn2-xtb")
+    model, arch = init_model(
+        init, shifted[TRAIN], model=None, model_params={}, elements=[1, 8], dtype="float64",
+        setup=setup,
+    )  # fmt: skip
+    assert arch["model"] == "painn" and arch["hparams"]["n_features"] == 8
+    with torch.no_grad():
+        predicted = model(shifted[TRAIN].batch(torch.arange(len(shifted[TRAIN]))))
+    # one composition: the refit puts the mean residual to zero
+    assert float((predicted - shifted[TRAIN].energy).mean()) == pytest.approx(0.0, abs=1e-8)
