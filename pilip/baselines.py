@@ -122,8 +122,8 @@ def baseline_from_specification(specification: dict[str, Any], source: str) -> B
         backend.check([])
     except PilipError as exc:
         raise PilipError(
-            f"{source} is a Delta model over {describe(specification)}, which cannot run here ({exc}); "
-            f"install it: {hint}"
+            f"{source} is a Delta model over {describe(specification)}, which cannot run "
+            f"here ({exc}); install it: {hint}"
         ) from None
     return Baseline(name, spec, backend)
 
