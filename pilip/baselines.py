@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,7 @@ class DeltaModel(ShiftedEnergyModel):
         self.energy_shift = model.energy_shift
         self.cutoff = getattr(model, "cutoff", 0.0)
         self.calls = 0  # baseline calculations run (not found in the cache)
+        self.seconds = 0.0  # CPU seconds spent in them
 
     def hparams(self) -> dict[str, Any]:
         return self.model.hparams()
@@ -362,6 +364,7 @@ class DeltaModel(ShiftedEnergyModel):
             a, b = starts[i], starts[i + 1]
             found = self.cache.get(numbers[a:b], positions[a:b])
             if found is None:
+                start = time.process_time()
                 try:
                     found = self.baseline.energy_and_forces(
                         numbers[a:b], positions[a:b], self.charge, self.multiplicity
@@ -372,6 +375,7 @@ class DeltaModel(ShiftedEnergyModel):
                         f"{b - a} atoms: {type(exc).__name__}: {exc}".strip()
                     ) from None
                 self.calls += 1
+                self.seconds += time.process_time() - start
             energies[i], forces[a:b] = found
         device = batch[keys.POSITIONS].device
         return (
