@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "import": "import_xyz",
     "export": "export_xyz",
     "train": "train",
+    "baseline-model": "baseline_model",
 }
 
 

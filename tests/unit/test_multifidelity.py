@@ -132,3 +132,27 @@ def test_init_model_refits_to_the_delta_targets(tmp_path):
         predicted = model(shifted[TRAIN].batch(torch.arange(len(shifted[TRAIN]))))
     # one composition: the refit puts the mean residual to zero
     assert float((predicted - shifted[TRAIN].energy).mean()) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_baseline_model_is_the_cheap_level_plus_fitted_offsets(tmp_path):
+    from ase import Atoms
+
+    from pilip.calculator import PilipCalculator
+    from pilip.cli import main
+
+    path = write_water(tmp_path / "w.parquet")
+    assert (
+        main(["baseline-model", str(path), "--baseline", "gfn2-xtb", "--out", str(tmp_path / "m")])
+        == 0
+    )
+    data = load_dataset(path)
+    s = data[TRAIN]
+    deltas = [
+        float(s.energy[i]) - xtb_energy(s.positions[3 * i : 3 * i + 3].numpy())
+        for i in range(len(s))
+    ]
+    atoms = Atoms(numbers=[8, 1, 1], positions=data[VAL].positions[:3].numpy())
+    atoms.calc = PilipCalculator(tmp_path / "m" / "model.pt", device="cpu")
+    xtb = resolve_baseline("gfn2-xtb").energy_and_forces(atoms.numbers, atoms.positions)
+    assert atoms.get_potential_energy() == pytest.approx(xtb[0] + np.mean(deltas), abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), xtb[1], atol=1e-10)
