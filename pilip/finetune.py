@@ -2,15 +2,12 @@
 
 The typical use: pretrain on cheap energies and forces of many configurations (GFN2-xTB, DFT
 gradients), then fine-tune on the few reference energies. The checkpoint gives the
-architecture and the weights; the per-element reference energies are refitted by least squares
-on the new labels (the cheap level's total energies differ from the reference's by thousands of
-eV), keeping the network; the optimizer starts afresh.
-
-Refit: with E_new the new training energies and N(R) the checkpoint's network energy (eV),
-the shifts solve min sum_s (E_new,s - N(R_s) - sum_Z c_sZ shift_Z)^2 over the compositions
-c_sZ, so the model starts as close to the new labels as its network allows. Labels that are
-the checkpoint's own predictions give back its own shifts, so such a fine-tune starts exactly
-where the checkpoint ended.
+architecture and the weights; ``pilip.train.build_model`` refits the per-element reference
+energies by least squares on the new labels (the cheap level's total energies differ from the
+reference's by thousands of eV) and keeps the network and its output scale; the optimizer
+starts afresh. On the checkpoint's own training data the refit gives back its shifts, so the
+fine-tune starts exactly where the checkpoint ended. This module checks that a checkpoint can
+start a run and hands over its weights.
 """
 
 from __future__ import annotations
@@ -18,14 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ase.data import chemical_symbols
-from torch import nn
 
-from pilip.checkpoint import model_from_checkpoint, read_checkpoint
+from pilip.checkpoint import read_checkpoint
 from pilip.errors import PilipError
-from pilip.models.common import shifts_from_energies
 
 
 def init_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -78,40 +72,10 @@ def check_compatible(
         )
 
 
-def model_from_init(payload: dict[str, Any], dtype: str | None = None) -> nn.Module:
-    """The checkpoint's model with its weights (CPU, train mode), in ``dtype`` if given."""
-    model = model_from_checkpoint(payload, "cpu")
-    if dtype is not None:
-        model = model.to(getattr(torch, dtype))
-    model.train()
-    return model
-
-
-@torch.no_grad()
-def network_energies(model: nn.Module, structures: Any, batch_size: int = 256) -> torch.Tensor:
-    """The network part (without per-element shifts) of the model's energies, (n,) float64 eV."""
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-    out = [
-        model.network_energy(batch).double()
-        for batch in structures.to(device, dtype).batches(batch_size)
-    ]
-    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
-
-
-@torch.no_grad()
-def refit_energy_shifts(model: nn.Module, structures: Any, energy: torch.Tensor) -> np.ndarray:
-    """Refit ``model.energy_shift.shift`` to ``energy`` (n,) eV minus the network energies of
-    ``structures`` by least squares; the scale and every weight stay. Returns the change of the
-    shifts (119,) eV. Elements absent from ``structures`` keep their shift."""
-    residual = energy.double().cpu() - network_energies(model, structures)
-    batch = torch.repeat_interleave(torch.arange(len(structures)), structures.n_atoms)
-    shift, _ = shifts_from_energies(
-        structures.numbers.cpu().numpy(), batch.numpy(), residual.numpy()
-    )
-    present = np.zeros(len(shift), dtype=bool)
-    present[np.unique(structures.numbers.cpu().numpy())] = True
-    old = model.energy_shift.shift.detach().double().cpu().numpy().copy()
-    new = np.where(present, shift, old)
-    model.energy_shift.shift.copy_(torch.from_numpy(new))
-    return new - old
+def init_weights(payload: dict[str, Any], dtype: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights as a state dict in ``dtype`` (``pilip.train.train``'s
+    ``init_weights``: the loop refits the per-element shifts, keeps everything else)."""
+    return {
+        key: value.to(getattr(torch, dtype)) if value.is_floating_point() else value
+        for key, value in payload["model"]["state_dict"].items()
+    }

@@ -5,7 +5,7 @@ Delta: every training, validation and unlabelled structure gets the baseline's e
 forces (computed in-process and cached in the run folder, or read from ``--baseline-labels``);
 structures where the baseline failed are left out (and listed in ``baseline.parquet`` with the
 error); the model then learns reference minus baseline. Fine-tune: the checkpoint's model with
-its per-element energies refitted to the new targets.
+its per-element energies refitted to the new targets (by the loop).
 
 Compatibility of the two: with ``--baseline`` an ``--init`` checkpoint must be a Delta model
 over the same method and options (its network is a correction to that baseline); without, it
@@ -31,11 +31,13 @@ from pilip.baselines import (
     DeltaModel,
     cache_from_labels,
     compute_labels,
+    config_key,
     configs_of_table,
     describe,
     match_configs,
     read_labels_for,
     resolve_baseline,
+    structure_key,
 )
 from pilip.data import TRAIN, Structures
 from pilip.errors import PilipError
@@ -68,17 +70,39 @@ class DeltaSetup:
         """The total surface baseline + ``model``, with the cached labels."""
         return DeltaModel(model, self.baseline, self.cache(dtype))
 
+    def restore(self, s: Structures) -> Structures:
+        """``s`` (baseline-subtracted targets) with the baseline added back: the reference
+        labels, for training the total surface (structures found by content)."""
+        values = {}
+        for split, labels in self.labels.items():
+            for config, energy, forces in zip(
+                self.configs[split], labels.energy, labels.forces, strict=True
+            ):
+                values[config_key(config)] = (energy, forces)
+        numbers, positions = s.numbers.numpy(), s.positions.double().numpy()
+        energy, forces = [], []
+        for i in range(len(s)):
+            a, b = int(s.offsets[i]), int(s.offsets[i + 1])
+            found = values.get(structure_key(numbers[a:b], positions[a:b]))
+            if found is None:
+                raise PilipError(f"structure {i} has no baseline label; this is a bug in pilip")
+            energy.append(found[0])
+            forces.append(found[1])
+        base = BaselineLabels([""] * len(s), np.asarray(energy), forces, {})
+        return _shifted(s, base, sign=1.0)
+
 
 def _subset(s: Structures, keep: np.ndarray) -> Structures:
     return s.subset(torch.from_numpy(np.flatnonzero(keep)))
 
 
-def _shifted(s: Structures, labels: BaselineLabels) -> Structures:
-    """``s`` with the baseline's energy (and forces, where ``s`` has them) subtracted."""
-    energy = None if s.energy is None else s.energy - torch.from_numpy(labels.energy)
+def _shifted(s: Structures, labels: BaselineLabels, sign: float = -1.0) -> Structures:
+    """``s`` with the baseline's energy (and forces, where ``s`` has them) subtracted (or, with
+    ``sign`` +1, added)."""
+    energy = None if s.energy is None else s.energy + sign * torch.from_numpy(labels.energy)
     forces = s.forces
     if forces is not None:
-        forces = forces - torch.from_numpy(np.concatenate(labels.forces))
+        forces = forces + sign * torch.from_numpy(np.concatenate(labels.forces))
     return replace(s, energy=energy, forces=forces)
 
 
@@ -180,18 +204,19 @@ def prepare_baseline(
 
 
 def check_init_baseline(
-    payload: dict[str, Any], path: str | Path, setup: DeltaSetup | None
+    payload: dict[str, Any], path: str | Path, baseline: Baseline | None
 ) -> None:
-    """One-line PilipError if ``--init`` and ``--baseline`` do not fit together."""
+    """One-line PilipError if the ``--init`` checkpoint does not fit ``--baseline`` (None:
+    no baseline)."""
     init = payload["meta"].get("baseline")
-    if setup is None:
+    if baseline is None:
         if init:
             raise PilipError(
                 f"--init {path} is a Delta model over {describe(init)}; add --baseline "
                 f"{init['name']} to fine-tune it, or start from a model without a baseline"
             )
         return
-    want = setup.baseline.specification()
+    want = baseline.specification()
     if not init:
         raise PilipError(
             f"--init {path} has no baseline but --baseline {want['name']} was given: its "
@@ -210,33 +235,23 @@ def check_init_baseline(
 
 def init_model(
     path: str | Path,
-    train: Structures,
     *,
     model: str | None,
     model_params: dict[str, Any],
     elements: list[int],
     dtype: str,
     setup: DeltaSetup | None = None,
-    log: Callable[[str], None] = lambda message: None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(model to start from, its checkpoint's architecture {"model", "hparams"}) for
-    ``--init path``: checks, weights, per-element energies refitted to ``train.energy`` (the
-    run's targets: baseline-subtracted for a Delta run)."""
-    from pilip.finetune import (
-        check_compatible,
-        init_checkpoint,
-        model_from_init,
-        refit_energy_shifts,
-    )
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(initial weights in ``dtype``, architecture {"model", "model_params"}) for ``--init
+    path``, after every check (architecture flags, elements, baseline) has passed. The loop
+    (``pilip.train``) refits the per-element energies to the run's targets."""
+    from pilip.finetune import check_compatible, init_checkpoint, init_weights
 
     payload = init_checkpoint(path)
     check_compatible(payload, path, model=model, model_params=model_params, elements=elements)
-    check_init_baseline(payload, path, setup)
-    network = model_from_init(payload, dtype)
-    change = refit_energy_shifts(network, train, train.energy)
-    moved = {int(z): round(float(change[z]), 4) for z in np.flatnonzero(change)}
-    log(f"fine-tuning from {path}; per-element energies moved by {moved} eV")
-    return network, {
+    check_init_baseline(payload, path, None if setup is None else setup.baseline)
+    hparams = {k: v for k, v in payload["model"]["hparams"].items() if k != "dtype"}
+    return init_weights(payload, dtype), {
         "model": payload["model"]["name"],
-        "hparams": dict(payload["model"]["hparams"]),
+        "model_params": hparams,
     }

@@ -12,9 +12,10 @@ numbers as an uninterrupted one (on the CPU), and a finished run run again rewri
 ``last.pt`` at the current step, then stop (:class:`TrainingInterrupted`). ``model.pt`` holds
 the EMA weights of the best epoch.
 
-Seams for multi-fidelity training: Delta-learning passes data whose labels are reference -
-baseline (:func:`pilip.data.subtract_baseline`); fine-tuning passes ``init_weights`` (the
-per-element energy shifts are then refitted on the new labels, the optimizer starts fresh).
+Multi-fidelity training (pilip.multifidelity): Delta-learning passes data whose labels are
+reference - baseline, and with the weak losses also ``total_surface`` (the losses then see
+baseline + model); fine-tuning passes ``init_weights`` (the per-element energy shifts are then
+refitted on the new labels, the optimizer starts fresh).
 
 Determinism: the model is initialised from ``seed``; batch order and perturbations come from
 CPU generators seeded from ``seed``, so they do not depend on the device, except when the step
@@ -212,6 +213,7 @@ def train(
     unlabelled: Structures | None = None,
     init_weights: dict[str, torch.Tensor] | None = None,
     meta: dict[str, Any] | None = None,
+    total_surface: Any = None,
     resume: bool = True,
     restart_if_changed: bool = False,
     progress: bool | None = None,
@@ -224,6 +226,10 @@ def train(
     structures (no labels) feed the weak losses only. ``init_weights`` (a model state dict of
     the same architecture) start the model instead of the random initialisation (fine-tuning).
     ``meta`` (JSON-like) is stored in both checkpoints, e.g. the training data's reference.
+    ``total_surface`` (Delta-learning with the weak losses, ``pilip.multifidelity.DeltaSetup``):
+    ``data`` holds reference - baseline (the shifts are fitted to it), but the step and the
+    validation see baseline + model on the reference labels, so PITC and PISC act on the total
+    surface (the baseline computed at the perturbed geometries); the checkpoints hold the model.
     ``resume`` continues from ``out_dir/last.pt`` when it exists: the same config (the budget
     aside) and data are required, else PilipError, or with ``restart_if_changed`` a fresh start.
     ``progress`` None shows a bar only on a terminal. Raises :class:`TrainingDiverged` on a
@@ -238,9 +244,15 @@ def train(
 
     max_atoms = max(int(s.n_atoms.max()) for s in (train_set, unlabelled) if s is not None)
     static, capture = plan_static(config.static_shapes, device, max_atoms)
+    if total_surface is not None:  # the baseline runs on the CPU, outside any graph
+        static = capture = False
     streams = RandomStreams(config.seed, device if capture else None)
     torch.manual_seed(config.seed)
     model = build_model(config, train_set, init_weights).to(device)
+    loss_model = model  # what the losses and the validation see
+    if total_surface is not None:  # the weak losses act on the total surface baseline + model
+        loss_model = total_surface.model(model, dtype)
+        train_set, val_set = total_surface.restore(train_set), total_surface.restore(val_set)
     config = dataclasses.replace(config, model_params=resolved_params(model))  # recorded
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -251,7 +263,7 @@ def train(
     ema = EMA(model, config.ema_decay)
     n_unl = config.unlabelled_batch_size if unlabelled is not None else 0
     shape = batch_shape(max_atoms, config.batch_size, len(train_set), n_unl) if static else None
-    step = make_step(model, config.terms(), config.weak_options(), streams.perturb, device,
+    step = make_step(loss_model, config.terms(), config.weak_options(), streams.perturb, device,
                      shape=shape, capture=capture, log=log)  # fmt: skip
     train_dev = train_set.to(step.batch_device, dtype)
     val_dev = val_set.to(device, dtype)
@@ -320,7 +332,7 @@ def train(
 
             ema_weights = ema.weights_of(model)
             with swapped_weights(model, ema_weights):
-                val = validation_errors(model, val_dev, val_set, config.val_batch_size)
+                val = validation_errors(loss_model, val_dev, val_set, config.val_batch_size)
             if not math.isfinite(val["energy_rmse"]):
                 raise TrainingDiverged(
                     f"validation energy RMSE is {val['energy_rmse']} at epoch {state.epoch}; "

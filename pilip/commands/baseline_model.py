@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
         config = load_config(args.config)
     out = Path(args.out)
-    data = load_dataset(args.dataset, splits=(TRAIN,))
+    data = {TRAIN: load_dataset(args.dataset)[TRAIN]}  # the offsets come from training data
     setup, shifted, _ = prepare_baseline(
         args.baseline,
         data,

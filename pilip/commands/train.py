@@ -53,6 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unlabelled", help="configurations table (Parquet) fed to the weak losses only"
     )
+    parser.add_argument(
+        "--baseline",
+        help="Delta-learning: learn reference minus this cheap level (gfn2-xtb, gfn1-xtb or a "
+        "--config reference that runs in process); evaluate/md/the calculator add it back",
+    )
+    parser.add_argument(
+        "--baseline-labels",
+        help="labels table of --baseline for the dataset's structures (read, not computed)",
+    )
+    parser.add_argument(
+        "--init",
+        help="fine-tune: start from this checkpoint (its architecture and weights; "
+        "per-element energies refitted, fresh optimizer)",
+    )
     parser.add_argument("--eps", type=float, help="weak-loss perturbation half-width, Angstrom")
     parser.add_argument("--k", type=float, help="second-order factor in [0, 1] (0.5 trapezoid)")
     parser.add_argument("--w-energy", type=float, help="weight of the energy loss")
@@ -118,6 +132,10 @@ def build_config(args: argparse.Namespace) -> tuple[object, str | None]:
                     f"{args.config}: training.variants has no {args.variant!r} (known: {known})"
                 )
             overrides = dict(variants[args.variant])
+            for key in ("baseline", "init"):  # multi-fidelity recipes; the options win
+                value = overrides.pop(key, None)
+                if value is not None and getattr(args, key, None) is None:
+                    setattr(args, key, value)
             if "unlabelled" in overrides:
                 unlabelled = overrides.pop("unlabelled")
                 shared_unlabelled = False
@@ -171,7 +189,31 @@ def run(args: argparse.Namespace) -> int:
     unlabelled = load_unlabelled(unlabelled_path) if unlabelled_path else None
     if unlabelled is not None and not config.weak:
         raise PilipError("--unlabelled feeds only the weak losses: add pitc, pisc to --losses")
+    if args.baseline_labels and not args.baseline:
+        raise PilipError("--baseline-labels needs --baseline NAME (the method they come from)")
     meta = {"dataset": str(args.dataset), "reference": training_references(args.dataset)}
+    study = None
+    if args.config and args.baseline:
+        from pilip.config import load_config
+
+        study = load_config(args.config)
+    # every check of --baseline and --init before any baseline calculation or training
+    baseline = None
+    if args.baseline:
+        from pilip.baselines import resolve_baseline
+
+        baseline = resolve_baseline(args.baseline, study, args.config)
+    elements = sorted(
+        set().union(*(s.elements() for s in (*data.values(), unlabelled) if s is not None))
+    )
+    if args.init:
+        from pilip.finetune import check_compatible, init_checkpoint
+        from pilip.multifidelity import check_init_baseline
+
+        payload = init_checkpoint(args.init)
+        check_compatible(payload, args.init, model=args.model,
+                         model_params=config.model_params, elements=elements)  # fmt: skip
+        check_init_baseline(payload, args.init, baseline)
 
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "train.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -180,7 +222,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"pilip train: {message}", file=sys.stderr)
         print(message, file=log_file, flush=True)
 
+    setup, init_weights = None, None
     try:
+        if args.baseline:
+            from pilip.multifidelity import prepare_baseline
+
+            setup, data, unlabelled = prepare_baseline(
+                args.baseline, data, dataset=args.dataset, run_dir=out, unlabelled=unlabelled,
+                unlabelled_path=unlabelled_path, config=study, config_path=args.config,
+                labels_path=args.baseline_labels, log=log,
+            )  # fmt: skip
+            meta.update(setup.meta())
+        if args.init:
+            from dataclasses import replace
+
+            from pilip.multifidelity import init_model
+
+            init_weights, architecture = init_model(
+                args.init, model=args.model, model_params=config.model_params,
+                elements=elements, dtype=config.dtype, setup=setup,
+            )  # fmt: skip
+            config = replace(config, **architecture)
+            meta["init"] = str(args.init)
+            log(f"fine-tuning from {args.init} ({architecture['model']})")
         log(
             f"{args.dataset}: {len(data['train'])} training, {len(data['val'])} validation "
             f"structures" + (f", {len(unlabelled)} unlabelled" if unlabelled else "")
@@ -193,7 +257,9 @@ def run(args: argparse.Namespace) -> int:
             data,
             out,
             unlabelled=unlabelled,
+            init_weights=init_weights,
             meta=meta,
+            total_surface=setup if setup is not None and config.weak else None,
             resume=not args.no_resume,
             restart_if_changed=args.restart_if_changed,
             progress=False if args.no_progress else None,

@@ -1,21 +1,11 @@
-"""Fine-tuning from a checkpoint: architecture and weights kept, per-element energies refitted."""
+"""Fine-tuning from a checkpoint: what may start a run, and its weights."""
 
-import numpy as np
 import pytest
 import torch
-from model_batches import molecules
 
 from pilip.checkpoint import save_checkpoint
-from pilip.data import structures_from_arrays
 from pilip.errors import PilipError
-from pilip.finetune import (
-    check_compatible,
-    init_checkpoint,
-    model_from_init,
-    network_energies,
-    refit_energy_shifts,
-)
-from pilip.forces import energy_and_forces
+from pilip.finetune import check_compatible, init_checkpoint, init_weights
 from pilip.models import build_model
 
 torch.set_num_threads(1)
@@ -34,48 +24,12 @@ def checkpoint(tmp_path):
     return path, model.eval()
 
 
-def structures_of(atoms_list, energy=None):
-    return structures_from_arrays(
-        [a.numbers for a in atoms_list], [a.positions for a in atoms_list], energy
-    )
-
-
-def predictions(model, s):
-    batch = s.batch(torch.arange(len(s)))
-    return energy_and_forces(model, batch)
-
-
-def test_labels_that_are_the_checkpoints_own_predictions_start_exactly_there(checkpoint):
+def test_init_weights_are_the_checkpoints_in_the_runs_dtype(checkpoint):
     path, original = checkpoint
-    s = structures_of(molecules(("CH3CH2OH", "H2O", "CH4", "C2H6", "CH3OH")))
-    energy, forces = predictions(original, s)
-    model = model_from_init(init_checkpoint(path))
-    change = refit_energy_shifts(model, s, energy)
-    assert np.abs(change).max() < 1e-8
-    new_energy, new_forces = predictions(model.eval(), s)
-    torch.testing.assert_close(new_energy, energy, atol=1e-8, rtol=0)
-    torch.testing.assert_close(new_forces, forces, atol=1e-12, rtol=0)
-
-
-def test_refit_absorbs_per_element_offsets_and_keeps_the_network(checkpoint):
-    """Labels of another level (the pretrained one's plus per-element offsets, as between
-    xTB and DFT totals) give shifts that differ by exactly those offsets; forces unchanged."""
-    path, original = checkpoint
-    atoms = molecules(("CH3CH2OH", "H2O", "CH4", "C2H6", "CH3OH", "HCOOH"))
-    s = structures_of(atoms)
-    energy, forces = predictions(original, s)
-    offsets = {1: -400.0, 6: -25000.0, 8: 1234.5}
-    shifted = energy + torch.tensor(
-        [sum(offsets[int(z)] for z in a.numbers) for a in atoms], dtype=torch.float64
-    )
-    model = model_from_init(init_checkpoint(path))
-    change = refit_energy_shifts(model, s, shifted)
-    for z, offset in offsets.items():
-        assert change[z] == pytest.approx(offset, abs=1e-6)
-    new_energy, new_forces = predictions(model.eval(), s)
-    torch.testing.assert_close(new_energy, shifted, atol=1e-6, rtol=0)
-    torch.testing.assert_close(new_forces, forces, atol=1e-12, rtol=0)
-    torch.testing.assert_close(network_energies(model, s), network_energies(original, s))
+    weights = init_weights(init_checkpoint(path), "float32")
+    for key, value in original.state_dict().items():
+        assert weights[key].dtype == (torch.float32 if value.is_floating_point() else value.dtype)
+        torch.testing.assert_close(weights[key].double(), value.double(), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
