@@ -1,0 +1,160 @@
+"""pilip train --baseline / --init end to end (tiny models, GFN2-xTB through tblite)."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from pilip.backends.xtb_backend import XTBBackend
+from pilip.baselines import CACHE_RESULTS, DeltaModel, resolve_baseline
+from pilip.checkpoint import load_model, read_checkpoint, save_checkpoint
+from pilip.cli import main
+from pilip.data import VAL, load_dataset
+from pilip.evaluate import predict
+from pilip.metrics import energy_metrics
+from pilip.models import build_model
+from test_multifidelity import write_water
+
+pytest.importorskip("tblite")
+torch.set_num_threads(1)
+
+TINY = ["--n-features", "8", "--n-interactions", "1", "--cutoff", "4.0", "--no-progress"]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_water(tmp_path / "water.parquet", n_train=8, n_val=4)
+
+
+def pilip_train(dataset, out, *extra):
+    return main(["train", str(dataset), "--out", str(out), *TINY, *extra])
+
+
+def val_rmse_rows(run):
+    with open(run / "metrics.csv", newline="") as handle:
+        return [float(r["val_energy_rmse"]) for r in csv.DictReader(handle)]
+
+
+@pytest.fixture
+def count_xtb(monkeypatch):
+    """Counts tblite calculations; ``counter.forbid = True`` makes any further one fail."""
+    real = XTBBackend._single_point
+
+    class Counter:
+        calls = 0
+        forbid = False
+
+    def counting(self, config, options, gradients):
+        if Counter.forbid:
+            raise AssertionError("the baseline was computed again")
+        Counter.calls += 1
+        return real(self, config, options, gradients)
+
+    monkeypatch.setattr(XTBBackend, "_single_point", counting)
+    return Counter
+
+
+def test_delta_model_is_saved_with_its_baseline_and_selected_on_the_total(dataset, tmp_path):
+    run = tmp_path / "delta"
+    assert pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "3") == 0
+    meta = read_checkpoint(run / "model.pt")["meta"]
+    assert meta["baseline"]["method"] == "GFN2-xTB" and meta["baseline"]["program"] == "tblite"
+    model, _ = load_model(run / "model.pt")
+    assert isinstance(model, DeltaModel)
+    # baseline + model against the reference labels reproduces the selection's best RMSE
+    val = load_dataset(dataset)[VAL]
+    predicted, _ = predict(model, val, torch.device("cpu"))
+    rmse = energy_metrics(predicted, val.energy.numpy(), val.n_atoms.numpy())["energy_rmse"]
+    assert rmse == pytest.approx(min(val_rmse_rows(run)), rel=1e-5)
+
+
+def test_resume_reuses_the_cached_baseline(dataset, tmp_path, count_xtb):
+    run = tmp_path / "delta"
+    assert pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "1") == 0
+    assert count_xtb.calls == 12  # every training and validation structure, once
+    # killed during the labelling: the results file keeps what was finished
+    lines = (run / CACHE_RESULTS).read_text().splitlines(keepends=True)
+    (run / CACHE_RESULTS).write_text("".join(lines[:5]) + lines[5][:20])
+    (run / "baseline.parquet").unlink()
+    count_xtb.calls = 0
+    assert pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "2") == 0
+    assert count_xtb.calls == 7  # the rest, not the 5 finished
+    count_xtb.forbid = True
+    assert pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "3") == 0
+    assert len(val_rmse_rows(run)) == 3  # resumed, not restarted
+
+
+def test_weak_losses_with_a_baseline_compute_it_at_the_perturbed_geometries(
+    dataset, tmp_path, count_xtb
+):
+    run = tmp_path / "delta_weak"
+    args = ["--baseline", "gfn2-xtb", "--losses", "energy,pitc,pisc", "--epochs", "1"]
+    assert pilip_train(dataset, run, *args, "--batch-size", "4") == 0
+    # 12 labels, then B and C of each of the 8 training structures (A comes from the cache)
+    assert count_xtb.calls == 12 + 2 * 8
+    model, _ = load_model(run / "model.pt")
+    assert isinstance(model, DeltaModel)
+
+
+def test_fine_tuning_starts_exactly_at_the_checkpoint(dataset, tmp_path):
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert pilip_train(dataset, pre, "--epochs", "4") == 0
+    best = read_checkpoint(pre / "model.pt")["meta"]["val_energy_rmse"]
+    # a learning rate too small to move anything: epoch 1 shows the starting point
+    args = ["--init", str(pre / "model.pt"), "--epochs", "1", "--lr", "1e-12"]
+    assert main(["train", str(dataset), "--out", str(fine), "--no-progress", *args]) == 0
+    assert val_rmse_rows(fine)[0] == pytest.approx(best, rel=1e-6)
+    meta = read_checkpoint(fine / "model.pt")["meta"]
+    assert meta["init"] == str(pre / "model.pt")
+    assert meta["config"]["model_params"]["n_features"] == 8  # the checkpoint's architecture
+
+
+def test_fine_tuning_a_delta_model_on_new_labels(dataset, tmp_path):
+    pre = tmp_path / "pre"
+    assert pilip_train(dataset, pre, "--baseline", "gfn2-xtb", "--epochs", "2") == 0
+    fine = tmp_path / "fine"
+    args = ["--init", str(pre / "model.pt"), "--baseline", "gfn2-xtb", "--epochs", "1"]
+    assert main(["train", str(dataset), "--out", str(fine), "--no-progress", *args]) == 0
+    assert isinstance(load_model(fine / "model.pt")[0], DeltaModel)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--baseline", "gfn9-xtb"], "unknown baseline"),
+        (["--baseline-labels", "x.parquet"], "needs --baseline"),
+        (["--init", "missing.pt"], "no such checkpoint"),
+        (["--init", "{pre}", "--model", "schnet"], "is a painn model"),
+        (["--init", "{pre}", "--n-features", "16"], "another architecture"),
+        (["--init", "{pre}", "--baseline", "gfn2-xtb"], "has no baseline"),
+        (["--init", "{delta}"], "add --baseline gfn2-xtb"),
+        (["--init", "{delta}", "--baseline", "gfn1-xtb"], "use the same baseline"),
+    ],
+)
+def test_bad_multifidelity_input_is_one_line_before_training(
+    dataset, tmp_path, capsys, extra, words
+):
+    pre, delta = tmp_path / "pre.pt", tmp_path / "delta.pt"
+    model = build_model("painn", n_features=8, n_interactions=1, cutoff=4.0)
+    save_checkpoint(pre, model=model, model_name="painn", meta={"config": {}, "elements": [1, 8]})
+    spec = resolve_baseline("gfn2-xtb").specification()
+    meta = {"config": {}, "elements": [1, 8], "baseline": spec}
+    save_checkpoint(delta, model=model, model_name="painn", meta=meta)
+    extra = [e.format(pre=pre, delta=delta) for e in extra]
+    run = tmp_path / "run"
+    capsys.readouterr()
+    args = ["train", str(dataset), "--out", str(run), "--no-progress", "--epochs", "1", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err
+    assert not (run / "model.pt").exists() and not (run / "baseline.parquet").exists()
+
+
+def test_psi4_is_refused_as_a_baseline_pointing_to_init(dataset, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text((Path(__file__).parents[2] / "config.yaml").read_text())
+    args = ["--baseline", "mp2_cbs", "--config", str(config), "--epochs", "1"]
+    assert pilip_train(dataset, tmp_path / "run", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "does not run in process" in err and "--init" in err
