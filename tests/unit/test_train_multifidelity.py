@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_multifidelity import write_water
 
 from pilip.backends.xtb_backend import XTBBackend
 from pilip.baselines import CACHE_RESULTS, DeltaModel, resolve_baseline
@@ -14,7 +15,6 @@ from pilip.data import VAL, load_dataset
 from pilip.evaluate import predict
 from pilip.metrics import energy_metrics
 from pilip.models import build_model
-from test_multifidelity import write_water
 
 pytest.importorskip("tblite")
 torch.set_num_threads(1)
