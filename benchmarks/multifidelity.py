@@ -195,22 +195,37 @@ def run_one(spec: dict) -> dict:
             "minutes": spec["cpu_s"] / 60.0,
         }
     )
-    init_model = None
+    init_weights, total_surface, meta = None, None, {}
     if recipe == "finetune":
-        init_model = finetune_start(spec, train_s)
-    model_factory = None
-    if init_model is not None:
-        model_factory = lambda config, train_set: init_model  # noqa: E731
+        from pilip.finetune import init_checkpoint
+        from pilip.finetune import init_weights as weights_of
+
+        pretrained = run_dir({**spec, "variant": "pretrain"}) / "model.pt"
+        init_weights = weights_of(init_checkpoint(pretrained), config.dtype)
+        meta["init"] = str(pretrained)
+    if recipe == "delta":
+        setup = delta_setup(frames, {TRAIN: train_idx, VAL: val_idx}, xtb["train"])
+        meta.update(setup.meta())
+        total_surface = setup if config.weak else None
+    surfaces = []  # the total surface the loop trains (delta + weak): its baseline's cost
+    if total_surface is not None:
+        make = total_surface.model
+        total_surface.model = lambda model, dtype: (
+            surfaces.append(make(model, dtype)) or surfaces[-1]
+        )
     directory = run_dir(spec)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
-    result = train_with(config, {TRAIN: train_s, VAL: val_s}, directory, model_factory)
+    result = pilip_train.train(
+        config, {TRAIN: train_s, VAL: val_s}, directory, init_weights=init_weights, meta=meta,
+        total_surface=total_surface, resume=False, progress=False,
+    )  # fmt: skip
     cpu_s = time.process_time() - t_cpu
     row = {
         "variant": spec["variant"],
         "size": spec.get("size"),
         "seed": spec["seed"],
         "n_train": len(train_idx),
-        "val_energy_rmse_meV": 1000 * result.best_val_energy_rmse_eV,
+        "val_energy_rmse_meV": 1000 * result.best_val_energy_rmse,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "stop_reason": result.stop_reason,
@@ -218,28 +233,34 @@ def run_one(spec: dict) -> dict:
         "train_wall_s": round(time.perf_counter() - t_wall, 1),
         "config": config.to_dict(),
     }
+    if surfaces:
+        row["baseline_calls"] = surfaces[0].calls
+        row["baseline_cpu_s"] = round(surfaces[0].seconds, 1)
     if recipe != "pretrain":
         row.update(test_metrics(directory / "model.pt", test, xtb["test"], recipe == "delta"))
     return row
 
 
-def train_with(config, data, directory, model_factory):
-    """pilip.train.train, optionally starting from a given model (fine-tuning)."""
-    import pilip.train as pilip_train
+def delta_setup(frames, splits: dict, xtb_train):
+    """The DeltaSetup pilip train builds for --baseline gfn2-xtb, from the cached labels."""
+    from pilip.baselines import BaselineLabels, resolve_baseline
+    from pilip.multifidelity import DeltaSetup
 
-    if model_factory is not None:
-        pilip_train._build_model = model_factory
-    return pilip_train.train(config, data, directory, resume=False, progress=False)
-
-
-def finetune_start(spec: dict, train_s):
-    """The seed's pretrained model with its per-element energies refitted to ``train_s``."""
-    from pilip.finetune import init_checkpoint, model_from_init, refit_energy_shifts
-
-    path = run_dir({**spec, "variant": "pretrain"}) / "model.pt"
-    model = model_from_init(init_checkpoint(path), BASE["dtype"])
-    refit_energy_shifts(model, train_s, train_s.energy)
-    return model
+    setup = DeltaSetup(resolve_baseline(BASELINE), {}, {}, {})
+    for split, idx in splits.items():
+        setup.configs[split] = [
+            {"id": f"train-{i:04d}", "numbers": frames[i]["numbers"].tolist(),
+             "positions": frames[i]["positions"].tolist(), "charge": 0, "multiplicity": 1}
+            for i in idx
+        ]  # fmt: skip
+        setup.labels[split] = BaselineLabels(
+            [c["id"] for c in setup.configs[split]],
+            xtb_train[0][idx],
+            [xtb_train[1][i] for i in idx],
+            {},
+        )
+        setup.dropped[split] = []
+    return setup
 
 
 def test_metrics(model_path: Path, test: list[dict], xtb_test, delta: bool) -> dict:
