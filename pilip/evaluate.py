@@ -263,6 +263,22 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def recipe_of(meta: dict[str, Any]) -> str:
+    """How the model came about: ``plain``, ``Delta over GFN2-xTB (tblite 0.4.0)``,
+    ``fine-tuned from PATH`` (both can hold), or ``GFN2-xTB alone (...)``."""
+    from pilip.baselines import describe
+
+    baseline = meta.get("baseline")
+    if meta.get("recipe") == "baseline_only" and baseline:
+        return f"{describe(baseline)} alone"
+    parts = []
+    if baseline:
+        parts.append(f"Delta over {describe(baseline)}")
+    if meta.get("init"):
+        parts.append(f"fine-tuned from {meta['init']}")
+    return ", ".join(parts) or "plain"
+
+
 def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
     """What the report shows about training: model, losses, weights, epochs, wall time (s).
 
@@ -283,6 +299,7 @@ def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, A
         "best_epoch": meta.get("best_epoch"),
         "epochs": None,
         "train_time_s": None,
+        "recipe": recipe_of(meta),
     }
     if log_path is not None:
         import pandas as pd

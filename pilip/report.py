@@ -76,7 +76,7 @@ def choose_baseline(variants: list[Variant], name: str | None = None) -> Variant
         names = ", ".join(v.name for v in variants)
         raise PilipError(f"--baseline {name!r}: not among the variants ({names})")
     for variant in variants:
-        if variant.losses == ["energy"]:
+        if variant.losses == ["energy"] and variant.metrics.get("recipe", "plain") == "plain":
             return variant
     return variants[0]
 
@@ -150,7 +150,7 @@ def _ratio_sentence(baseline: Variant, variant: Variant) -> str:
     elif ratio < 1:
         verdict = (
             f"{variant.name}'s forces are {1 / ratio:.2f}x LESS accurate: "
-            "on this data its extra losses did not help the forces"
+            "on this data its recipe did not help the forces"
         )
     else:
         verdict = "no difference in the forces"
@@ -187,8 +187,9 @@ def render_summary(
         "",
         "| variant | losses | energy RMSE (meV/atom) | energy MAE (meV/atom) "
         "| energy RMSE (meV) | force RMSE (eV/A) | force MAE (eV/A) "
-        f"| force RMSE ratio {base.name}/variant | MD (Langevin NVT) | training time | epochs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        f"| force RMSE ratio {base.name}/variant | MD (Langevin NVT) | training time | epochs "
+        "| recipe |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for v in variants:
         m = v.metrics
@@ -200,7 +201,8 @@ def render_summary(
             f"| {_num(m.get('energy_rmse'), scale=1000.0, digits=1)} "
             f"| {_num(m.get('force_rmse'))} | {_num(m.get('force_mae'))} "
             f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {_md_cell(v.md)} "
-            f"| {_time_cell(m.get('train_time_s'))} | {m.get('epochs') or 'n/a'} |"
+            f"| {_time_cell(m.get('train_time_s'))} | {m.get('epochs') or 'n/a'} "
+            f"| {m.get('recipe') or 'plain'} |"
         )
     elements = sorted(
         {e for v in variants for e in (v.metrics.get("force_rmse_per_element") or {})}
@@ -218,12 +220,12 @@ def render_summary(
             lines.append(f"| {v.name} | " + " | ".join(_num(per.get(e)) for e in elements) + " |")
     others = [v for v in variants if v is not base]
     if others:
-        lines += ["", "## What the extra losses bought", ""]
+        lines += ["", "## What each recipe bought", ""]
         lines += [_ratio_sentence(base, v) for v in others]
         lines += [
             "",
             "One training run (one seed) per variant: small differences may be seed-to-seed "
-            "noise rather than an effect of the losses.",
+            "noise rather than an effect of the recipe.",
         ]
     lines += ["", "## Plots", "", "| variant | " + " | ".join(p[1] for p in PLOTS) + " |"]
     lines.append("|---|" + "---|" * len(PLOTS))

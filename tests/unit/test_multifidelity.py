@@ -19,19 +19,24 @@ torch.set_num_threads(1)
 BASE = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 
 
-def write_water(path, n_train=6, n_val=3, broken_train=0, numbers=(8, 1, 1)):
+def write_water(path, n_train=6, n_val=3, broken_train=0, numbers=(8, 1, 1), n_test=0):
     """Water dataset (energies from a made-up level); ``broken_train`` training rows put two
-    atoms on top of each other, where xTB fails."""
+    atoms on top of each other, where xTB fails; ``n_test`` force-validation test rows carry
+    made-up forces."""
     rng = np.random.default_rng(0)
-    split = ["train"] * n_train + ["val"] * n_val
+    split = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     positions = [BASE + rng.normal(scale=0.05, size=(3, 3)) for _ in split]
     for i in range(broken_train):
         positions[i][1] = positions[i][0]
     energy = [-2080.0 + 0.1 * i for i in range(len(split))]
+    forces = [None if s != "test" else rng.normal(size=(3, 3)) for s in split]
     configs = tables.configurations_table(
         [np.array(numbers)] * len(split), positions, system="water", generator="rattle"
     )
-    table = tables.dataset_table(configs, energy, [None] * len(split), reference="x", split=split)
+    table = tables.dataset_table(
+        configs, energy, forces, reference="x", split=split,
+        force_validation=[s == "test" for s in split],
+    )  # fmt: skip
     tables.write_table(table, path, "dataset", {"command": "test"})
     return path
 

@@ -118,3 +118,21 @@ def test_explicit_baseline_and_errors(results, tmp_path, capsys):
     assert not out.exists()
     assert main(["report", "--results", str(a), str(b), "-o", str(out), "--baseline", "b"]) == 0
     assert "ratio b/a = **0.50**" in out.read_text()
+
+
+def test_recipes_are_named_and_the_plain_energy_run_is_the_baseline(results, tmp_path):
+    delta = metrics(0.20, 5.0, ["energy"])
+    delta["recipe"] = "Delta over GFN2-xTB (tblite 0.4.0)"
+    cheap = metrics(0.45, 9.0, [])
+    cheap["recipe"] = "GFN2-xTB (tblite 0.4.0) alone"
+    dirs = [
+        results("delta", delta),
+        results("xtb", cheap),
+        results("energy", metrics(0.80, 12.0, ["energy"])),
+    ]
+    text = write_summary(dirs, tmp_path / "summary.md")
+    assert "Baseline: **energy**" in text  # not the Delta run, though its losses are energy
+    assert _row(text, "delta").split("|")[-2].strip() == "Delta over GFN2-xTB (tblite 0.4.0)"
+    assert _row(text, "xtb").split("|")[-2].strip() == "GFN2-xTB (tblite 0.4.0) alone"
+    assert _row(text, "energy").split("|")[-2].strip() == "plain"
+    assert "ratio energy/delta = **4.00**" in text

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_multifidelity import write_water
@@ -158,3 +159,33 @@ def test_psi4_is_refused_as_a_baseline_pointing_to_init(dataset, tmp_path, capsy
     assert pilip_train(dataset, tmp_path / "run", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "does not run in process" in err and "--init" in err
+
+
+def test_evaluate_and_md_use_baseline_plus_model_without_a_flag(tmp_path):
+    import json
+
+    from ase import Atoms
+
+    from pilip.calculator import PilipCalculator
+
+    dataset = write_water(tmp_path / "w.parquet", n_train=8, n_val=4, n_test=3)
+    run = tmp_path / "delta"
+    assert pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "2") == 0
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run / "model.pt"), str(dataset), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"].startswith("Delta over GFN2-xTB (tblite ")
+    # the force RMSE is that of baseline + model, computed here through the calculator
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(dataset).to_pylist() if r["split"] == "test"]
+    calc = PilipCalculator(run / "model.pt", device="cpu")
+    errors = []
+    for r in rows:
+        atoms = Atoms(numbers=r["numbers"], positions=r["positions"])
+        atoms.calc = calc
+        errors.append(atoms.get_forces() - np.array(r["forces"]))
+    rmse = float(np.sqrt(np.mean(np.square(errors))))
+    assert metrics["force_rmse"] == pytest.approx(rmse, rel=1e-5)
+    md = ["md", str(run / "model.pt"), str(dataset), "--out", str(out), "--steps", "4"]
+    assert main([*md, "--device", "cpu"]) == 0
