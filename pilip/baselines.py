@@ -42,6 +42,7 @@ from pilip.neighbors import segment_sum
 INLINE_BASELINES: dict[str, dict[str, Any]] = {
     "gfn2-xtb": {"backend": "xtb", "method": "GFN2-xTB"},
     "gfn1-xtb": {"backend": "xtb", "method": "GFN1-xTB"},
+    "ipea1-xtb": {"backend": "xtb", "method": "IPEA1-xTB"},
 }
 CACHE_RESULTS = "baseline.results.jsonl"  # crash-safe record, one line per structure
 CACHE_TABLE = "baseline.parquet"  # the labels table of every structure the run needs
