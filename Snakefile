@@ -1,25 +1,50 @@
 # pilip: seed molecules -> energy-only QM labels -> weak-loss-trained potentials -> report.
 # Every stage is a `pilip` command (see `pilip --help`); rules only wire files together.
-import os
 import sys
+from pathlib import Path
 
-from snakemake.utils import min_version
+from snakemake.utils import min_version, update_config
 
-from pilip.config import validate_config
+from pilip.config import (
+    SCHEMA_PATH,
+    resolved_config,
+    typed_overrides,
+    validate_config,
+    write_config,
+)
 from pilip.errors import PilipError
-
-SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# A user's `--configfile my.yaml` REPLACES the repository's config.yaml: Snakemake would merge
+# the two (planning the demo's systems beside the user's). `--config KEY=VALUE` overrides apply
+# on top of whichever file is used.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
-# Validate against the JSON schema and fill its defaults; a bad key stops the run with one line
-# naming the file, the key and what was expected, before any job starts.
+CONFIG_SOURCE = Path(workflow.configfiles[-1])
+# Snakemake reads the values inside `--config training={"epochs": 3}` as strings: type them.
+update_config(config, typed_overrides(workflow.config_settings.config))
+# The validated config with its defaults and --config overrides, which every `pilip` command
+# reads (so an override reaches the commands, not only the DAG); written only when it changes.
+RESOLVED_CONFIG = "config.resolved.yaml"
+
+# Validate against the JSON schema (pilip/schemas/config.schema.yaml, shipped in the package)
+# and fill its defaults; a bad key stops the run with one line naming the file, the key and
+# what was expected, before any job starts.
 try:
-    config.update(validate_config(config, SCHEMA, source=workflow.configfiles[0]))
+    overrides = " (with --config overrides)" if workflow.config_settings.config else ""
+    config.update(
+        validate_config(config, SCHEMA_PATH, source=f"{CONFIG_SOURCE}{overrides}")
+    )
+    write_config(
+        resolved_config(config, CONFIG_SOURCE.parent),
+        RESOLVED_CONFIG,
+        header=f"# Written by the Snakefile from {CONFIG_SOURCE}{overrides}; do not edit.\n",
+    )
 except PilipError as error:
     sys.exit(f"pilip: error: {error}")
 
@@ -37,6 +62,7 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         expand("configurations/{system}.parquet", system=SYSTEMS),
-        f"datasets/{TRAIN_REFERENCE}.parquet",
-        f"datasets/{TRAIN_REFERENCE}.summary.txt",
-        "results/summary.md",
+        # without systems (and no configurations tables yet) there is nothing to collect
+        f"datasets/{TRAIN_REFERENCE}.parquet" if SYSTEMS else [],
+        f"datasets/{TRAIN_REFERENCE}.summary.txt" if SYSTEMS else [],
+        "results/summary.md" if SYSTEMS else [],

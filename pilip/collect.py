@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class Collected:
     force_validation_reference: str | None = None
     force_validation_rows: int = 0
     force_validation_failed: int = 0
+    force_validation_requested: bool = False  # force-validation labels were given
+    fixed_splits: int = 0  # rows whose split the user set (by system or id)
 
 
 def read_configurations(paths: Sequence[str | os.PathLike]) -> pa.Table:
@@ -94,19 +96,53 @@ def error_kind(status: str, error: str | None) -> str:
     return f"{status}: {text.split(':')[0][:60]}"
 
 
+def fixed_splits(
+    configurations: pa.Table,
+    by_system: Mapping[str, str] | None = None,
+    by_id: Mapping[str, str] | None = None,
+    where: tuple[str, str] = ("systems.<name>.split (--system-split)", "splits.by_id (--id-split)"),
+) -> dict[str, str]:
+    """id -> split for the rows a user placed by hand: by configuration id, else by system.
+
+    A system or id that matches no configuration is an error (a typo would otherwise leave
+    the rows where the hash puts them). ``where`` names the two settings in that error.
+    """
+    ids = configurations.column(keys.ID).to_pylist()
+    systems = configurations.column(keys.SYSTEM).to_pylist()
+    by_system, by_id = dict(by_system or {}), dict(by_id or {})
+    for name in by_system:
+        if name not in systems:
+            known = ", ".join(sorted(set(systems)))
+            raise PilipError(f"{where[0]}: no configurations of system {name!r} (have: {known})")
+    unknown = sorted(set(by_id) - set(ids))
+    if unknown:
+        raise PilipError(
+            f"{where[1]}: {unknown[0]!r} is not the id of any configuration given; "
+            "copy ids from the configurations table"
+        )
+    fixed = {i: by_system[s] for i, s in zip(ids, systems, strict=True) if s in by_system}
+    fixed.update(by_id)
+    return fixed
+
+
 def collect(
     configuration_paths: Sequence[str | os.PathLike],
     label_paths: Sequence[str | os.PathLike],
     fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
     force_validation_paths: Sequence[str | os.PathLike] = (),
     keep_splits: bool = True,
+    split_of_system: Mapping[str, str] | None = None,
+    split_of_id: Mapping[str, str] | None = None,
 ) -> Collected:
     """Build the dataset table (configuration columns + energy eV + forces eV/A + split).
 
-    ``configuration_paths`` may name dataset tables; with ``keep_splits`` their rows keep
-    their split, the others get one from ``fractions``.
+    Splits come from each id's hash and ``fractions``, except for the rows a user placed by
+    hand: ``split_of_id`` (configuration id -> split), then ``split_of_system`` (system ->
+    split, e.g. a held-back molecule as test). ``configuration_paths`` may name dataset
+    tables; with ``keep_splits`` their rows keep their split unless placed by hand.
     """
     configurations = read_configurations(configuration_paths)
+    fixed = fixed_splits(configurations, split_of_system, split_of_id)
     files = label_files(label_paths)
     if not files:
         raise PilipError("--labels: no labels tables given or found")
@@ -170,10 +206,12 @@ def collect(
                 fv_flag[i] = True
                 fv_rows += 1
 
-    split = splits.assign_splits(kept_ids, fractions)
+    split = splits.assign_splits(kept_ids, fractions, fixed)
     if keep_splits:
         stored = stored_splits(configuration_paths)
-        split = [stored.get(i, s) for i, s in zip(kept_ids, split, strict=True)]
+        split = [
+            s if i in fixed else stored.get(i, s) for i, s in zip(kept_ids, split, strict=True)
+        ]
     table = tables.dataset_table(
         kept,
         energy,
@@ -194,7 +232,35 @@ def collect(
         force_validation_reference=fv_reference,
         force_validation_rows=fv_rows,
         force_validation_failed=fv_failed,
+        force_validation_requested=bool(force_validation_paths),
+        fixed_splits=sum(1 for i in kept_ids if i in fixed),
     )
+
+
+def dataset_warnings(collected: Collected) -> list[str]:
+    """What a stage downstream will lack, in one line each: splits too small to use."""
+    counts = Counter(collected.table.column(keys.SPLIT).to_pylist())
+    shown = ", ".join(f"{s} {counts.get(s, 0)}" for s in keys.SPLITS)
+    fix = (
+        "raise splits.{} in the config, or place rows by hand (systems.<name>.split, "
+        "splits.by_id; pilip collect --system-split/--id-split)"
+    )
+    needs = {
+        "train": "training needs at least 1 row to fit",
+        "val": "training needs at least 1 for early stopping and model selection",
+        "test": "evaluation needs at least 1 for energy errors (and MD starts from test rows)",
+    }
+    warnings = [
+        f"{split} split has 0 rows ({shown}): {need}; {fix.format(split)}"
+        for split, need in needs.items()
+        if counts.get(split, 0) == 0
+    ]
+    if collected.force_validation_requested and collected.force_validation_rows == 0:
+        warnings.append(
+            "force validation has 0 rows with forces: force errors need at least 1; raise "
+            "force_validation.per_system or the size of force_validation.split"
+        )
+    return warnings
 
 
 def summary_text(collected: Collected, output: str | os.PathLike) -> str:
@@ -231,12 +297,15 @@ def summary_text(collected: Collected, output: str | os.PathLike) -> str:
             f"wall time: {wall.sum():.1f} s total, {wall.mean():.2f} s mean, "
             f"{wall.max():.2f} s max per configuration"
         )
+    if collected.fixed_splits:
+        lines.append(f"splits set by hand: {collected.fixed_splits} rows")
     if collected.force_validation_reference is not None:
         lines.append(
             f"force validation: {collected.force_validation_rows} rows with "
             f"{collected.force_validation_reference} forces (eV/A, evaluation only), "
             f"{collected.force_validation_failed} failed"
         )
+    lines.extend(f"warning: {w}" for w in dataset_warnings(collected))
     return "\n".join(lines) + "\n"
 
 
@@ -245,11 +314,14 @@ def force_validation_subset(
     fractions: Sequence[float],
     split: str,
     per_system: int,
+    split_of_system: Mapping[str, str] | None = None,
+    split_of_id: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """The configurations whose forces are computed for evaluation only.
 
     Per system, the first ``per_system`` configurations of ``split`` in id order (ids are
     content hashes, so this is a fixed pseudo-random pick that does not depend on row order).
+    Splits are assigned exactly as :func:`collect` assigns them (same hand-placed rows).
     """
     if split not in keys.SPLITS:
         raise PilipError(
@@ -258,7 +330,8 @@ def force_validation_subset(
     configurations = read_configurations(configuration_paths)
     ids = configurations.column(keys.ID).to_pylist()
     systems = configurations.column(keys.SYSTEM).to_pylist()
-    in_split = splits.assign_splits(ids, fractions)
+    fixed = fixed_splits(configurations, split_of_system, split_of_id)
+    in_split = splits.assign_splits(ids, fractions, fixed)
     chosen: list[int] = []
     for system in dict.fromkeys(systems):
         rows = sorted(

@@ -1,7 +1,8 @@
 """Load ``config.yaml``, fill defaults from the JSON schema, and turn schema errors into one line.
 
-The schema (``workflow/schemas/config.schema.yaml``, JSON Schema 2020-12) is the single place
-where defaults live; the Snakefile validates against the same file. Errors name the file and
+The schema (``pilip/schemas/config.schema.yaml``, JSON Schema 2020-12, shipped as package data)
+is the single place where defaults live; the Snakefile validates against the same file through
+:data:`SCHEMA_PATH`. Errors name the file and
 the key path the way a user would write it, e.g.
 ``config.yaml: sampling.generators[0].amplitude: expected number, got 'abc'``.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 from pilip.errors import PilipError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # Names of systems and references end up in file names: letters, digits, _ and -.
 SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -42,7 +43,7 @@ def load_schema(path: str | os.PathLike | None = None) -> dict:
     path = Path(path) if path is not None else SCHEMA_PATH
     if not path.is_file():
         raise PilipError(
-            f"{path}: config schema not found; is pilip installed from its repository?"
+            f"{path}: config schema not found; reinstall pilip (the schema is package data)"
         )
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
@@ -118,6 +119,87 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# --- the workflow's view of a config ---------------------------------------------------------
+
+
+def settings_json(config: Mapping[str, Any], *paths: str, exclude: tuple[str, ...] = ()) -> str:
+    """Canonical JSON of the config values at ``paths`` (dotted keys), minus ``exclude`` keys.
+
+    The rules pass it as a param, so Snakemake reruns a job exactly when a setting it reads
+    changes, and not after an edit that changes no setting (a comment, or a placement key such
+    as ``threads`` that is left out). ``*`` selects every entry of a mapping:
+    ``settings_json(c, "splits", "systems.*.split")``. One path gives its value alone; several
+    give a mapping from path to value.
+    """
+
+    def select(value: Any, parts: list[str]) -> Any:
+        if not parts:
+            if isinstance(value, Mapping):
+                return {k: v for k, v in value.items() if k not in exclude}
+            return value
+        if not isinstance(value, Mapping):
+            return None
+        if parts[0] == "*":
+            return {k: select(v, parts[1:]) for k, v in value.items()}
+        return select(value.get(parts[0]), parts[1:])
+
+    selected = {path: select(config, path.split(".")) for path in paths}
+    value = selected[paths[0]] if len(paths) == 1 else selected
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def typed_overrides(value: Any) -> Any:
+    """Snakemake's ``--config KEY={...}`` reads nested values as strings (``"8"``, ``"true"``,
+    ``"null"``); read each string leaf as a YAML scalar, as the config file would be read."""
+    import yaml
+
+    if isinstance(value, Mapping):
+        return {key: typed_overrides(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed_overrides(item) for item in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return value
+
+
+def seed_file(spec: Mapping[str, Any], config_dir: str | os.PathLike) -> Path | None:
+    """The structure file a ``systems.<name>`` entry names (relative to ``config_dir``), or None
+    when its seed is an ASE molecule name."""
+    path = Path(config_dir) / str(spec.get("seed", ""))
+    return path.resolve() if path.is_file() else None
+
+
+def resolved_config(config: Mapping[str, Any], config_dir: str | os.PathLike) -> dict[str, Any]:
+    """A copy of a validated config that reads the same from any folder: seed files absolute."""
+    resolved = copy.deepcopy(dict(config))
+    for spec in (resolved.get("systems") or {}).values():
+        path = seed_file(spec, config_dir)
+        if path is not None:
+            spec["seed"] = str(path)
+    return resolved
+
+
+def write_config(config: Mapping[str, Any], path: str | os.PathLike, header: str = "") -> bool:
+    """Write ``config`` as YAML (atomically); leave the file untouched when it already holds
+    exactly this text. Returns whether it was written."""
+    import yaml
+
+    from pilip.atomic_io import atomic_path
+
+    text = header + yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
+    path = Path(path)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return True
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 
@@ -163,7 +245,9 @@ def describe_error(error: Any) -> str:
         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
         return f"{key_path([*path, name])}: unknown key{hint}"
     where = key_path(path) or "top level"
-    if "propertyNames" in error.absolute_schema_path:
+    if "propertyNames" in error.absolute_schema_path or (
+        kind == "pattern" and error.validator_value == SAFE_NAME.pattern
+    ):
         return f"{where}: {_shown(value)} is not a safe name ({SAFE_NAME_HINT})"
     if kind == "type":
         wanted = error.validator_value

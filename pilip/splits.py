@@ -10,7 +10,7 @@ tables.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pilip import keys
 from pilip.errors import PilipError
@@ -46,13 +46,38 @@ def unit_interval(config_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def assign_splits(ids: Sequence[str], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[str]:
-    """Split name (``train`` | ``val`` | ``test``) for every id, from the id's hash alone."""
+def assign_splits(
+    ids: Sequence[str],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fixed: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Split name (``train`` | ``val`` | ``test``) for every id, from the id's hash alone.
+
+    ``fixed`` (id -> split) overrides the hash for the rows a user placed by hand.
+    """
     train, val, _ = check_fractions(fractions, "splits")
+    fixed = fixed or {}
     names = []
     for config_id in ids:
+        if config_id in fixed:
+            names.append(fixed[config_id])
+            continue
         u = unit_interval(config_id)
         names.append(
             keys.SPLITS[0] if u < train else keys.SPLITS[1] if u < train + val else keys.SPLITS[2]
         )
     return names
+
+
+def parse_assignments(items: Sequence[str], where: str) -> dict[str, str]:
+    """``["water=test", ...]`` -> ``{"water": "test"}``; the split must be train, val or test."""
+    assigned: dict[str, str] = {}
+    for item in items:
+        name, sep, split = item.partition("=")
+        if not sep or not name or split not in keys.SPLITS:
+            raise PilipError(
+                f"{where}: expected NAME=SPLIT with SPLIT one of {', '.join(keys.SPLITS)}, "
+                f"got {item!r}"
+            )
+        assigned[name] = split
+    return assigned

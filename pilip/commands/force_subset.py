@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilip import splits, tables
-    from pilip.collect import force_validation_subset
+    from pilip import keys, splits, tables
+    from pilip.collect import force_validation_subset, read_configurations
     from pilip.config import load_config
 
     config = load_config(args.config)
@@ -28,8 +28,14 @@ def run(args: argparse.Namespace) -> int:
     fractions = splits.check_fractions(
         [config["splits"][s] for s in ("train", "val", "test")], f"{args.config}: splits"
     )
+    systems = config.get("systems") or {}
     subset = force_validation_subset(
-        args.configurations, fractions, section["split"], int(section["per_system"])
+        args.configurations,
+        fractions,
+        section["split"],
+        int(section["per_system"]),
+        split_of_system={n: spec["split"] for n, spec in systems.items() if "split" in spec},
+        split_of_id=config["splits"]["by_id"],
     )
     tables.write_table(
         subset,
@@ -47,4 +53,14 @@ def run(args: argparse.Namespace) -> int:
         f"split -> {args.output}",
         file=sys.stderr,
     )
+    chosen = set(subset.column(keys.SYSTEM).to_pylist())
+    for system in sorted(set(read_configurations(args.configurations)[keys.SYSTEM].to_pylist())):
+        if system not in chosen:
+            print(
+                f"pilip force-subset: warning: system {system} has no configuration in the "
+                f"{section['split']} split, so force validation selects 0 of it and its force "
+                "errors will be missing; raise splits." + section["split"] + " or set splits "
+                "by hand (systems.<name>.split, splits.by_id)",
+                file=sys.stderr,
+            )
     return 0

@@ -20,9 +20,15 @@ def run(args: argparse.Namespace) -> int:
 
     from pilip import tables
     from pilip.config import config_hash, load_config
+    from pilip.errors import PilipError
     from pilip.sampling import sample_system
 
     config = load_config(args.config)
+    if not config.get("systems"):
+        raise PilipError(
+            f"{args.config}: no `systems:` to sample; add systems.<name>.seed (an ASE molecule "
+            "name or a structure file)"
+        )
     table, stats = sample_system(config, args.system, Path(args.config).resolve().parent)
     provenance = {
         "command": "sample",

@@ -139,6 +139,7 @@ def test_components_reproduce_psi4_cbs_to_1e8(mp2_cbs_rows, psi4_direct, chunk):
         assert abs(expected - components["scf/cc-pvtz"] - (expected - scf_cbs)) > 1e-4
 
 
+@pytest.mark.slow
 def test_composite_recipe_equals_psi4_cbs(tmp_path, psi4_direct, chunk):
     rows, _ = label(tmp_path, chunk[:1], cbs=COMPOSITE)
     row = rows[chunk[0]["id"]]

@@ -15,7 +15,7 @@ from ase.build import molecule
 from pilip import keys, labels, tables, units
 from pilip.labelling import label_table
 
-pytestmark = pytest.mark.psi4
+pytestmark = [pytest.mark.psi4, pytest.mark.slow]
 
 
 @pytest.fixture

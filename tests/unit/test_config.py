@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pilip.config import (
+    SAFE_NAME,
     SCHEMA_PATH,
     check_name,
     config_hash,
     key_path,
     load_config,
     load_schema,
+    resolved_config,
+    settings_json,
     validate_config,
+    write_config,
 )
 from pilip.errors import PilipError
 
@@ -114,7 +119,12 @@ def test_input_is_not_modified():
             "sampling.min_distance: must be > 0",
         ),
         ("systems: {'../w': {seed: H2O}}", "config.yaml: systems: '../w' is not a safe name"),
-        ("sampling: {}", "config.yaml: systems: missing (required)"),
+        ("systems: {1: {seed: H2O}}", "config.yaml: systems: 1 is not a safe name"),
+        (
+            "systems: {w: {seed: H2O, split: holdout}}",
+            "systems.w.split: expected one of train, val, test, got 'holdout'",
+        ),
+        ("labelling: {reference: 'a b'}", "labelling.reference: 'a b' is not a safe name"),
         ("systems: [H2O]", "config.yaml: systems: expected mapping, got a list"),
         (
             "systems: {w: {seed: H2O}}\nsampling: {generators: {kind: md}}",
@@ -214,3 +224,84 @@ def test_unparseable_reference_specs_are_refused(tmp_path, entry, message):
         load_config(write(tmp_path, text))
     assert message in str(err.value) and "\n" not in str(err.value)
     assert str(err.value).startswith(str(tmp_path / "config.yaml"))
+
+
+def test_schema_ships_inside_the_package():
+    import pilip
+
+    assert SCHEMA_PATH.is_relative_to(Path(pilip.__file__).parent)
+    assert load_schema(SCHEMA_PATH)["properties"]["systems"]["propertyNames"]["pattern"] == (
+        SAFE_NAME.pattern
+    )
+
+
+# Names reach file names and shell commands (issue 13 item 5): each kind of unsafe name is
+# refused in every place a name is defined or referred to, in one line.
+UNSAFE_NAMES = ["a b", "it's", 'say"hi"', "a;rm", "$(touch x)", "`id`", "../up", "a/b", "-x"]
+NAME_PLACES = {
+    "systems": lambda n: {"systems": {n: {"seed": "H2O"}}},
+    "references": lambda n: {"references": {n: {"backend": "xtb"}}},
+    "training.variants": lambda n: {"training": {"variants": {n: {}}}},
+    "labelling.reference": lambda n: {"labelling": {"reference": n}},
+    "force_validation.reference": lambda n: {"force_validation": {"reference": n}},
+    "report.baseline": lambda n: {"report": {"baseline": n}},
+}
+
+
+@pytest.mark.parametrize("place", sorted(NAME_PLACES))
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_unsafe_names_are_refused_in_one_line(place, name):
+    with pytest.raises(PilipError) as info:
+        validate_config(NAME_PLACES[place](name), source="my.yaml")
+    text = str(info.value)
+    assert text.startswith(f"my.yaml: {place}") and "is not a safe name" in text
+    assert "\n" not in text
+
+
+def test_label_only_config_validates(tmp_path):
+    """The docs' plug-in example: references and labelling, no systems."""
+    config = load_config(
+        write(
+            tmp_path,
+            "references:\n  emt: {backend: emt, options: {}}\nlabelling:\n  reference: emt\n",
+        )
+    )
+    assert "systems" not in config and config["labelling"]["reference"] == "emt"
+
+
+def test_settings_json_selects_what_a_rule_reads():
+    config = validate_config(
+        {"systems": {"w": {"seed": "H2O", "split": "test"}, "e": {"seed": "CH3CH2OH"}}}
+    )
+    one = settings_json(config, "systems.w", exclude=("split",))
+    assert json.loads(one) == {"seed": "H2O", "charge": 0, "multiplicity": 1}
+    both = json.loads(settings_json(config, "splits", "systems.*.split"))
+    assert both["systems.*.split"] == {"w": "test", "e": None}
+    assert both["splits"]["train"] == 0.8
+    # canonical: key order in the file does not matter; a changed value does
+    reordered = validate_config(
+        {"systems": {"e": {"seed": "CH3CH2OH"}, "w": {"seed": "H2O", "split": "test"}}}
+    )
+    assert settings_json(reordered, "splits", "systems.*.split") == settings_json(
+        config, "splits", "systems.*.split"
+    )
+    reordered["splits"]["val"] = 0.2
+    assert settings_json(reordered, "splits") != settings_json(config, "splits")
+    assert json.loads(settings_json(config, "training.variants.absent")) is None
+
+
+def test_resolved_config_reads_the_same_from_anywhere(tmp_path):
+    (tmp_path / "mols").mkdir()
+    (tmp_path / "mols" / "w.xyz").write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    config = validate_config({"systems": {"w": {"seed": "mols/w.xyz"}, "e": {"seed": "C2H6"}}})
+    resolved = resolved_config(config, tmp_path)
+    assert resolved["systems"]["w"]["seed"] == str((tmp_path / "mols" / "w.xyz").resolve())
+    assert resolved["systems"]["e"]["seed"] == "C2H6"  # an ASE name stays a name
+    assert config["systems"]["w"]["seed"] == "mols/w.xyz"  # the input is not modified
+
+    out = tmp_path / "elsewhere" / "config.resolved.yaml"
+    assert write_config(resolved, out, header="# resolved\n")
+    assert load_config(out) == validate_config(resolved)
+    mtime = out.stat().st_mtime_ns
+    assert not write_config(resolved, out, header="# resolved\n")  # same text: untouched
+    assert out.stat().st_mtime_ns == mtime

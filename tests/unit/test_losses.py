@@ -270,6 +270,7 @@ SYNCING_OPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_step_with_precomputed_pairs_has_no_host_sync(name):
     # what a CUDA graph capture of the whole step needs; checked on the CPU through the

@@ -13,7 +13,13 @@ rule force_validation_subset:
     conda:
         PILIP_ENV
     params:
-        config=CONFIG_FILE,
+        config=RESOLVED_CONFIG,
+        settings=lambda wildcards: settings(
+            "splits",
+            "systems.*.split",
+            "force_validation.split",
+            "force_validation.per_system",
+        ),
     shell:
         "pilip force-subset {input} --config {params.config} -o {output} > {log} 2>&1"
 
@@ -32,7 +38,7 @@ rule label_force_validation:
         mem_mb=LABELLING["mem_mb"],
         runtime=LABELLING["runtime"],
     params:
-        config=CONFIG_FILE,
+        config=RESOLVED_CONFIG,
         # a changed recipe reruns the job, and pilip label then refuses the old results
         recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
@@ -57,7 +63,8 @@ rule collect:
     conda:
         PILIP_ENV
     params:
-        config=CONFIG_FILE,
+        config=RESOLVED_CONFIG,
+        splits=lambda wildcards: split_settings(),
         force_validation=lambda wildcards, input: (
             f"--force-validation {input.force_validation}"
             if input.force_validation

@@ -1,18 +1,59 @@
 # Names and helpers shared by the rules. Keep logic in the pilip package.
-import json
+from pilip.config import SAFE_NAME, seed_file, settings_json
 
-SYSTEMS = sorted(config["systems"])
-CONFIG_FILE = workflow.configfiles[0]
+# The config's systems; a config without `systems:` (labelling only) works on the
+# configurations tables already in configurations/ (e.g. written by `pilip import`).
+if "systems" in config:
+    SYSTEMS = sorted(config["systems"])
+else:
+    SYSTEMS = sorted(
+        name
+        for name in glob_wildcards("configurations/{system}.parquet").system
+        if SAFE_NAME.match(name)
+    )
+    if not SYSTEMS:
+        print(
+            f"pilip: {CONFIG_SOURCE} has no systems and configurations/ holds no tables:"
+            " nothing to sample or label (add systems:, or `pilip import` configurations)",
+            file=sys.stderr,
+        )
 # Every rule runs pilip from the main environment (`--use-conda` builds it from this file).
 PILIP_ENV = "../../envs/pilip.yaml"
+# Keys that place a job (where and how fast it runs) but do not change what it computes.
+PLACEMENT = ("threads", "mem_mb", "runtime", "gpus", "device", "checkpoint_interval_s")
+
+
+def settings(*paths, exclude=()):
+    """The config values a rule reads, as canonical JSON: its `params` rerun trigger.
+
+    Editing one of them reruns exactly the jobs that read it (and those downstream); a
+    comment or a placement key changes nothing. See pilip.config.settings_json.
+    """
+    return settings_json(config, *paths, exclude=exclude)
 
 
 def reference_recipe(reference):
-    """What a reference computes, as canonical JSON (a rerun trigger; retries excluded)."""
-    entry = config["references"].get(reference, {})
-    return json.dumps(
-        {k: v for k, v in entry.items() if k != "retry_options"}, sort_keys=True
+    """What a reference computes (a rerun trigger; retries excluded)."""
+    return settings(f"references.{reference}", exclude=("retry_options",))
+
+
+def split_settings():
+    """Everything that decides a row's split."""
+    return settings("splits", "systems.*.split")
+
+
+def training_settings(run):
+    """What a training run computes (a rerun trigger; placement excluded)."""
+    return settings(
+        "training", f"training.variants.{run}", exclude=(*PLACEMENT, "variants")
     )
+
+
+def seed_input(wildcards):
+    """The structure file a system's seed names, if any (a changed file reruns sampling)."""
+    spec = config.get("systems", {}).get(wildcards.system)
+    path = seed_file(spec, CONFIG_SOURCE.parent) if spec else None
+    return [str(path)] if path else []
 
 
 def label_chunks(wildcards):
@@ -46,19 +87,3 @@ def unlabelled_input(wildcards):
         weak = "pitc" in losses or "pisc" in losses
         path = TRAINING["unlabelled"] if weak else None
     return [path] if path else []
-
-
-def training_settings(run):
-    """What a training run computes, as canonical JSON (a rerun trigger; placement excluded)."""
-    placement = {
-        "threads",
-        "mem_mb",
-        "runtime",
-        "gpus",
-        "device",
-        "checkpoint_interval_s",
-    }
-    settings = {k: v for k, v in TRAINING.items() if k not in placement | {"variants"}}
-    return json.dumps(
-        {**settings, "variant": TRAINING["variants"][run]}, sort_keys=True
-    )

@@ -41,7 +41,7 @@ rule label:
         # a chunk killed at its time limit resumes on retry, with a longer limit
         runtime=lambda wildcards, attempt: LABELLING["runtime"] * attempt,
     params:
-        config=CONFIG_FILE,
+        config=RESOLVED_CONFIG,
         # a changed recipe reruns the job, and pilip label then refuses the old results
         recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:

@@ -1,4 +1,8 @@
+# Sampling: one configurations table per system. Reruns when `sampling` or the system's own
+# entry changes (its split excepted), or when the structure file its seed names changes.
 rule sample:
+    input:
+        seed_input,
     output:
         "configurations/{system}.parquet",
     log:
@@ -7,7 +11,10 @@ rule sample:
         PILIP_ENV
     threads: 1
     params:
-        config=CONFIG_FILE,
+        config=RESOLVED_CONFIG,
+        settings=lambda wildcards: settings(
+            "sampling", f"systems.{wildcards.system}", exclude=("split",)
+        ),
     shell:
         "pilip sample --config {params.config} --system {wildcards.system}"
         " -o {output} > {log} 2>&1"

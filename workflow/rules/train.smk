@@ -27,12 +27,9 @@ rule train:
         runtime=TRAINING["runtime"],
         gpu=TRAINING["gpus"],
     params:
-        config=CONFIG_FILE,
+        config=RESOLVED_CONFIG,
         # changed training settings rerun the job (pilip train then restarts, not resumes)
-        settings=lambda wildcards: json.dumps(
-            {**TRAINING, "variants": TRAINING["variants"][wildcards.run]},
-            sort_keys=True,
-        ),
+        settings=lambda wildcards: training_settings(wildcards.run),
     shell:
         "OMP_NUM_THREADS={threads} pilip train {input.dataset} --out models/{wildcards.run}"
         " --config {params.config} --variant {wildcards.run} --threads {threads}"
