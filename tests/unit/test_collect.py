@@ -243,3 +243,101 @@ def test_force_validation_subset_of_an_empty_split_is_empty(study):
     root, _, _ = study
     subset = force_validation_subset([root / "water.parquet"], (1.0, 0.0, 0.0), "test", 3)
     assert subset.num_rows == 0 and subset.schema.names == tables.CONFIGURATION_SCHEMA.names
+
+
+def test_splits_set_by_hand_win_over_the_hash_everywhere(study, tmp_path):
+    """A held-back molecule (systems.<name>.split) and single rows (splits.by_id) land in the
+    split the user named, in collect and in the force-validation pick alike."""
+    root, ids, _ = study
+    water_ids, wet_ids = ids[:30], ids[30:]
+    paths = [root / "water.parquet", root / "wet.parquet"]
+    fractions = (0.8, 0.1, 0.1)
+    chosen = water_ids[0]
+    hashed = splits.assign_splits([chosen], fractions)[0]
+    moved_to = "val" if hashed != "val" else "test"
+    collected = collect(
+        paths, [root / "labels"], fractions,
+        split_of_system={"wet": "test"}, split_of_id={chosen: moved_to},
+    )  # fmt: skip
+    rows = dict(
+        zip(
+            collected.table.column(keys.ID).to_pylist(),
+            collected.table.column(keys.SPLIT).to_pylist(),
+            strict=True,
+        )
+    )
+    assert {rows[i] for i in wet_ids if i in rows} == {"test"}
+    assert rows[chosen] == moved_to
+    others = [i for i in water_ids if i in rows and i != chosen]
+    assert [rows[i] for i in others] == splits.assign_splits(others, fractions)
+    assert collected.fixed_splits == sum(1 for i in wet_ids if i in rows) + 1
+    assert "splits set by hand:" in summary_text(collected, "d.parquet")
+
+    subset = force_validation_subset(paths, fractions, "test", 50, split_of_system={"wet": "test"})
+    picked = subset.column(keys.ID).to_pylist()
+    assert set(wet_ids) <= set(picked)  # every wet configuration is now a test row
+    assert all(rows.get(i, "test") == "test" for i in picked)
+
+    with pytest.raises(PilipError, match="no configurations of system 'dry'"):
+        collect(paths, [root / "labels"], fractions, split_of_system={"dry": "test"})
+    with pytest.raises(PilipError, match="'feedbeef' is not the id of any configuration"):
+        collect(paths, [root / "labels"], fractions, split_of_id={"feedbeef": "val"})
+
+
+def test_collect_cli_splits_from_config_and_options(study, capsys):
+    root, ids, _ = study
+    config = {
+        "systems": {"water": {"seed": "H2O"}, "wet": {"seed": "H2O", "split": "val"}},
+        "splits": {"by_id": {ids[0]: "test"}},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    out = root / "d.parquet"
+    tables_in = [str(root / "water.parquet"), str(root / "wet.parquet")]
+    base = ["collect", "--configurations", *tables_in, "--labels", str(root / "labels"),
+            "--config", str(root / "config.yaml"), "-o", str(out)]  # fmt: skip
+    assert main(base) == 0
+    table = tables.read_table(out, kind="dataset")
+    split = dict(zip(table[keys.ID].to_pylist(), table[keys.SPLIT].to_pylist(), strict=True))
+    assert split[ids[0]] == "test" and {split[i] for i in ids[30:-1]} == {"val"}
+    # options override the config
+    assert main([*base, "--system-split", "wet=train", "--id-split", f"{ids[0]}=val"]) == 0
+    table = tables.read_table(out, kind="dataset")
+    split = dict(zip(table[keys.ID].to_pylist(), table[keys.SPLIT].to_pylist(), strict=True))
+    assert split[ids[0]] == "val" and {split[i] for i in ids[30:-1]} == {"train"}
+    assert main([*base, "--system-split", "wet:train"]) == 2
+    assert "--system-split: expected NAME=SPLIT" in capsys.readouterr().err
+
+
+def test_collect_warns_about_splits_a_stage_cannot_use(study, capsys):
+    """8 structures at 0.8/0.1/0.1 used to give val 0 without a word (issue 14)."""
+    root, _, _ = study
+    out = root / "d.parquet"
+    code = main(["collect", "--configurations", str(root / "water.parquet"), "--labels",
+                 str(root / "labels"), "-o", str(out), "--config", str(root / "absent.yaml"),
+                 "--splits", "1,0,0", "--force-validation", str(root / "labels")])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "dataset rows: 27 (train 27, val 0, test 0)" in err
+    assert "warning: val split has 0 rows (train 27, val 0, test 0): training needs" in err
+    assert "warning: test split has 0 rows" in err and "evaluation needs at least 1" in err
+    assert "warning: train split" not in err
+    assert "warning: force validation has 0 rows with forces" in err
+    summary = (root / "d.summary.txt").read_text()
+    assert summary.count("warning:") == 3
+    # enough rows in every split: no warning
+    assert main(["collect", "--configurations", str(root / "water.parquet"), "--labels",
+                 str(root / "labels"), "-o", str(out), "--splits", "0.4,0.3,0.3"]) == 0  # fmt: skip
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_force_subset_warns_when_a_system_gets_no_configuration(study, capsys):
+    root, _, _ = study
+    config = {"splits": {"train": 1.0, "val": 0.0, "test": 0.0}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    out = root / "fv.parquet"
+    code = main(["force-subset", str(root / "water.parquet"), "--config",
+                 str(root / "config.yaml"), "-o", str(out)])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "0 configurations from the test split" in err
+    assert "warning: system water has no configuration in the test split" in err
