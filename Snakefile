@@ -1,5 +1,6 @@
 # pilip: seed molecules -> energy-only QM labels -> weak-loss-trained potentials -> report.
 # Every stage is a `pilip` command (see `pilip --help`); rules only wire files together.
+import copy
 import sys
 from pathlib import Path
 
@@ -28,8 +29,10 @@ if not workflow.overwrite_configfiles:
 CONFIG_SOURCE = Path(workflow.configfiles[-1])
 # Snakemake reads the values inside `--config training={"epochs": 3}` as strings: type them.
 update_config(config, typed_overrides(workflow.config_settings.config))
-# The validated config with its defaults and --config overrides, which every `pilip` command
-# reads (so an override reaches the commands, not only the DAG); written only when it changes.
+GIVEN_CONFIG = copy.deepcopy(dict(config))  # as written (+ overrides), before defaults
+# The user's config with its --config overrides (seed files made absolute), which every
+# `pilip` command reads, so an override reaches the commands and not only the DAG; the
+# commands fill the schema's defaults themselves. Written only when it changes.
 RESOLVED_CONFIG = "config.resolved.yaml"
 
 # Validate against the JSON schema (pilip/schemas/config.schema.yaml, shipped in the package)
@@ -41,7 +44,7 @@ try:
         validate_config(config, SCHEMA_PATH, source=f"{CONFIG_SOURCE}{overrides}")
     )
     write_config(
-        resolved_config(config, CONFIG_SOURCE.parent),
+        resolved_config(GIVEN_CONFIG, CONFIG_SOURCE.parent),
         RESOLVED_CONFIG,
         header=f"# Written by the Snakefile from {CONFIG_SOURCE}{overrides}; do not edit.\n",
     )

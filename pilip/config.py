@@ -174,7 +174,7 @@ def seed_file(spec: Mapping[str, Any], config_dir: str | os.PathLike) -> Path | 
 
 
 def resolved_config(config: Mapping[str, Any], config_dir: str | os.PathLike) -> dict[str, Any]:
-    """A copy of a validated config that reads the same from any folder: seed files absolute."""
+    """A copy of a config (as written) that reads the same from any folder: seed files absolute."""
     resolved = copy.deepcopy(dict(config))
     for spec in (resolved.get("systems") or {}).values():
         path = seed_file(spec, config_dir)

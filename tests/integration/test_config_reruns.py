@@ -158,3 +158,36 @@ def test_command_line_overrides_reach_the_commands(study):
     assert trained["model_params"]["n_features"] == 8
     # without the override, the study's own config is back in force: SchNet again
     assert "train[run=energy]" in dry_run_jobs(study, "--configfile", "config.yaml")
+
+
+def test_label_only_config_labels_the_configurations_it_finds(tmp_path):
+    """Issue 14: a config with references and labelling only (the docs' plug-in example)
+    validates, and the workflow labels the configurations tables already there."""
+    from ase.build import molecule
+
+    from pilip import tables
+
+    frames = []
+    for shift in (0.0, 0.02, 0.04, 0.06):
+        atoms = molecule("H2O")
+        atoms.positions[0, 0] += shift
+        frames.append(atoms)
+    table = tables.configurations_from_atoms(frames, system="water", generator="import")
+    tables.write_table(table, tmp_path / "configurations" / "water.parquet", "configurations", {})
+    write_config(
+        tmp_path,
+        {
+            "references": {"cheap": {"backend": "xtb", "method": "GFN2-xTB"}},
+            "labelling": {"reference": "cheap", "chunk_size": 3},
+        },
+    )
+    planned = dry_run_jobs(tmp_path, "--configfile", "config.yaml")
+    assert "chunk[system=water]" in planned and "collect[reference=cheap]" in planned
+    assert not any(job.startswith(("sample", "label_force_validation")) for job in planned)
+    proc = snakemake(
+        tmp_path, "datasets/cheap.parquet", "--cores", "2", "--configfile", "config.yaml"
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    dataset = tables.read_table(tmp_path / "datasets" / "cheap.parquet", kind="dataset")
+    assert dataset.num_rows == 4
+    assert len(list((tmp_path / "labels" / "cheap" / "water").glob("chunk-*.parquet"))) == 2

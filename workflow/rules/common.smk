@@ -72,7 +72,7 @@ def label_chunks(wildcards):
 
 
 def force_validation_labels(wildcards):
-    if not FORCE_VALIDATION["enabled"]:
+    if not FORCE_VALIDATION_PLANNED:
         return []
     return [f"labels/{FORCE_VALIDATION['reference']}/force_validation.parquet"]
 
