@@ -125,6 +125,26 @@ def fixed_splits(
     return fixed
 
 
+def split_of_rows(
+    configuration_paths: Sequence[str | os.PathLike],
+    ids: Sequence[str],
+    fractions: Sequence[float],
+    fixed: Mapping[str, str],
+    keep_splits: bool = True,
+) -> list[str]:
+    """The split of every id: set by hand (``fixed``), else kept from a dataset table among
+    ``configuration_paths`` (with ``keep_splits``), else from the id hash and ``fractions``.
+
+    :func:`collect` and :func:`force_validation_subset` both assign splits here, so the
+    force-validation pick always comes from the split that the dataset says.
+    """
+    split = splits.assign_splits(ids, fractions, fixed)
+    if keep_splits:
+        stored = stored_splits(configuration_paths)
+        split = [s if i in fixed else stored.get(i, s) for i, s in zip(ids, split, strict=True)]
+    return split
+
+
 def collect(
     configuration_paths: Sequence[str | os.PathLike],
     label_paths: Sequence[str | os.PathLike],
@@ -206,12 +226,7 @@ def collect(
                 fv_flag[i] = True
                 fv_rows += 1
 
-    split = splits.assign_splits(kept_ids, fractions, fixed)
-    if keep_splits:
-        stored = stored_splits(configuration_paths)
-        split = [
-            s if i in fixed else stored.get(i, s) for i, s in zip(kept_ids, split, strict=True)
-        ]
+    split = split_of_rows(configuration_paths, kept_ids, fractions, fixed, keep_splits)
     table = tables.dataset_table(
         kept,
         energy,
@@ -321,7 +336,8 @@ def force_validation_subset(
 
     Per system, the first ``per_system`` configurations of ``split`` in id order (ids are
     content hashes, so this is a fixed pseudo-random pick that does not depend on row order).
-    Splits are assigned exactly as :func:`collect` assigns them (same hand-placed rows).
+    Splits are assigned exactly as :func:`collect` assigns them (rows placed by hand, splits
+    kept from dataset tables given as configurations, else the id hash).
     """
     if split not in keys.SPLITS:
         raise PilipError(
@@ -331,7 +347,7 @@ def force_validation_subset(
     ids = configurations.column(keys.ID).to_pylist()
     systems = configurations.column(keys.SYSTEM).to_pylist()
     fixed = fixed_splits(configurations, split_of_system, split_of_id)
-    in_split = splits.assign_splits(ids, fractions, fixed)
+    in_split = split_of_rows(configuration_paths, ids, fractions, fixed)
     chosen: list[int] = []
     for system in dict.fromkeys(systems):
         rows = sorted(

@@ -166,6 +166,25 @@ def typed_overrides(value: Any) -> Any:
     return value
 
 
+def check_labelling_reference(config: Mapping[str, Any]) -> None:
+    """The reference the workflow labels with exists, also when it is the schema's default.
+
+    The config check (pilip.backends.check_reference_names) checks the names a user wrote; a
+    workflow with systems also labels with a default ``labelling.reference`` it never wrote.
+    """
+    from pilip.backends import INLINE_REFERENCES
+
+    name = config["labelling"]["reference"]
+    references = config.get("references") or {}
+    if name in references or str(name).lower() in INLINE_REFERENCES:
+        return
+    known = ", ".join(references) or "none"
+    raise PilipError(
+        f"labelling.reference: {name!r} (the default) is not a name in `references` (known: "
+        f"{known}); set labelling.reference to the reference the models are trained on"
+    )
+
+
 def seed_file(spec: Mapping[str, Any], config_dir: str | os.PathLike) -> Path | None:
     """The structure file a ``systems.<name>`` entry names (relative to ``config_dir``), or None
     when its seed is an ASE molecule name."""

@@ -59,3 +59,16 @@ def test_unsafe_name_stops_the_workflow_in_one_line(tmp_path, place, name):
         [".snakemake", "config.yaml"],
     )
     assert not (tmp_path.parent / "outside").exists()
+
+
+def test_a_default_reference_that_is_not_defined_stops_the_workflow(tmp_path):
+    """Systems but no references: the default labelling.reference (mp2_cbs) would fail in
+    every label job; refused in one line before any job instead."""
+    write_config(tmp_path, {"systems": {"water": {"seed": "H2O"}}})
+    proc = snakemake(tmp_path, "-n", "--configfile", "config.yaml")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "pilip: error:" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert (
+        "labelling.reference: 'mp2_cbs' (the default) is not a name in `references`" in (errors[0])
+    )

@@ -341,3 +341,25 @@ def test_force_subset_warns_when_a_system_gets_no_configuration(study, capsys):
     err = capsys.readouterr().err
     assert "0 configurations from the test split" in err
     assert "warning: system water has no configuration in the test split" in err
+
+
+def test_force_validation_pick_uses_the_split_collect_writes(study, tmp_path):
+    """A dataset table given as configurations keeps its splits in collect; the
+    force-validation pick must draw from those same splits, not from the id hash."""
+    root, ids, _ = study
+    water = tables.read_table(root / "water.parquet", kind="configurations")
+    n = water.num_rows
+    stored = ["test" if k < 5 else "train" for k in range(n)]
+    dataset = tables.dataset_table(water, [-2000.0] * n, [None] * n, reference="dft", split=stored)
+    tables.write_table(dataset, tmp_path / "data.parquet", "dataset", {})
+    subset = force_validation_subset([tmp_path / "data.parquet"], (1.0, 0.0, 0.0), "test", 10)
+    assert sorted(subset.column(keys.ID).to_pylist()) == sorted(ids[:5])
+    collected = collect([tmp_path / "data.parquet"], [root / "labels"], (1.0, 0.0, 0.0))
+    split = dict(
+        zip(
+            collected.table[keys.ID].to_pylist(),
+            collected.table[keys.SPLIT].to_pylist(),
+            strict=True,
+        )
+    )
+    assert {split[i] for i in subset.column(keys.ID).to_pylist() if i in split} == {"test"}

@@ -1,5 +1,5 @@
 # Names and helpers shared by the rules. Keep logic in the pilip package.
-from pilip.config import SAFE_NAME, seed_file, settings_json
+from pilip.config import SAFE_NAME, check_labelling_reference, seed_file, settings_json
 
 # The config's systems; a config without `systems:` (labelling only) works on the
 # configurations tables already in configurations/ (e.g. written by `pilip import`).
@@ -17,6 +17,11 @@ else:
             " nothing to sample or label (add systems:, or `pilip import` configurations)",
             file=sys.stderr,
         )
+if SYSTEMS:  # the DAG labels with labelling.reference: it must exist, default or not
+    try:
+        check_labelling_reference(config)
+    except PilipError as error:
+        sys.exit(f"pilip: error: {CONFIG_SOURCE}: {error}")
 # Every rule runs pilip from the main environment (`--use-conda` builds it from this file).
 PILIP_ENV = "../../envs/pilip.yaml"
 # Keys that place a job (where and how fast it runs) but do not change what it computes.
