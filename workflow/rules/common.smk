@@ -29,7 +29,7 @@ PLACEMENT = ("threads", "mem_mb", "runtime", "gpus", "device", "checkpoint_inter
 
 
 def settings(*paths, exclude=()):
-    """The config values a rule reads, as canonical JSON: its `params` rerun trigger.
+    """The config values a job reads, as canonical JSON (its `params` rerun trigger).
 
     Editing one of them reruns exactly the jobs that read it (and those downstream); a
     comment or a placement key changes nothing. See pilip.config.settings_json.
