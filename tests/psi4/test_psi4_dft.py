@@ -44,6 +44,7 @@ def test_dft_gradient_equals_psi4_gradient(tmp_path, direct):
     assert forces == pytest.approx(-gradient * FORCE, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_dft_forces_match_finite_differences(tmp_path):
     h = 2e-3  # Angstrom
     base = water("dft-fd")

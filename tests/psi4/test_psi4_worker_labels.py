@@ -156,6 +156,7 @@ def test_cbs_gradient_equals_psi4_gradient(tmp_path, psi4_direct, chunk):
     assert forces == pytest.approx(-psi4_direct["cbs_gradient"] * FORCE, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_mp2_forces_match_finite_differences(tmp_path):
     h = 1e-3  # Angstrom
     base = water("fd")

@@ -291,6 +291,7 @@ def test_signal_saves_the_step_reached_and_the_resumed_run_matches(dataset, tmp_
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_pilip_train_saves_last_pt_on_a_real_signal(dataset, tmp_path, signame):
     """Ctrl-C or SLURM's SIGTERM to `pilip train`: last.pt is written at the step reached
