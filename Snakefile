@@ -1,6 +1,8 @@
 # pilip: seed molecules -> energy-only QM labels -> weak-loss-trained potentials -> report.
 # Every stage is a `pilip` command (see `pilip --help`); rules only wire files together.
 import copy
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,6 +10,7 @@ from snakemake.utils import min_version, update_config
 
 from pilip.config import (
     SCHEMA_PATH,
+    config_hash,
     resolved_config,
     typed_overrides,
     validate_config,
@@ -30,10 +33,6 @@ CONFIG_SOURCE = Path(workflow.configfiles[-1])
 # Snakemake reads the values inside `--config training={"epochs": 3}` as strings: type them.
 update_config(config, typed_overrides(workflow.config_settings.config))
 GIVEN_CONFIG = copy.deepcopy(dict(config))  # as written (+ overrides), before defaults
-# The user's config with its --config overrides (seed files made absolute), which every
-# `pilip` command reads, so an override reaches the commands and not only the DAG; the
-# commands fill the schema's defaults themselves. Written only when it changes.
-RESOLVED_CONFIG = "config.resolved.yaml"
 
 # Validate against the JSON schema (pilip/schemas/config.schema.yaml, shipped in the package)
 # and fill its defaults; a bad key stops the run with one line naming the file, the key and
@@ -43,11 +42,25 @@ try:
     config.update(
         validate_config(config, SCHEMA_PATH, source=f"{CONFIG_SOURCE}{overrides}")
     )
+    # The user's config with its --config overrides (seed files made absolute) is what every
+    # `pilip` command reads, so an override reaches the commands and not only the DAG (the
+    # commands fill the schema's defaults themselves). Named by its content, so a second
+    # snakemake started with other settings (even one refused by the lock) cannot change the
+    # file under running jobs. The jobs find it through $PILIP_WORKFLOW_CONFIG, set by the shell
+    # prefix: no rerun trigger (each rule's params hold exactly the settings it reads).
+    RESOLVED = resolved_config(GIVEN_CONFIG, CONFIG_SOURCE.parent)
+    RESOLVED_CONFIG = f".pilip/config-{config_hash(RESOLVED)}.yaml"
     write_config(
-        resolved_config(GIVEN_CONFIG, CONFIG_SOURCE.parent),
+        RESOLVED,
         RESOLVED_CONFIG,
         header=f"# Written by the Snakefile from {CONFIG_SOURCE}{overrides}; do not edit.\n",
     )
+    exported = (
+        shlex.quote(os.path.abspath(RESOLVED_CONFIG))
+        .replace("{", "{{")
+        .replace("}", "}}")
+    )
+    shell.prefix(f"set -euo pipefail; export PILIP_WORKFLOW_CONFIG={exported}; ")
 except PilipError as error:
     sys.exit(f"pilip: error: {error}")
 

@@ -142,7 +142,8 @@ def test_user_configfile_replaces_the_default(study, tmp_path):
     jobs = dry_run_jobs(tmp_path, "--configfile", "my.yaml")
     assert {"sample[system=methanol]", "chunk[system=methanol]"} <= jobs
     assert not any("water" in job for job in jobs)
-    resolved = yaml.safe_load((tmp_path / "config.resolved.yaml").read_text())
+    (written,) = (tmp_path / ".pilip").glob("config-*.yaml")  # what the commands read
+    resolved = yaml.safe_load(written.read_text())
     assert list(resolved["systems"]) == ["methanol"]
 
 
@@ -150,7 +151,14 @@ def test_command_line_overrides_reach_the_commands(study):
     """Issue 14 defect 3: `--config training=...` reruns training, and trains what it says."""
     override = 'training={"model": "painn", "model_params": {"n_features": 8, "cutoff": 4.0}}'
     args = ("--configfile", "config.yaml", "--config", override)
+    before = {p: p.read_bytes() for p in (study / ".pilip").glob("config-*.yaml")}
     assert dry_run_jobs(study, *args) == TRAINED
+    # the overridden config is a new file: jobs of a run started with the study's own config
+    # keep reading theirs, whatever another snakemake (even a dry run) is started with
+    after = {p: p.read_bytes() for p in (study / ".pilip").glob("config-*.yaml")}
+    assert {p: after[p] for p in before} == before
+    (new,) = set(after) - set(before)
+    assert yaml.safe_load(new.read_text())["training"]["model"] == "painn"
     proc = snakemake(study, "models/energy/model.pt", "--cores", "1", *args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     trained = json.loads((study / "models" / "energy" / "config.json").read_text())

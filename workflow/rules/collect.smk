@@ -19,7 +19,6 @@ rule force_validation_subset:
     conda:
         PILIP_ENV
     params:
-        config=RESOLVED_CONFIG,
         settings=lambda wildcards: settings(
             "splits",
             "systems.*.split",
@@ -27,7 +26,7 @@ rule force_validation_subset:
             "force_validation.per_system",
         ),
     shell:
-        "pilip force-subset {input} --config {params.config} -o {output} > {log} 2>&1"
+        'pilip force-subset {input} --config "$PILIP_WORKFLOW_CONFIG" -o {output} > {log} 2>&1'
 
 
 rule label_force_validation:
@@ -44,12 +43,11 @@ rule label_force_validation:
         mem_mb=LABELLING["mem_mb"],
         runtime=LABELLING["runtime"],
     params:
-        config=RESOLVED_CONFIG,
         # a changed recipe reruns the job, and pilip label then refuses the old results
         recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
         "pilip label {input} --reference {wildcards.reference} --forces"
-        " --config {params.config} --threads {threads} --mem-mb {resources.mem_mb}"
+        ' --config "$PILIP_WORKFLOW_CONFIG" --threads {threads} --mem-mb {resources.mem_mb}'
         " -o {output} > {log} 2>&1"
 
 
@@ -69,7 +67,6 @@ rule collect:
     conda:
         PILIP_ENV
     params:
-        config=RESOLVED_CONFIG,
         splits=lambda wildcards: split_settings(),
         force_validation=lambda wildcards, input: (
             f"--force-validation {input.force_validation}"
@@ -78,5 +75,5 @@ rule collect:
         ),
     shell:
         "pilip collect --configurations {input.configurations} --labels {input.labels}"
-        " {params.force_validation} --config {params.config}"
+        ' {params.force_validation} --config "$PILIP_WORKFLOW_CONFIG"'
         " -o {output.dataset} --summary {output.summary} > {log} 2>&1"

@@ -41,10 +41,9 @@ rule label:
         # a chunk killed at its time limit resumes on retry, with a longer limit
         runtime=lambda wildcards, attempt: LABELLING["runtime"] * attempt,
     params:
-        config=RESOLVED_CONFIG,
         # a changed recipe reruns the job, and pilip label then refuses the old results
         recipe=lambda wildcards: reference_recipe(wildcards.reference),
     shell:
         "pilip label {input} --reference {wildcards.reference}"
-        " --config {params.config} --threads {threads} --mem-mb {resources.mem_mb}"
+        ' --config "$PILIP_WORKFLOW_CONFIG" --threads {threads} --mem-mb {resources.mem_mb}'
         " -o {output} > {log} 2>&1"

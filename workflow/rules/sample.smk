@@ -11,10 +11,9 @@ rule sample:
         PILIP_ENV
     threads: 1
     params:
-        config=RESOLVED_CONFIG,
         settings=lambda wildcards: settings(
             "sampling", f"systems.{wildcards.system}", exclude=("split",)
         ),
     shell:
-        "pilip sample --config {params.config} --system {wildcards.system}"
+        'pilip sample --config "$PILIP_WORKFLOW_CONFIG" --system {wildcards.system}'
         " -o {output} > {log} 2>&1"

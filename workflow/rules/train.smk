@@ -27,10 +27,9 @@ rule train:
         runtime=TRAINING["runtime"],
         gpu=TRAINING["gpus"],
     params:
-        config=RESOLVED_CONFIG,
         # changed training settings rerun the job (pilip train then restarts, not resumes)
         settings=lambda wildcards: training_settings(wildcards.run),
     shell:
         "OMP_NUM_THREADS={threads} pilip train {input.dataset} --out models/{wildcards.run}"
-        " --config {params.config} --variant {wildcards.run} --threads {threads}"
+        ' --config "$PILIP_WORKFLOW_CONFIG" --variant {wildcards.run} --threads {threads}'
         " --restart-if-changed --no-progress > {log} 2>&1"
