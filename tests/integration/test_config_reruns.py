@@ -199,3 +199,31 @@ def test_label_only_config_labels_the_configurations_it_finds(tmp_path):
     dataset = tables.read_table(tmp_path / "datasets" / "cheap.parquet", kind="dataset")
     assert dataset.num_rows == 4
     assert len(list((tmp_path / "labels" / "cheap" / "water").glob("chunk-*.parquet"))) == 2
+
+
+def test_seed_file_is_found_beside_its_config_and_reruns_sampling(tmp_path):
+    """A seed file is relative to the config that names it (here in a subfolder, run from
+    the working folder), and a changed file reruns that system's sampling."""
+    study = tmp_path / "study"
+    study.mkdir()
+    seed = study / "w.xyz"
+    seed.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    write_config(
+        study,
+        {
+            "systems": {"w": {"seed": "w.xyz"}, "e": {"seed": "CH3CH2OH"}},
+            "sampling": {"generators": [{"kind": "rattle", "n": 2}]},
+            "references": {"xtb": {"backend": "xtb"}},
+            "labelling": {"reference": "xtb"},
+            "force_validation": {"enabled": False},
+        },
+        "my.yaml",
+    )
+    args = ("--configfile", "study/my.yaml")
+    proc = snakemake(tmp_path, "configurations/w.parquet", "configurations/e.parquet",
+                     "--cores", "2", *args)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not {"sample[system=w]", "sample[system=e]"} & dry_run_jobs(tmp_path, *args)
+    seed.write_text("3\n\nO 0 0 0\nH 0.97 0 0\nH -0.24 0.93 0\n")
+    planned = dry_run_jobs(tmp_path, *args)
+    assert "sample[system=w]" in planned and "sample[system=e]" not in planned
