@@ -231,3 +231,47 @@ def test_a_checkpoint_whose_baseline_cannot_run_says_what_to_install(tmp_path, m
     message = str(info.value)
     assert "\n" not in message
     assert "GFN2-xTB" in message and "pip install 'pilip[xtb]'" in message
+
+
+@pytest.mark.parametrize(
+    ("k", "mode"), [(0.0, "three_calls"), (0.5, "three_calls"), (0.5, "fused")]
+)
+def test_weak_losses_of_a_delta_model_are_those_of_the_total_surface(k, mode):
+    """With the network switched off, PITC and PISC of baseline + model are the baseline's own
+    Taylor residuals at the same perturbations, computed here straight from tblite."""
+    from pilip.losses import LossTerm, WeakLossOptions, compute_losses, draw_perturbations
+
+    model = small_painn()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    baseline = resolve_baseline("gfn2-xtb")
+    delta = DeltaModel(model, baseline)
+    structures = molecules(("H2O", "CH4"))
+    batch = to_batch(structures)
+    options = WeakLossOptions(eps=0.05, k=k, mode=mode)
+    terms = [LossTerm("pitc", 1.0), LossTerm("pisc", 1.0)]
+    generator = torch.Generator().manual_seed(3)
+    losses = compute_losses(delta, batch, terms, torch.Generator().manual_seed(3), options)
+    d1, d2 = draw_perturbations(batch, options.eps, options.center, generator)
+
+    def xtb(atoms_index, displacement):
+        atoms = structures[atoms_index]
+        start = sum(len(a) for a in structures[:atoms_index])
+        shift = displacement[start : start + len(atoms)].numpy()
+        return baseline.energy_and_forces(atoms.numbers, atoms.positions + shift)
+
+    pitc, pisc = [], []
+    for i, atoms in enumerate(structures):
+        start = sum(len(a) for a in structures[:i])
+        a = xtb(i, torch.zeros_like(d1))
+        b, c = xtb(i, d2), xtb(i, d1)
+        s1 = d1[start : start + len(atoms)].numpy()
+        s2 = d2[start : start + len(atoms)].numpy()
+        f_a = (1 - k) * a[1] + k * c[1]
+        f_b = (1 - k) * b[1] + k * c[1]
+        pitc.append(c[0] - a[0] + (f_a * s1).sum())
+        pisc.append(c[0] - b[0] + (f_b * (s1 - s2)).sum())
+    assert float(losses["pitc"].detach()) == pytest.approx(np.mean(np.square(pitc)), rel=1e-6)
+    assert float(losses["pisc"].detach()) == pytest.approx(np.mean(np.square(pisc)), rel=1e-6)
+    assert float(losses["pitc"].detach()) > 0
