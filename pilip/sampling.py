@@ -363,3 +363,30 @@ def sample_system(
         parts.append(part.take(pa.array(keep, pa.int64())))
         stats.append(record)
     return pa.concat_tables(parts), stats
+
+
+# --- the cheap level's extra pool ------------------------------------------------------------
+
+EXTRA_POOL_SEED_OFFSET = 1_000_003  # the extra pool's sampling seed: sampling.seed + this
+
+
+def sample_extra_pool(
+    config: Mapping[str, Any], system: str, factor: int, config_dir: str | os.PathLike = "."
+) -> tuple[pa.Table, list[GeneratorStats]]:
+    """The cheap level's extra pool of one system: the same samplers as ``sample_system``,
+    ``factor`` times as many configurations from another seed, without the seed geometry (it
+    belongs to the reference set). Cheap labels only: no reference calculation sees them."""
+    import copy
+
+    if factor < 1:
+        raise PilipError(f"cheap_level.extra_pool = {factor}: must be >= 1 (or disable it)")
+    pool = copy.deepcopy(dict(config))
+    sampling = pool["sampling"]
+    sampling["seed"] = int(sampling["seed"]) + EXTRA_POOL_SEED_OFFSET
+    sampling["generators"] = [
+        {**generator, "n": int(generator["n"]) * factor} for generator in sampling["generators"]
+    ]
+    table, stats = sample_system(pool, system, config_dir)
+    generators = table.column(keys.GENERATOR).to_pylist()
+    keep = [i for i, g in enumerate(generators) if g != "seed"]
+    return table.take(pa.array(keep, pa.int64())), stats

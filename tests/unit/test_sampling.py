@@ -223,3 +223,19 @@ def test_sample_command_writes_a_table(tmp_path):
     prov = tables.table_provenance(table)
     assert prov["system"] == "water" and len(prov["config_hash"]) == 16
     assert prov["generators"][0]["kept"] == 3
+
+
+def test_extra_pool_is_larger_new_and_from_the_same_samplers():
+    from pilip.sampling import sample_extra_pool
+
+    cfg = config(ALL_KINDS)
+    reference, _ = sample_system(cfg, "water")
+    pool, stats = sample_extra_pool(cfg, "water", 3)
+    assert "seed" not in pool.column("generator").to_pylist()
+    ref_ids = set(reference.column("id").to_pylist())
+    assert not ref_ids & set(pool.column("id").to_pylist())
+    for kind in ("rattle", "normal_modes", "md"):
+        n_ref = reference.column("generator").to_pylist().count(kind)
+        assert pool.column("generator").to_pylist().count(kind) == 3 * n_ref
+    again, _ = sample_extra_pool(cfg, "water", 3)
+    assert again.column("id").to_pylist() == pool.column("id").to_pylist()
