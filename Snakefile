@@ -71,6 +71,7 @@ include: "workflow/rules/label.smk"
 include: "workflow/rules/collect.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/cheap.smk"
 include: "workflow/rules/md.smk"
 include: "workflow/rules/report.smk"
 

@@ -237,13 +237,15 @@ def compute_labels(
 
 
 def read_labels_for(
-    path: str | Path, configs: list[dict[str, Any]], baseline: Baseline
+    path: str | Path | list[str | Path], configs: list[dict[str, Any]], baseline: Baseline
 ) -> BaselineLabels:
-    """Baseline labels of ``configs`` from a labels table (``--baseline-labels``), checked to
-    come from the same program, method and options as ``baseline``."""
+    """Baseline labels of ``configs`` from labels tables (``--baseline-labels``; several are
+    merged), checked to come from the same program, method and options as ``baseline``."""
     from pilip import labels
 
-    table = labels.read_labels(path)
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    table = labels.merge_labels([labels.read_labels(p) for p in paths])
+    path = ", ".join(str(p) for p in paths)
     want = baseline.backend.provenance()
     records = {r["config_id"]: r for r in labels.records_from_table(table)}
     for record in records.values():

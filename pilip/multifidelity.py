@@ -116,7 +116,7 @@ def prepare_baseline(
     unlabelled_path: str | Path | None = None,
     config: dict[str, Any] | None = None,
     config_path: str | Path | None = None,
-    labels_path: str | Path | None = None,
+    labels_path: str | Path | list[str | Path] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[DeltaSetup, dict[str, Structures], Structures | None]:
     """(setup, data with baseline-subtracted targets, unlabelled) for ``--baseline name``.
@@ -150,7 +150,7 @@ def prepare_baseline(
         raise PilipError(f"--baseline {baseline.name}: {exc}") from None
     if labels_path is not None:
         all_labels = read_labels_for(labels_path, unique, baseline)
-        log(f"baseline {describe(baseline.specification())} read from {labels_path}")
+        log(f"baseline {describe(baseline.specification())} read from --baseline-labels")
     else:
         log(f"baseline {describe(baseline.specification())}: {len(unique)} structures")
         all_labels = compute_labels(baseline, unique, run_dir)

@@ -80,6 +80,7 @@ REFERENCE_KEYS: tuple[tuple[tuple[str, ...], str | None, bool], ...] = (
     (("labelling", "reference"), None, False),
     (("force_validation", "reference"), "enabled", False),
     (("training", "baseline"), None, True),
+    (("cheap_level", "reference"), "enabled", True),
 )
 INLINE_REFERENCES = ("gfn2-xtb", "gfn1-xtb", "ipea1-xtb")  # what pilip label/train run inline
 

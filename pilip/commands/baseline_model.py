@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", required=True, help="gfn2-xtb | gfn1-xtb | a reference")
     parser.add_argument("--out", required=True, help="folder for model.pt (and the labels)")
     parser.add_argument("--config", help="config.yaml whose references may name the baseline")
-    parser.add_argument("--baseline-labels", help="labels table of the baseline (no compute)")
+    parser.add_argument(
+        "--baseline-labels", nargs="+", help="labels tables of the baseline (no compute)"
+    )
     parser.add_argument("--model", default="painn", choices=("painn", "schnet"))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
 

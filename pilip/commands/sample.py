@@ -12,6 +12,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.yaml", help="config file (YAML)")
     parser.add_argument("--system", required=True, help="a name in the config's `systems`")
     parser.add_argument("-o", "--output", required=True, help="configurations table to write")
+    parser.add_argument(
+        "--extra-pool",
+        action="store_true",
+        help="the cheap level's extra pool instead: cheap_level.extra_pool times the "
+        "configurations, same samplers, another seed, no seed geometry",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,9 +35,16 @@ def run(args: argparse.Namespace) -> int:
             f"{args.config}: no `systems:` to sample; add systems.<name>.seed (an ASE molecule "
             "name or a structure file)"
         )
-    table, stats = sample_system(config, args.system, Path(args.config).resolve().parent)
+    config_dir = Path(args.config).resolve().parent
+    if args.extra_pool:
+        from pilip.sampling import sample_extra_pool
+
+        factor = int(config["cheap_level"]["extra_pool"])
+        table, stats = sample_extra_pool(config, args.system, factor, config_dir)
+    else:
+        table, stats = sample_system(config, args.system, config_dir)
     provenance = {
-        "command": "sample",
+        "command": "sample --extra-pool" if args.extra_pool else "sample",
         "config_hash": config_hash(config),
         "system": args.system,
         "sampling": config["sampling"],

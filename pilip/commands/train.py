@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--baseline-labels",
-        help="labels table of --baseline for the dataset's structures (read, not computed)",
+        nargs="+",
+        help="labels tables of --baseline for the dataset's structures (read, not computed)",
     )
     parser.add_argument(
         "--init",

@@ -4,8 +4,12 @@ REPORT = config["report"]
 
 rule report:
     input:
-        metrics=expand("results/{run}/metrics.json", run=RUNS),
-        md=expand("results/{run}/md.json", run=RUNS) if config["md"]["enabled"] else [],
+        metrics=expand("results/{run}/metrics.json", run=REPORTED),
+        md=(
+            expand("results/{run}/md.json", run=REPORTED)
+            if config["md"]["enabled"]
+            else []
+        ),
     output:
         report(
             "results/summary.md", caption="../report/summary.rst", category="Summary"
@@ -19,7 +23,7 @@ rule report:
         mem_mb=500,
         runtime=5,
     params:
-        results=expand("results/{run}", run=RUNS),
+        results=expand("results/{run}", run=REPORTED),
         title=REPORT["title"],
         baseline=f"--baseline {REPORT['baseline']}" if REPORT["baseline"] else "",
     shell:

@@ -1,0 +1,172 @@
+# The cheap level (multi-fidelity; cheap_level in the config): energies and forces of every
+# sampled configuration and of an extra pool that gets no reference label (cheap/), the
+# pretraining run the fine-tune variants start from (models/pretrain), and the cheap level
+# alone as a reported run (models/cheap_level). Each labels table is one job per system:
+# GFN2-xTB takes milliseconds per configuration.
+# (CHEAP, CHEAP_ON and CHEAP_RUN come from train.smk)
+PRETRAIN_MODEL = "models/pretrain/model.pt"
+CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
+
+
+wildcard_constraints:
+    pool="sampled|extra",
+
+
+def cheap_configurations(wildcards):
+    if wildcards.pool == "extra":
+        return f"cheap/{wildcards.system}.extra.parquet"
+    return f"configurations/{wildcards.system}.parquet"
+
+
+def cheap_labels(pools=("sampled",)):
+    """The cheap labels tables of every system for ``pools`` (sampled, extra)."""
+    return expand(
+        "cheap/{system}.{pool}.labels.parquet",
+        system=SYSTEMS,
+        pool=[p for p in pools if p in CHEAP_POOLS],
+    )
+
+
+rule sample_extra:
+    input:
+        seed_input,
+    output:
+        "cheap/{system}.extra.parquet",
+    log:
+        "logs/cheap/sample_extra/{system}.log",
+    conda:
+        PILIP_ENV
+    threads: 1
+    params:
+        settings=lambda wildcards: settings(
+            "sampling",
+            f"systems.{wildcards.system}",
+            "cheap_level.extra_pool",
+            exclude=("split",),
+        ),
+    shell:
+        'pilip sample --config "$PILIP_WORKFLOW_CONFIG" --system {wildcards.system}'
+        " --extra-pool"
+        " -o {output} > {log} 2>&1"
+
+
+rule label_cheap:
+    input:
+        cheap_configurations,
+    output:
+        "cheap/{system}.{pool}.labels.parquet",
+    log:
+        "logs/cheap/label/{system}.{pool}.log",
+    conda:
+        PILIP_ENV
+    threads: 1
+    params:
+        reference=CHEAP["reference"],
+        recipe=lambda wildcards: reference_recipe(CHEAP["reference"]),
+    shell:
+        "pilip label {input} --reference {params.reference} --forces"
+        ' --config "$PILIP_WORKFLOW_CONFIG" --threads {threads} -o {output} > {log} 2>&1'
+
+
+rule collect_cheap:
+    input:
+        configurations=expand("configurations/{system}.parquet", system=SYSTEMS)
+        + (
+            expand("cheap/{system}.extra.parquet", system=SYSTEMS)
+            if "extra" in CHEAP_POOLS
+            else []
+        ),
+        labels=cheap_labels(("sampled", "extra")),
+    output:
+        dataset="cheap/dataset.parquet",
+        summary="cheap/dataset.summary.txt",
+    log:
+        "logs/cheap/collect.log",
+    conda:
+        PILIP_ENV
+    params:
+        splits=split_settings(),
+    shell:
+        "pilip collect --configurations {input.configurations} --labels {input.labels}"
+        ' --config "$PILIP_WORKFLOW_CONFIG" -o {output.dataset} --summary {output.summary}'
+        " > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        dataset="cheap/dataset.parquet",
+    output:
+        model=PRETRAIN_MODEL,
+        metrics="models/pretrain/metrics.csv",
+    log:
+        "logs/train/pretrain.log",
+    conda:
+        PILIP_ENV
+    threads: TRAINING["threads"]
+    resources:
+        mem_mb=TRAINING["mem_mb"],
+        runtime=TRAINING["runtime"],
+        gpu=TRAINING["gpus"],
+    params:
+        settings=lambda wildcards: settings(
+            "training", "cheap_level.pretrain", exclude=(*PLACEMENT, "variants")
+        ),
+        options=" ".join(
+            f"--{key.replace('_', '-')} "
+            + (",".join(value) if isinstance(value, list) else str(value))
+            for key, value in CHEAP["pretrain"].items()
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} pilip train {input.dataset} --out models/pretrain"
+        ' --config "$PILIP_WORKFLOW_CONFIG" {params.options} --threads {threads}'
+        " --restart-if-changed --no-progress > {log} 2>&1"
+
+
+rule baseline_model:
+    input:
+        dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
+        labels=cheap_labels(),
+    output:
+        model=f"models/{CHEAP_RUN}/model.pt",
+    log:
+        f"logs/train/{CHEAP_RUN}.log",
+    conda:
+        PILIP_ENV
+    threads: 1
+    params:
+        reference=CHEAP["reference"],
+        model=TRAINING["model"],
+    shell:
+        "OMP_NUM_THREADS={threads} pilip baseline-model {input.dataset}"
+        " --baseline {params.reference} --config {params.config} --model {params.model}"
+        " --baseline-labels {input.labels} --out models/{CHEAP_RUN} > {log} 2>&1"
+
+
+rule evaluate_cheap_level:
+    input:
+        model=f"models/{CHEAP_RUN}/model.pt",
+        dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
+    output:
+        metrics=f"results/{CHEAP_RUN}/metrics.json",
+        parity_energy=f"results/{CHEAP_RUN}/parity_energy.png",
+        parity_forces=f"results/{CHEAP_RUN}/parity_forces.png",
+    log:
+        f"logs/evaluate/{CHEAP_RUN}.log",
+    conda:
+        PILIP_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        device=EVALUATION["device"],
+        batch_size=EVALUATION["batch_size"],
+    shell:
+        "OMP_NUM_THREADS={threads} pilip evaluate {input.model} {input.dataset}"
+        " --out results/{CHEAP_RUN} --device {params.device}"
+        " --batch-size {params.batch_size} > {log} 2>&1"
+
+
+# models/cheap_level and results/cheap_level come from the rules above, not train/evaluate
+ruleorder: baseline_model > train
+ruleorder: evaluate_cheap_level > evaluate
