@@ -40,8 +40,14 @@ RUNS = ("energy", "weak")
 TRAINED = {f"{rule}[run={run}]" for rule in ("train", "evaluate", "md") for run in RUNS} | {
     "report"
 }
-COLLECTED = {"collect[reference=xtb]"} | TRAINED
+# the cheap level alone (cheap_level is on by default): rebuilt from the dataset and its labels
+CHEAP_ROW = {"baseline_model", "evaluate_cheap_level", "md[run=cheap_level]"}
+COLLECTED = {"collect[reference=xtb]"} | TRAINED | CHEAP_ROW
 FORCE_VALIDATED = {"force_validation_subset", "label_force_validation[reference=xtb]"} | COLLECTED
+
+
+def cheap_labels(*systems):
+    return {f"label_cheap[system={s}, pool=sampled]" for s in systems}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +91,7 @@ def test_sampling_edit_reruns_every_system_from_sampling_on(study):
         config["sampling"]["generators"][0]["amplitude"] = 0.02
 
     expected = {f"{rule}[system={s}]" for rule in ("sample", "chunk") for s in ("water", "ethanol")}
+    expected |= cheap_labels("water", "ethanol")
     assert edited(study, edit) == expected | FORCE_VALIDATED
 
 
@@ -92,7 +99,7 @@ def test_system_edit_reruns_only_that_system(study):
     def edit(config):
         config["systems"]["ethanol"]["seed"] = "CH3OH"
 
-    expected = {"sample[system=ethanol]", "chunk[system=ethanol]"}
+    expected = {"sample[system=ethanol]", "chunk[system=ethanol]"} | cheap_labels("ethanol")
     assert edited(study, edit) == expected | FORCE_VALIDATED
 
 

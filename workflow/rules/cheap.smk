@@ -135,10 +135,10 @@ rule baseline_model:
     threads: 1
     params:
         reference=CHEAP["reference"],
-        model=TRAINING["model"],
+        recipe=lambda wildcards: reference_recipe(CHEAP["reference"]),
     shell:
         "OMP_NUM_THREADS={threads} pilip baseline-model {input.dataset}"
-        " --baseline {params.reference} --config {params.config} --model {params.model}"
+        " --baseline {params.reference} --config {params.config}"
         " --baseline-labels {input.labels} --out models/{CHEAP_RUN} > {log} 2>&1"
 
 
