@@ -138,7 +138,7 @@ rule baseline_model:
         recipe=lambda wildcards: reference_recipe(CHEAP["reference"]),
     shell:
         "OMP_NUM_THREADS={threads} pilip baseline-model {input.dataset}"
-        " --baseline {params.reference} --config {params.config}"
+        ' --baseline {params.reference} --config "$PILIP_WORKFLOW_CONFIG"'
         " --baseline-labels {input.labels} --out models/{CHEAP_RUN} > {log} 2>&1"
 
 
