@@ -79,6 +79,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "finetune_weak": ("finetune", WEAK),
     "finetune_weak_paper": ("finetune", PAPER),
     "ceiling": ("ceiling", {"losses": ["energy", "forces"]}),
+    # the cost of the weak losses apart from their effect: 150 epochs whatever the CPU time
+    # (the recipes without them stop early, at 100-170 epochs, within the budget)
+    "delta_weak_e150": ("delta", {**WEAK, "epochs": 150, "_cpu_s": 1800}),
+    "finetune_weak_e150": ("finetune", {**WEAK, "epochs": 150, "_cpu_s": 1800}),
+    # tuning rows of the Delta recipe (same budget)
+    "delta_patient": ("delta", {"losses": ["energy"], "patience": 1000}),
+    "delta_small": (
+        "delta",
+        {"losses": ["energy"], "model_params": {**BASE["model_params"], "n_features": 32}},
+    ),
 }
 DEFAULT_VARIANTS = [
     "energy", "ceiling", "delta", "finetune", "weak", "delta_weak", "finetune_weak",
@@ -182,6 +192,8 @@ def run_one(spec: dict) -> dict:
         val_s = structures(frames, val_idx, e_xtb)
     else:
         recipe, overrides = VARIANTS[spec["variant"]]
+        overrides = dict(overrides)
+        spec = {**spec, "cpu_s": overrides.pop("_cpu_s", spec["cpu_s"])}
         train_idx = np.sort(pool[: spec["size"]])
         target = e_ref - e_xtb if recipe == "delta" else e_ref
         train_s = structures(frames, train_idx, target, f_ref if recipe == "ceiling" else None)
