@@ -1,8 +1,9 @@
 """The whole DAG through Snakemake on a tiny study (tests/e2e/config.yaml), with real Psi4.
 
 Checks the contents a user reads: labels with MP2/CBS energies that match the components,
-a dataset with splits and force-validation rows, both training variants, metrics in range,
-MD results, the summary table and the plots.
+a dataset with splits and force-validation rows, the training variants (energy, weak, and
+the multi-fidelity delta and finetune), the cheap level's labels and pretraining, metrics in
+range, MD results, the summary table and the plots.
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ def test_labels_keep_components(study):
     assert {"scf/cc-pvtz", "mp2_corl/cc-pvdz", "mp2_corl/cc-pvtz"} <= set(components)
 
 
-def test_both_variants_evaluated(study):
-    for run in ("energy", "weak"):
+def test_every_variant_and_the_cheap_level_evaluated(study):
+    for run in ("energy", "weak", "delta", "finetune", "cheap_level"):
         metrics = json.loads((study / "results" / run / "metrics.json").read_text())
         assert metrics["n_energy"] >= 1
         assert 0 < metrics["energy_rmse"] < 5.0  # eV: a few epochs, but not garbage
         assert 0 < metrics["force_rmse"] < 50.0  # eV/A
-        for png in ("parity_energy.png", "parity_forces.png", "learning_curve.png"):
+        pngs = ("parity_energy.png", "parity_forces.png")
+        for png in pngs + (("learning_curve.png",) if run != "cheap_level" else ()):
             assert (study / "results" / run / png).stat().st_size > 1000
         md = json.loads((study / "results" / run / "md.json").read_text())
         assert md["runs"]
@@ -92,3 +94,19 @@ def test_summary_compares_the_variants(study):
     rows = [line for line in summary.splitlines() if line.startswith("| energy |")]
     assert rows and "| weak |" in summary
     assert "force RMSE" in summary
+    delta = next(line for line in summary.splitlines() if line.startswith("| delta |"))
+    assert "Delta over GFN2-xTB" in delta
+    finetune = next(line for line in summary.splitlines() if line.startswith("| finetune |"))
+    assert "fine-tuned from models/pretrain/model.pt" in finetune
+    assert "GFN2-xTB (tblite" in summary and "alone |" in summary
+
+
+def test_cheap_level_labels_every_configuration_and_its_extra_pool(study):
+    sampled = pq.read_table(study / "configurations" / "water.parquet").num_rows
+    extra = pq.read_table(study / "cheap" / "water.extra.parquet").num_rows
+    assert extra >= sampled - 1  # extra_pool 1: as many again, minus the seed geometry
+    for pool, n in (("sampled", sampled), ("extra", extra)):
+        labels = pq.read_table(study / "cheap" / f"water.{pool}.labels.parquet").to_pylist()
+        assert len(labels) == n
+        assert all(r["status"] == "ok" and r["forces"] for r in labels)
+    assert (study / "models" / "pretrain" / "model.pt").is_file()
