@@ -7,7 +7,7 @@ atoms.get_forces()            # eV/A, -dE/dR by autograd
 
 A Delta model (``pilip train --baseline gfn2-xtb``) returns baseline + model with no extra
 argument; its baseline reads the charge and multiplicity from ``atoms.info["charge"]`` and
-``atoms.info["multiplicity"]`` (default: a neutral singlet).
+``atoms.info["multiplicity"]`` (default: those of its training data).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class PilipCalculator(Calculator):
             model, meta = load_model(model, self.device)
             elements = meta.get("elements", elements)
         self.model = model.to(self.device).eval()
+        # a Delta model's baseline runs at the training data's charge and multiplicity unless
+        # atoms.info says otherwise
+        self.trained_electrons = (getattr(model, "charge", 0), getattr(model, "multiplicity", 1))
         self.dtype = next(self.model.parameters()).dtype
         self.elements = None if elements is None else {int(z) for z in elements}
 
@@ -86,8 +89,10 @@ class PilipCalculator(Calculator):
                 names = ", ".join(chemical_symbols[z] for z in unknown)
                 raise PilipError(f"the model was not trained on element(s) {names}")
         if hasattr(self.model, "baseline"):  # a Delta model: the baseline needs the electrons
-            self.model.charge = int(self.atoms.info.get("charge", 0))
-            self.model.multiplicity = int(self.atoms.info.get("multiplicity", 1))
+            self.model.charge = int(self.atoms.info.get("charge", self.trained_electrons[0]))
+            self.model.multiplicity = int(
+                self.atoms.info.get("multiplicity", self.trained_electrons[1])
+            )
         batch = atoms_to_batch(self.atoms, self.device, self.dtype)
         energy, forces = energy_and_forces(self.model, batch)
         self.results = {

@@ -119,8 +119,10 @@ def load_model(
     if payload["meta"].get("baseline"):
         from pilip.baselines import DeltaModel, baseline_from_specification
 
-        baseline = baseline_from_specification(payload["meta"]["baseline"], str(path))
-        model = DeltaModel(model, baseline)
+        specification = payload["meta"]["baseline"]
+        baseline = baseline_from_specification(specification, str(path))
+        electrons = (specification.get("charge", 0), specification.get("multiplicity", 1))
+        model = DeltaModel(model, baseline, None, *electrons)
     model.eval()
     meta = dict(payload["meta"])
     meta["format_version"] = payload["format_version"]

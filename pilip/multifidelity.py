@@ -52,10 +52,21 @@ class DeltaSetup:
     labels: dict[str, BaselineLabels]  # split -> baseline labels of the kept rows
     dropped: dict[str, list[str]]  # split -> config ids where the baseline failed
 
+    def electrons(self) -> tuple[int, int]:
+        """(charge, multiplicity) shared by every structure (checked by prepare_baseline)."""
+        config = next(c for configs in self.configs.values() for c in configs)
+        return int(config["charge"]), int(config["multiplicity"])
+
     def meta(self) -> dict[str, Any]:
-        """Checkpoint meta: the baseline's full specification and what was left out."""
+        """Checkpoint meta: the baseline's full specification (with the charge and
+        multiplicity it runs at) and what was left out."""
+        charge, multiplicity = self.electrons()
         return {
-            "baseline": self.baseline.specification(),
+            "baseline": {
+                **self.baseline.specification(),
+                "charge": charge,
+                "multiplicity": multiplicity,
+            },
             "baseline_failed": {k: v for k, v in self.dropped.items() if v},
         }
 
@@ -68,7 +79,8 @@ class DeltaSetup:
 
     def model(self, model: nn.Module, dtype: torch.dtype) -> DeltaModel:
         """The total surface baseline + ``model``, with the cached labels."""
-        return DeltaModel(model, self.baseline, self.cache(dtype))
+        charge, multiplicity = self.electrons()
+        return DeltaModel(model, self.baseline, self.cache(dtype), charge, multiplicity)
 
     def restore(self, s: Structures) -> Structures:
         """``s`` (baseline-subtracted targets) with the baseline added back: the reference
@@ -144,6 +156,12 @@ def prepare_baseline(
         )
     everything = [c for _, configs in groups.values() for c in configs]
     unique = list({c["id"]: c for c in everything}.values())
+    electrons = sorted({(int(c["charge"]), int(c["multiplicity"])) for c in unique})
+    if len(electrons) > 1:  # the model's batches carry no charge: one state for all
+        raise PilipError(
+            f"--baseline {baseline.name}: the structures have different charges or "
+            f"multiplicities {electrons}; train one Delta model per charge state"
+        )
     try:
         baseline.backend.check(unique)
     except PilipError as exc:

@@ -148,3 +148,24 @@ def test_baseline_model_is_the_cheap_level_plus_fitted_offsets(tmp_path):
     xtb = resolve_baseline("gfn2-xtb").energy_and_forces(atoms.numbers, atoms.positions)
     assert atoms.get_potential_energy() == pytest.approx(xtb[0] + np.mean(deltas), abs=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), xtb[1], atol=1e-10)
+
+
+def test_mixed_charge_states_are_refused_and_one_state_is_stored(tmp_path):
+    path = write_water(tmp_path / "w.parquet")
+    setup, _, _ = prepare_baseline(
+        "gfn2-xtb", load_dataset(path), dataset=path, run_dir=tmp_path / "r"
+    )
+    assert setup.meta()["baseline"]["charge"] == 0
+    assert setup.meta()["baseline"]["multiplicity"] == 1
+    rng = np.random.default_rng(1)
+    positions = [BASE + rng.normal(scale=0.05, size=(3, 3)) for _ in range(6)]
+    configs = tables.configurations_table(
+        [np.array([8, 1, 1])] * 6, positions, system="water", generator="rattle",
+        charge=[0, 0, 0, 0, 1, 0], multiplicity=[1, 1, 1, 1, 2, 1],
+    )  # fmt: skip
+    split = ["train"] * 4 + ["val"] * 2
+    table = tables.dataset_table(configs, [-2080.0] * 6, [None] * 6, reference="x", split=split)
+    mixed = tmp_path / "mixed.parquet"
+    tables.write_table(table, mixed, "dataset", {"command": "test"})
+    with pytest.raises(PilipError, match="different charges or multiplicities"):
+        prepare_baseline("gfn2-xtb", load_dataset(mixed), dataset=mixed, run_dir=tmp_path / "m")
