@@ -5,7 +5,7 @@ fixed validation set of 50 more, energies only, for model selection), with and w
 PITC + PISC, under the same budget, for several seeds, and reports energy and force RMSE on
 ``test_MD_300K.xyz`` (its forces are used for evaluation only, never in training).
 
-Variants (``--variants``; each is a set of overrides of pilip.train.TrainConfig):
+Variants (``--variants``; each is a set of overrides of pilip.potential.train.TrainConfig):
   energy        energies only
   weak          energies + PITC + PISC on the labelled structures (pilip's defaults)
   weak_unl      as weak, plus PITC + PISC on the remaining train_300K structures WITHOUT
@@ -145,8 +145,8 @@ def run_one(spec: dict) -> dict:
     """Train one (variant, size, seed) and evaluate on the test set; returns a result row."""
     import torch
 
-    from pilip.data import TRAIN, VAL, structures_from_arrays
-    from pilip.train import TrainConfig, train
+    from pilip.potential.data import TRAIN, VAL, structures_from_arrays
+    from pilip.potential.train import TrainConfig, train
 
     torch.set_num_threads(spec["threads"])
     frames = read_extxyz(Path(spec["data"]) / "train_300K.xyz")
@@ -203,10 +203,10 @@ def test_metrics(model_path: Path, test: list[dict], device: str, dtype: str) ->
     """Energy and force errors of a checkpoint on the test frames (forces: evaluation only)."""
     import torch
 
-    from pilip.checkpoint import load_model
-    from pilip.data import structures_from_arrays
-    from pilip.devices import resolve_device
-    from pilip.forces import energy_and_forces
+    from pilip.potential.checkpoint import load_model
+    from pilip.potential.data import structures_from_arrays
+    from pilip.potential.devices import resolve_device
+    from pilip.potential.forces import energy_and_forces
 
     device = resolve_device(device)
     model, _ = load_model(model_path, device)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pilip import cbs
-from pilip.backends import make_backend
-from pilip.psi4_env import psi4_python
+from pilip.reference import cbs
+from pilip.reference.backends import make_backend
+from pilip.reference.psi4_env import psi4_python
 
 WATER = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]])
 

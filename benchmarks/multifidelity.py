@@ -104,8 +104,8 @@ def frames_of(data: Path) -> tuple[list[dict], list[dict]]:
 
 def xtb_labels(data: Path, out: Path) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
     """GFN2-xTB energies (eV) and forces (eV/A) of train_300K and test_MD_300K, computed once
-    through pilip.baselines (cached, resumable: out/xtb/baseline.parquet)."""
-    from pilip.baselines import compute_labels, resolve_baseline
+    through pilip.potential.baselines (cached, resumable: out/xtb/baseline.parquet)."""
+    from pilip.potential.baselines import compute_labels, resolve_baseline
 
     train, test = frames_of(data)
     configs = []
@@ -135,7 +135,7 @@ def xtb_labels(data: Path, out: Path) -> dict[str, tuple[np.ndarray, list[np.nda
 
 
 def structures(frames, idx, energy=None, forces=None):
-    from pilip.data import structures_from_arrays
+    from pilip.potential.data import structures_from_arrays
 
     return structures_from_arrays(
         [frames[i]["numbers"] for i in idx],
@@ -149,7 +149,8 @@ def structures(frames, idx, energy=None, forces=None):
 
 
 class _CPUClock:
-    """Stands in for the ``time`` module inside pilip.train: its monotonic clock becomes this
+    """Stands in for the ``time`` module inside pilip.potential.train: its monotonic clock becomes
+    this
     process's CPU time, so ``minutes`` is a CPU-time budget that other users of the machine
     cannot shorten."""
 
@@ -171,9 +172,9 @@ def run_one(spec: dict) -> dict:
     """Train one (variant, size, seed) run and evaluate it on the test frames."""
     import torch
 
-    import pilip.train as pilip_train
-    from pilip.data import TRAIN, VAL
-    from pilip.train import TrainConfig
+    import pilip.potential.train as pilip_train
+    from pilip.potential.data import TRAIN, VAL
+    from pilip.potential.train import TrainConfig
 
     torch.set_num_threads(1)
     pilip_train.time = _CPUClock()
@@ -209,8 +210,8 @@ def run_one(spec: dict) -> dict:
     )
     init_weights, total_surface, meta = None, None, {}
     if recipe == "finetune":
-        from pilip.finetune import init_checkpoint
-        from pilip.finetune import init_weights as weights_of
+        from pilip.potential.finetune import init_checkpoint
+        from pilip.potential.finetune import init_weights as weights_of
 
         pretrained = run_dir({**spec, "variant": "pretrain"}) / "model.pt"
         init_weights = weights_of(init_checkpoint(pretrained), config.dtype)
@@ -255,8 +256,8 @@ def run_one(spec: dict) -> dict:
 
 def delta_setup(frames, splits: dict, xtb_train):
     """The DeltaSetup pilip train builds for --baseline gfn2-xtb, from the cached labels."""
-    from pilip.baselines import BaselineLabels, resolve_baseline
-    from pilip.multifidelity import DeltaSetup
+    from pilip.potential.baselines import BaselineLabels, resolve_baseline
+    from pilip.potential.multifidelity import DeltaSetup
 
     setup = DeltaSetup(resolve_baseline(BASELINE), {}, {}, {})
     for split, idx in splits.items():
@@ -280,10 +281,10 @@ def test_metrics(model_path: Path, test: list[dict], xtb_test, delta: bool) -> d
     model is evaluated as xTB + model, xTB read from the cache."""
     import torch
 
-    from pilip.baselines import BaselineCache, DeltaModel, resolve_baseline
-    from pilip.checkpoint import load_model
-    from pilip.data import structures_from_arrays
-    from pilip.forces import energy_and_forces
+    from pilip.potential.baselines import BaselineCache, DeltaModel, resolve_baseline
+    from pilip.potential.checkpoint import load_model
+    from pilip.potential.data import structures_from_arrays
+    from pilip.potential.forces import energy_and_forces
 
     model, meta = load_model(model_path, "cpu")
     dtype = next(model.parameters()).dtype

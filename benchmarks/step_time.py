@@ -7,7 +7,7 @@ after warm-up (CUDA synchronised), its ratio to the energy+force step, structure
 and peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the whole process's peak resident
 set during the timed steps, reset per configuration through /proc/self/clear_refs on Linux).
 On CUDA, two more modes run the energy+force and the fused weak-loss steps the way
-``pilip train`` runs them on a GPU (``pilip.static_step``): the batch padded to a static
+``pilip train`` runs them on a GPU (``pilip.potential.static_step``): the batch padded to a static
 shape on the CPU, the losses and backward pass captured once as a CUDA graph and replayed,
 AdamW eagerly. Gradient clipping and the EMA (a few foreach kernels in pilip train) are in
 no mode.
@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pilip import keys  # noqa: E402
-from pilip.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
-from pilip.models import build_model  # noqa: E402
-from pilip.static_step import StaticShape, StaticStep, pad_batch  # noqa: E402
+from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
+from pilip.potential.models import build_model  # noqa: E402
+from pilip.potential.static_step import StaticShape, StaticStep, pad_batch  # noqa: E402
 
 MODES = {
     # name: (loss terms, weak-loss mode)

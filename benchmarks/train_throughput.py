@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from acac_data_efficiency import read_extxyz  # noqa: E402
 
-from pilip.data import TRAIN, VAL, Structures, structures_from_arrays  # noqa: E402
-from pilip.train import TrainConfig, train  # noqa: E402
+from pilip.potential.data import TRAIN, VAL, Structures, structures_from_arrays  # noqa: E402
+from pilip.potential.train import TrainConfig, train  # noqa: E402
 
 WAYS = {
     "three_calls": {"weak_mode": "three_calls", "static_shapes": "never"},

@@ -3,7 +3,7 @@
 The weak residuals are differences of ~1e-3 eV between total energies of ~1e4 eV. Float32
 resolves such totals only to ~1e-3 eV, so pilip's models keep the per-element reference
 energy (which cancels from the residuals) out of them and sum it in float64
-(``pilip.models.common.ShiftedEnergyModel``). This script measures PITC of a freshly
+(``pilip.potential.models.common.ShiftedEnergyModel``). This script measures PITC of a freshly
 initialised PaiNN (64 features, shifts fitted on the structures' energies) on 16
 acetylacetone structures three ways, side by side, with the same perturbations:
 
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acac_data_efficiency import read_extxyz  # noqa: E402
 
 from pilip import keys  # noqa: E402
-from pilip.data import structures_from_arrays  # noqa: E402
-from pilip.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
-from pilip.models import build_model  # noqa: E402
+from pilip.potential.data import structures_from_arrays  # noqa: E402
+from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
+from pilip.potential.models import build_model  # noqa: E402
 
 GRID = [(0.002, 0.0), (0.002, 0.5), (0.01, 0.0), (0.01, 0.5), (0.05, 0.0), (0.05, 0.5)]
 

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pilip import keys, labels, splits, tables
+from pilip import keys, splits, tables
 from pilip.errors import PilipError
+from pilip.reference import labels
 
 
 @dataclasses.dataclass

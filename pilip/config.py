@@ -104,7 +104,7 @@ def validate_config(
         specific = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
         error = jsonschema.exceptions.best_match(specific)
         raise PilipError(f"{source}: {describe_error(error)}")
-    from pilip.backends import check_reference_names
+    from pilip.reference.backends import check_reference_names
 
     try:  # every reference entry parsed, every reference name known, before any job
         check_reference_names(config, given)
@@ -169,10 +169,11 @@ def typed_overrides(value: Any) -> Any:
 def check_labelling_reference(config: Mapping[str, Any]) -> None:
     """The reference the workflow labels with exists, also when it is the schema's default.
 
-    The config check (pilip.backends.check_reference_names) checks the names a user wrote; a
+    The config check (pilip.reference.backends.check_reference_names) checks the names a user
+    wrote; a
     workflow with systems also labels with a default ``labelling.reference`` it never wrote.
     """
-    from pilip.backends import INLINE_REFERENCES
+    from pilip.reference.backends import INLINE_REFERENCES
 
     name = config["labelling"]["reference"]
     references = config.get("references") or {}

@@ -2,7 +2,8 @@
 
 Parquet tables (one row per configuration):
   configurations  ID .. PARENT_ID
-  labels          CONFIG_ID, STATUS, ENERGY, COMPONENTS, ERROR, WALL_TIME, ... (see pilip.labels)
+  labels          CONFIG_ID, STATUS, ENERGY, COMPONENTS, ERROR, WALL_TIME, ... (see
+  pilip.reference.labels)
   dataset         the configuration columns + ENERGY (+ FORCES where known) + REFERENCE + SPLIT
 
 Batches (``dict[str, torch.Tensor]``; atoms of all structures concatenated):

@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pilip.checkpoint import save_checkpoint
-    from pilip.data import TRAIN, load_dataset
-    from pilip.models import build_model
-    from pilip.multifidelity import prepare_baseline
+    from pilip.potential.checkpoint import save_checkpoint
+    from pilip.potential.data import TRAIN, load_dataset
+    from pilip.potential.models import build_model
+    from pilip.potential.multifidelity import prepare_baseline
 
     torch.set_num_threads(max(1, args.threads))
     config = None

@@ -33,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilip.checkpoint import load_model
-    from pilip.devices import resolve_device
     from pilip.errors import PilipError
-    from pilip.evaluate import METRICS_FILE, write_evaluation
+    from pilip.potential.checkpoint import load_model
+    from pilip.potential.devices import resolve_device
+    from pilip.potential.evaluate import METRICS_FILE, write_evaluation
 
     if args.batch_size < 1:
         raise PilipError(f"--batch-size {args.batch_size}: use a positive number")

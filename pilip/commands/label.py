@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilip.labelling import label_table, parse_ids
+    from pilip.reference.labelling import label_table, parse_ids
 
     report = label_table(
         args.configurations,

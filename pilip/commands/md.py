@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pilip.md import MDSettings
+    from pilip.potential.md import MDSettings
 
 HELP = "MD stability test: Langevin NVT from test configurations, stops when a bond breaks"
 
 MD_FILE = "md.json"
 TRAJECTORY_FILE = "md.extxyz"
-# options that map one to one onto pilip.md.MDSettings fields
+# options that map one to one onto pilip.potential.md.MDSettings fields
 SETTINGS = (
     "temperature",
     "timestep",
@@ -26,7 +26,7 @@ SETTINGS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # Defaults (None here) come from pilip.md.MDSettings, the same as the config schema's.
+    # Defaults (None here) come from pilip.potential.md.MDSettings, the same as the config schema's.
     parser.add_argument("model", type=Path, help="checkpoint written by pilip train (model.pt)")
     parser.add_argument("dataset", type=Path, help="dataset table; MD starts from its test split")
     parser.add_argument(
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> MDSettings:
     """MDSettings from the command line; options not given keep MDSettings' defaults."""
     from pilip.errors import PilipError
-    from pilip.md import MDSettings
+    from pilip.potential.md import MDSettings
 
     given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
     settings = MDSettings(**given)
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from pilip.atomic_io import atomic_path
-    from pilip.calculator import PilipCalculator
-    from pilip.md import select_starts, stability_test, write_trajectory
+    from pilip.potential.calculator import PilipCalculator
+    from pilip.potential.md import select_starts, stability_test, write_trajectory
 
     settings = settings_from_args(args)
     starts = select_starts(args.dataset, args.starts)

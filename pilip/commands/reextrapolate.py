@@ -46,9 +46,10 @@ def parse_formula(text: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilip import labels, tables
-    from pilip.backends import make_backend
+    from pilip import tables
     from pilip.errors import PilipError
+    from pilip.reference import labels
+    from pilip.reference.backends import make_backend
 
     formula = parse_formula(args.formula)
     table = labels.read_labels(args.labels)

@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> tuple[object, str | None]:
     """(TrainConfig, unlabelled path): defaults < --config training < --variant < options."""
     from pilip.errors import PilipError
-    from pilip.train import TrainConfig
+    from pilip.potential.train import TrainConfig
 
     values: dict = {}
     unlabelled, shared_unlabelled = None, False
@@ -168,11 +168,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pilip.data import load_dataset, load_unlabelled, training_references
-    from pilip.devices import resolve_device
     from pilip.errors import PilipError
-    from pilip.losses import FORCES
-    from pilip.train import TrainingInterrupted, train
+    from pilip.potential.data import load_dataset, load_unlabelled, training_references
+    from pilip.potential.devices import resolve_device
+    from pilip.potential.losses import FORCES
+    from pilip.potential.train import TrainingInterrupted, train
 
     config, unlabelled_path = build_config(args)
     config.validate()
@@ -201,15 +201,15 @@ def run(args: argparse.Namespace) -> int:
     # every check of --baseline and --init before any baseline calculation or training
     baseline = None
     if args.baseline:
-        from pilip.baselines import resolve_baseline
+        from pilip.potential.baselines import resolve_baseline
 
         baseline = resolve_baseline(args.baseline, study, args.config)
     elements = sorted(
         set().union(*(s.elements() for s in (*data.values(), unlabelled) if s is not None))
     )
     if args.init:
-        from pilip.finetune import check_compatible, init_checkpoint
-        from pilip.multifidelity import check_init_baseline
+        from pilip.potential.finetune import check_compatible, init_checkpoint
+        from pilip.potential.multifidelity import check_init_baseline
 
         payload = init_checkpoint(args.init)
         check_compatible(payload, args.init, model=args.model,
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     setup, init_weights = None, None
     try:
         if args.baseline:
-            from pilip.multifidelity import prepare_baseline
+            from pilip.potential.multifidelity import prepare_baseline
 
             setup, data, unlabelled = prepare_baseline(
                 args.baseline, data, dataset=args.dataset, run_dir=out, unlabelled=unlabelled,
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         if args.init:
             from dataclasses import replace
 
-            from pilip.multifidelity import init_model
+            from pilip.potential.multifidelity import init_model
 
             init_weights, architecture = init_model(
                 args.init, model=args.model, model_params=config.model_params,

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pilip import keys
-from pilip.psi4_env import find_psi4_python
+from pilip.reference.psi4_env import find_psi4_python
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "e2e" / "config.yaml"

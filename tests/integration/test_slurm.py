@@ -319,7 +319,7 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
 
     # Training and evaluation of both runs: 3 epochs each, on CPU although SLURM granted a
     # GPU (there is none); the summary compares the two.
-    from pilip.checkpoint import load_model
+    from pilip.potential.checkpoint import load_model
 
     for run_name, losses in VARIANTS.items():
         history = (tmp_path / "models" / run_name / "metrics.csv").read_text().splitlines()

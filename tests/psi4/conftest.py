@@ -12,8 +12,8 @@ from pilip.errors import PilipError
 
 @pytest.fixture(scope="session")
 def psi4_interpreter():
-    """The worker's interpreter (``pilip.psi4_env``), or skip."""
-    from pilip.psi4_env import find_psi4_python
+    """The worker's interpreter (``pilip.reference.psi4_env``), or skip."""
+    from pilip.reference.psi4_env import find_psi4_python
 
     try:
         return find_psi4_python()

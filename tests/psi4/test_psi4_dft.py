@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from test_psi4_worker_labels import DIRECT, label, water
 
-from pilip import keys, labels, tables, units
+from pilip import keys, tables, units
 from pilip.cli import main
+from pilip.reference import labels
 
 pytestmark = pytest.mark.psi4
 

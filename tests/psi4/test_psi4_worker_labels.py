@@ -7,10 +7,11 @@ import zlib
 import numpy as np
 import pytest
 
-from pilip import psi4_env, units
-from pilip.backends import make_backend
-from pilip.backends.base import read_results
+from pilip import units
 from pilip.errors import PilipError
+from pilip.reference import psi4_env
+from pilip.reference.backends import make_backend
+from pilip.reference.backends.base import read_results
 
 pytestmark = pytest.mark.psi4
 
@@ -120,7 +121,7 @@ def test_inline_method_string_equals_psi4_energy(mp2_cbs_rows, psi4_direct, chun
 
 
 def test_components_reproduce_psi4_cbs_to_1e8(mp2_cbs_rows, psi4_direct, chunk):
-    from pilip import cbs
+    from pilip.reference import cbs
 
     recipe = cbs.parse_method_string("mp2/cc-pv[dt]z")
     for config, expected in zip(chunk[:2], psi4_direct["mp2_cbs"], strict=True):

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from ase.build import molecule
 
-from pilip import keys, labels, tables, units
-from pilip.labelling import label_table
+from pilip import keys, tables, units
+from pilip.reference import labels
+from pilip.reference.labelling import label_table
 
 pytestmark = [pytest.mark.psi4, pytest.mark.slow]
 

@@ -12,21 +12,21 @@ import pytest
 import yaml
 
 from pilip import keys
-from pilip.backends import (
+from pilip.errors import PilipError
+from pilip.reference.backends import (
     BUILTIN,
     ENTRY_POINT_GROUP,
     available_backends,
     get_backend,
     make_backend,
 )
-from pilip.backends.base import Backend, read_results
-from pilip.backends.xtb_backend import XTBBackend
-from pilip.errors import PilipError
+from pilip.reference.backends.base import Backend, read_results
+from pilip.reference.backends.xtb_backend import XTBBackend
 
 TOY_PLUGIN = '''
 """An outside package's backend: every atom contributes -1 eV per proton."""
 import time
-from pilip.backends.base import (
+from pilip.reference.backends.base import (
     Backend, append_result, open_results_for_append, pending_configs, result_record,
 )
 
@@ -124,7 +124,7 @@ def test_outside_plugin_is_discovered_and_runs(toy_plugin, tmp_path):
 
 
 def test_plugin_that_is_not_a_backend_is_refused(toy_plugin):
-    with pytest.raises(PilipError, match="not a subclass of pilip.backends.base.Backend"):
+    with pytest.raises(PilipError, match="not a subclass of pilip.reference.backends.base.Backend"):
         get_backend("notabackend")
 
 
@@ -152,8 +152,9 @@ def test_docs_example_plugin_works_as_written(tmp_path, monkeypatch):
     from ase.build import molecule
     from ase.calculators.emt import EMT
 
-    from pilip import labels, tables
-    from pilip.labelling import label_table
+    from pilip import tables
+    from pilip.reference import labels
+    from pilip.reference.labelling import label_table
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "backends.md").read_text()
     section = docs.split("## Add your own reference method", 1)[1]
@@ -185,3 +186,20 @@ def test_docs_example_plugin_works_as_written(tmp_path, monkeypatch):
     assert result.column(keys.PROGRAM)[0].as_py() == "ase-emt"
     sys.modules.pop("my_pilip_plugin.emt_backend", None)
     sys.modules.pop("my_pilip_plugin", None)
+
+
+def test_stable_import_paths_for_plugins_and_ase_users():
+    """Plug-ins name ``pilip.backends.base.Backend`` in their code and entry points, and ASE
+    users import ``pilip.calculator.PilipCalculator``: both stay the real classes after the
+    move into pilip.reference / pilip.potential."""
+    import pilip.backends
+    import pilip.backends.base
+    import pilip.calculator
+    from pilip.potential.calculator import PilipCalculator
+    from pilip.reference.backends import make_backend
+    from pilip.reference.backends.base import Backend, compute_pending
+
+    assert pilip.backends.base.Backend is Backend
+    assert pilip.backends.base.compute_pending is compute_pending
+    assert pilip.backends.make_backend is make_backend
+    assert pilip.calculator.PilipCalculator is PilipCalculator

@@ -10,7 +10,8 @@ from ase.build import molecule
 from model_batches import molecules, to_batch
 
 from pilip import keys
-from pilip.baselines import (
+from pilip.errors import PilipError
+from pilip.potential.baselines import (
     CACHE_RESULTS,
     CACHE_TABLE,
     BaselineCache,
@@ -20,12 +21,11 @@ from pilip.baselines import (
     read_labels_for,
     resolve_baseline,
 )
-from pilip.calculator import PilipCalculator
-from pilip.checkpoint import load_model, save_checkpoint
-from pilip.errors import PilipError
-from pilip.forces import energy_and_forces
-from pilip.labels import read_labels
-from pilip.models import build_model
+from pilip.potential.calculator import PilipCalculator
+from pilip.potential.checkpoint import load_model, save_checkpoint
+from pilip.potential.forces import energy_and_forces
+from pilip.potential.models import build_model
+from pilip.reference.labels import read_labels
 
 pytest.importorskip("tblite")
 torch.set_num_threads(1)
@@ -239,7 +239,7 @@ def test_a_checkpoint_whose_baseline_cannot_run_says_what_to_install(tmp_path, m
 def test_weak_losses_of_a_delta_model_are_those_of_the_total_surface(k, mode):
     """With the network switched off, PITC and PISC of baseline + model are the baseline's own
     Taylor residuals at the same perturbations, computed here straight from tblite."""
-    from pilip.losses import LossTerm, WeakLossOptions, compute_losses, draw_perturbations
+    from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses, draw_perturbations
 
     model = small_painn()
     with torch.no_grad():

@@ -10,12 +10,12 @@ from model_batches import molecules, to_batch
 from torch import nn
 
 from pilip import keys
-from pilip.calculator import PilipCalculator
-from pilip.checkpoint import save_checkpoint
-from pilip.devices import resolve_device
 from pilip.errors import PilipError
-from pilip.forces import energy_and_forces
-from pilip.models import build_model
+from pilip.potential.calculator import PilipCalculator
+from pilip.potential.checkpoint import save_checkpoint
+from pilip.potential.devices import resolve_device
+from pilip.potential.forces import energy_and_forces
+from pilip.potential.models import build_model
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pilip import cbs
 from pilip.errors import PilipError
+from pilip.reference import cbs
 
 E_INF = -76.0612345  # made-up CBS limit, Hartree
 B = 0.31

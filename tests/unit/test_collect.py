@@ -9,11 +9,12 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pilip import keys, labels, splits, tables
+from pilip import keys, splits, tables
 from pilip.chunks import write_chunks
 from pilip.cli import main
 from pilip.collect import collect, force_validation_subset, summary_text, training_forces
 from pilip.errors import PilipError
+from pilip.reference import labels
 
 
 def configurations(system: str, n: int, seed: int) -> pa.Table:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from model_batches import molecules, to_batch
 
-from pilip.checkpoint import save_checkpoint
 from pilip.cli import main
-from pilip.evaluate import METRIC_KEYS, read_evaluation_sets
-from pilip.forces import energy_and_forces
-from pilip.models import build_model
+from pilip.potential.checkpoint import save_checkpoint
+from pilip.potential.evaluate import METRIC_KEYS, read_evaluation_sets
+from pilip.potential.forces import energy_and_forces
+from pilip.potential.models import build_model
 from pilip.tables import configurations_from_atoms, dataset_table, write_table
 
 torch.set_num_threads(1)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from pilip.checkpoint import save_checkpoint
 from pilip.errors import PilipError
-from pilip.finetune import check_compatible, init_checkpoint, init_weights
-from pilip.models import build_model
+from pilip.potential.checkpoint import save_checkpoint
+from pilip.potential.finetune import check_compatible, init_checkpoint, init_weights
+from pilip.potential.models import build_model
 
 torch.set_num_threads(1)
 

@@ -13,11 +13,12 @@ from ase import Atoms
 from ase.build import molecule
 from tblite.ase import TBLite
 
-from pilip import keys, labels, tables
-from pilip.backends.xtb_backend import XTBBackend
+from pilip import keys, tables
 from pilip.cli import main
 from pilip.errors import PilipError
-from pilip.labelling import label_table, resolve_reference
+from pilip.reference import labels
+from pilip.reference.backends.xtb_backend import XTBBackend
+from pilip.reference.labelling import label_table, resolve_reference
 
 REFERENCES = {
     "xtb": {"backend": "xtb", "method": "GFN2-xTB"},

@@ -11,8 +11,8 @@ from torch import nn
 
 from pilip import keys
 from pilip.errors import PilipError
-from pilip.forces import energy_and_forces
-from pilip.losses import (
+from pilip.potential.forces import energy_and_forces
+from pilip.potential.losses import (
     LossTerm,
     WeakLossOptions,
     check_terms,
@@ -20,8 +20,8 @@ from pilip.losses import (
     draw_perturbations,
     make_terms,
 )
-from pilip.models import MODELS, build_model
-from pilip.neighbors import molecular_pairs, segment_sum
+from pilip.potential.models import MODELS, build_model
+from pilip.potential.neighbors import molecular_pairs, segment_sum
 
 
 @pytest.fixture(autouse=True)

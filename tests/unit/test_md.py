@@ -9,7 +9,7 @@ from ase import Atoms, units
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from pilip.md import MDSettings, bonded_pairs, run_langevin, write_trajectory
+from pilip.potential.md import MDSettings, bonded_pairs, run_langevin, write_trajectory
 
 
 class BondCalculator(Calculator):
@@ -106,8 +106,8 @@ def _model_and_dataset(tmp_path, splits):
     import torch
     from model_batches import molecules
 
-    from pilip.checkpoint import save_checkpoint
-    from pilip.models import build_model
+    from pilip.potential.checkpoint import save_checkpoint
+    from pilip.potential.models import build_model
     from pilip.tables import configurations_from_atoms, dataset_table, write_table
 
     torch.manual_seed(0)

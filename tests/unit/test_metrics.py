@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pilip.metrics import energy_metrics, force_metrics
+from pilip.potential.metrics import energy_metrics, force_metrics
 
 
 def test_energy_metrics_by_hand():

@@ -16,10 +16,10 @@ from model_batches import molecules, random_rotation, to_batch
 
 from pilip import keys
 from pilip.errors import PilipError
-from pilip.forces import energy_and_forces
-from pilip.losses import LossTerm, WeakLossOptions, compute_losses
-from pilip.models import MODELS, build_model
-from pilip.neighbors import molecular_pairs, neighbor_list
+from pilip.potential.forces import energy_and_forces
+from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses
+from pilip.potential.models import MODELS, build_model
+from pilip.potential.neighbors import molecular_pairs, neighbor_list
 
 CUTOFF = 3.0  # A: shorter than ethanol, so that edges are pruned and cross the cutoff
 

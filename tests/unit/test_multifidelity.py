@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from pilip import tables
-from pilip.baselines import CACHE_TABLE, resolve_baseline
-from pilip.checkpoint import save_checkpoint
-from pilip.data import TRAIN, VAL, load_dataset
 from pilip.errors import PilipError
-from pilip.labels import read_labels
-from pilip.models import build_model
-from pilip.multifidelity import check_init_baseline, init_model, prepare_baseline
+from pilip.potential.baselines import CACHE_TABLE, resolve_baseline
+from pilip.potential.checkpoint import save_checkpoint
+from pilip.potential.data import TRAIN, VAL, load_dataset
+from pilip.potential.models import build_model
+from pilip.potential.multifidelity import check_init_baseline, init_model, prepare_baseline
+from pilip.reference.labels import read_labels
 
 pytest.importorskip("tblite")
 torch.set_num_threads(1)
@@ -103,7 +103,7 @@ def pretrained(tmp_path, baseline=None):
 
 
 def test_init_and_baseline_must_agree(tmp_path):
-    from pilip.finetune import init_checkpoint
+    from pilip.potential.finetune import init_checkpoint
 
     gfn2 = resolve_baseline("gfn2-xtb")
     plain, over_gfn2, over_gfn1 = (pretrained(tmp_path, b) for b in (None, "gfn2-xtb", "gfn1-xtb"))
@@ -129,8 +129,8 @@ def test_init_model_hands_over_the_architecture_and_weights(tmp_path):
 def test_baseline_model_is_the_cheap_level_plus_fitted_offsets(tmp_path):
     from ase import Atoms
 
-    from pilip.calculator import PilipCalculator
     from pilip.cli import main
+    from pilip.potential.calculator import PilipCalculator
 
     path = write_water(tmp_path / "w.parquet")
     assert (

@@ -10,7 +10,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from model_batches import molecules, to_batch
 
 from pilip import keys
-from pilip.neighbors import molecular_pairs, neighbor_list
+from pilip.potential.neighbors import molecular_pairs, neighbor_list
 
 
 def _ase_edges(atoms: Atoms, cutoff: float) -> tuple[int, np.ndarray]:

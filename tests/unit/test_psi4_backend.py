@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from pilip import psi4_env, units
-from pilip.backends import make_backend
-from pilip.backends.psi4_backend import Psi4Backend, basis_elements, canonical_basis_name
+from pilip import units
 from pilip.errors import PilipError
+from pilip.reference import psi4_env
+from pilip.reference.backends import make_backend
+from pilip.reference.backends.psi4_backend import Psi4Backend, basis_elements, canonical_basis_name
 
 WATER = {
     "id": "w",
@@ -79,7 +80,9 @@ def test_bad_specs(spec, match):
 
 
 def test_odd_electron_count_with_closed_shell_method(monkeypatch):
-    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda configured=None: None)
+    monkeypatch.setattr(
+        "pilip.reference.backends.psi4_backend.psi4_python", lambda configured=None: None
+    )
     radical = {**WATER, "id": "oh", "numbers": [8, 1], "positions": WATER["positions"][:2]}
     message = one_line_error(backend(method="mp2/cc-pvdz").check, [{**radical}])
     assert "cannot have multiplicity 1" in message  # 9 electrons, singlet
@@ -90,7 +93,9 @@ def test_odd_electron_count_with_closed_shell_method(monkeypatch):
 
 
 def test_elements_outside_the_basis(monkeypatch):
-    monkeypatch.setattr("pilip.backends.psi4_backend.psi4_python", lambda configured=None: None)
+    monkeypatch.setattr(
+        "pilip.reference.backends.psi4_backend.psi4_python", lambda configured=None: None
+    )
     iodide = {**WATER, "id": "hi", "numbers": [53, 1], "positions": WATER["positions"][:2]}
     message = one_line_error(backend(method="mp2/cc-pvdz").check, [iodide])
     assert "cc-pvdz has no functions for I" in message
@@ -131,7 +136,7 @@ def test_reextrapolate_formulas():
 
 def test_forces_are_minus_the_cbs_weighted_gradient():
     b = backend(method="mp2/cc-pv[dt]z")
-    from pilip import cbs
+    from pilip.reference import cbs
 
     jobs = cbs.plan_jobs(b.recipe, gradients=True)
     grads = {
@@ -215,7 +220,7 @@ def test_worker_rejects_a_broken_request(tmp_path):
 
 
 def test_dft_functionals_are_one_stage_recipes_with_their_total_as_component():
-    from pilip import cbs
+    from pilip.reference import cbs
 
     dft = backend(method="wB97X-D/def2-SVP")
     assert [(s.name, s.method, s.bases) for s in dft.recipe.stages] == [
@@ -254,7 +259,7 @@ def test_d3_dispersion_needs_the_dftd3_program(monkeypatch, tmp_path):
             return {"PATH": str(tmp_path)}
 
     monkeypatch.setattr(
-        "pilip.backends.psi4_backend.psi4_python", lambda configured=None: Interpreter()
+        "pilip.reference.backends.psi4_backend.psi4_python", lambda configured=None: Interpreter()
     )
     message = one_line_error(backend(method="b3lyp-d3bj/def2-svp").check, [WATER])
     assert "b3lyp-d3bj needs the 'dftd3' program" in message and "wb97x-d" in message
@@ -268,8 +273,9 @@ def test_d3_dispersion_needs_the_dftd3_program(monkeypatch, tmp_path):
 
 def test_reextrapolated_table_says_what_it_now_holds(tmp_path, monkeypatch):
     """Issue 14, defect 9: new per-row and provenance `method`, a new `created`."""
-    from pilip import keys, labels, tables
+    from pilip import keys, tables
     from pilip.cli import main
+    from pilip.reference import labels
 
     monkeypatch.chdir(tmp_path)
     components = {"scf/cc-pvdz": -76.0268, "scf/cc-pvtz": -76.0572,

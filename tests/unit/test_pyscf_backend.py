@@ -10,12 +10,13 @@ import pytest
 import yaml
 from ase.build import molecule
 
-from pilip import keys, labels, tables, units
-from pilip.backends import BUILTIN, make_backend
-from pilip.backends.base import read_results
+from pilip import keys, tables, units
 from pilip.cli import main
 from pilip.errors import PilipError
-from pilip.labelling import label_table
+from pilip.reference import labels
+from pilip.reference.backends import BUILTIN, make_backend
+from pilip.reference.backends.base import read_results
+from pilip.reference.labelling import label_table
 
 WATER = molecule("H2O")
 
@@ -71,7 +72,7 @@ def study(tmp_path, monkeypatch):
 def test_registered_only_through_the_entry_point():
     assert "pyscf" not in BUILTIN
     backend = make_backend("ref", REFERENCES["mp2_dz"])
-    assert type(backend).__module__ == "pilip.backends.pyscf_backend"
+    assert type(backend).__module__ == "pilip.reference.backends.pyscf_backend"
 
 
 def test_cbs_total_is_helgaker_x3_of_the_stored_components(tmp_path):

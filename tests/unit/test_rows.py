@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pilip import keys
-from pilip.data import TRAIN, VAL, load_dataset
-from pilip.evaluate import read_evaluation_sets
-from pilip.md import select_starts
+from pilip.potential.data import TRAIN, VAL, load_dataset
+from pilip.potential.evaluate import read_evaluation_sets
+from pilip.potential.md import select_starts
 from pilip.rows import FIT, MD_START, SELECT, TEST_ENERGY, TEST_FORCES, RowFlags, stage_rows
 from pilip.tables import configurations_table, dataset_table, write_table
 

@@ -7,10 +7,10 @@ import torch
 from model_batches import molecules, to_batch
 
 from pilip import keys
-from pilip.data import concat_batches
-from pilip.losses import TOTAL, LossTerm, WeakLossOptions, compute_losses
-from pilip.models import MODELS, build_model
-from pilip.static_step import PAD_NUMBER, StaticShape, StaticStep, batch_shape, pad_batch
+from pilip.potential.data import concat_batches
+from pilip.potential.losses import TOTAL, LossTerm, WeakLossOptions, compute_losses
+from pilip.potential.models import MODELS, build_model
+from pilip.potential.static_step import PAD_NUMBER, StaticShape, StaticStep, batch_shape, pad_batch
 
 TERMS = [
     LossTerm("energy", 1.0, per_atom=True),

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from pilip import keys, tables
-from pilip.checkpoint import load_model, read_checkpoint
 from pilip.cli import main
-from pilip.data import TRAIN, VAL, load_dataset, load_unlabelled, subsample_indices
 from pilip.errors import PilipError
-from pilip.evaluate import predict
-from pilip.metrics import energy_metrics
-from pilip.train import TrainConfig, TrainingDiverged, train
+from pilip.potential.checkpoint import load_model, read_checkpoint
+from pilip.potential.data import TRAIN, VAL, load_dataset, load_unlabelled, subsample_indices
+from pilip.potential.evaluate import predict
+from pilip.potential.metrics import energy_metrics
+from pilip.potential.train import TrainConfig, TrainingDiverged, train
 
 torch.set_num_threads(1)
 
@@ -224,7 +224,7 @@ def test_resume_after_interruption_matches_uninterrupted(dataset, tmp_path, monk
     cfg = config(losses="energy,pitc,pisc", epochs=5, unlabelled_batch_size=3)
     train(cfg, data, tmp_path / "full", unlabelled=unlabelled)
 
-    import pilip.steps as steps_module
+    import pilip.potential.steps as steps_module
 
     calls = {"n": 0}
     real = steps_module.compute_losses
@@ -257,7 +257,7 @@ def test_signal_saves_the_step_reached_and_the_resumed_run_matches(dataset, tmp_
     and the resumed run ends with the numbers of an uninterrupted one."""
     import signal
 
-    from pilip.train import TrainingInterrupted
+    from pilip.potential.train import TrainingInterrupted
 
     data = load_dataset(dataset)
     unlabelled = load_unlabelled(dataset)
@@ -265,7 +265,7 @@ def test_signal_saves_the_step_reached_and_the_resumed_run_matches(dataset, tmp_
                  checkpoint_interval_s=1e9)  # fmt: skip
     train(cfg, data, tmp_path / "full", unlabelled=unlabelled)
 
-    import pilip.steps as steps_module
+    import pilip.potential.steps as steps_module
 
     calls = {"n": 0}
     real = steps_module.compute_losses
@@ -418,7 +418,7 @@ def test_initial_weights_reproduce_the_model_and_refit_only_the_shifts(dataset, 
     """The fine-tuning seam: a model started from a checkpoint's weights predicts what the
     checkpoint does (same data: same least-squares shifts); on other labels only the
     per-element shifts move."""
-    from pilip.train import build_model
+    from pilip.potential.train import build_model
 
     data = load_dataset(dataset)
     train(config(epochs=3), data, tmp_path / "pre")
@@ -469,7 +469,7 @@ def test_static_shapes_train_the_same_numbers_as_plain_batches(dataset, tmp_path
 
 
 def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path, monkeypatch):
-    import pilip.steps as train_module
+    import pilip.potential.steps as train_module
 
     data = load_dataset(dataset)
     unlabelled = load_unlabelled(dataset)
@@ -601,8 +601,8 @@ def test_wrong_table_kind_is_one_line(dataset, tmp_path):
 
 
 def test_static_shapes_auto_trains_eagerly_until_graphs_are_verified_on_a_gpu():
-    from pilip.static_step import GRAPHS_VERIFIED
-    from pilip.steps import plan_static
+    from pilip.potential.static_step import GRAPHS_VERIFIED
+    from pilip.potential.steps import plan_static
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert plan_static("auto", cuda, 10) == (GRAPHS_VERIFIED, GRAPHS_VERIFIED)

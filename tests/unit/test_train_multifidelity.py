@@ -8,14 +8,14 @@ import pytest
 import torch
 from test_multifidelity import write_water
 
-from pilip.backends.xtb_backend import XTBBackend
-from pilip.baselines import CACHE_RESULTS, DeltaModel, resolve_baseline
-from pilip.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pilip.cli import main
-from pilip.data import VAL, load_dataset
-from pilip.evaluate import predict
-from pilip.metrics import energy_metrics
-from pilip.models import build_model
+from pilip.potential.baselines import CACHE_RESULTS, DeltaModel, resolve_baseline
+from pilip.potential.checkpoint import load_model, read_checkpoint, save_checkpoint
+from pilip.potential.data import VAL, load_dataset
+from pilip.potential.evaluate import predict
+from pilip.potential.metrics import energy_metrics
+from pilip.potential.models import build_model
+from pilip.reference.backends.xtb_backend import XTBBackend
 
 pytest.importorskip("tblite")
 torch.set_num_threads(1)
@@ -166,7 +166,7 @@ def test_evaluate_and_md_use_baseline_plus_model_without_a_flag(tmp_path):
 
     from ase import Atoms
 
-    from pilip.calculator import PilipCalculator
+    from pilip.potential.calculator import PilipCalculator
 
     dataset = write_water(tmp_path / "w.parquet", n_train=8, n_val=4, n_test=3)
     run = tmp_path / "delta"

@@ -2,7 +2,7 @@
 
 Each geometry sleeps `options.delay_s` seconds before its EMT single point, standing in for
 an expensive quantum-chemistry calculation without using a CPU, so a chunk can be made to
-outlast a SLURM time limit on any machine. Registered through the `pilip.backends` entry
+outlast a SLURM time limit on any machine. Registered through the `pilip.reference.backends` entry
 point by the test (a dist-info next to this module), as an outside package would.
 """
 
@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip.backends.base import Backend, compute_pending
 from pilip.errors import PilipError
+from pilip.backends.base import Backend, compute_pending
 
 
 class SleepyEMTBackend(Backend):

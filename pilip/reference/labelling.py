@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from pilip import keys, labels, tables
-from pilip.backends import Backend, make_backend
-from pilip.backends.base import read_results
-from pilip.backends.psi4_backend import Psi4Backend
-from pilip.backends.xtb_backend import METHODS as XTB_METHODS
+from pilip import keys, tables
 from pilip.errors import PilipError
+from pilip.reference import labels
+from pilip.reference.backends import Backend, make_backend
+from pilip.reference.backends.base import read_results
+from pilip.reference.backends.psi4_backend import Psi4Backend
+from pilip.reference.backends.xtb_backend import METHODS as XTB_METHODS
 
 
 @dataclasses.dataclass

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pilip.baselines import (
+from pilip.errors import PilipError
+from pilip.potential.baselines import (
     Baseline,
     BaselineCache,
     BaselineLabels,
@@ -39,8 +40,7 @@ from pilip.baselines import (
     resolve_baseline,
     structure_key,
 )
-from pilip.data import TRAIN, Structures
-from pilip.errors import PilipError
+from pilip.potential.data import TRAIN, Structures
 
 
 @dataclasses.dataclass
@@ -262,8 +262,8 @@ def init_model(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(initial weights in ``dtype``, architecture {"model", "model_params"}) for ``--init
     path``, after every check (architecture flags, elements, baseline) has passed. The loop
-    (``pilip.train``) refits the per-element energies to the run's targets."""
-    from pilip.finetune import check_compatible, init_checkpoint, init_weights
+    (``pilip.potential.train``) refits the per-element energies to the run's targets."""
+    from pilip.potential.finetune import check_compatible, init_checkpoint, init_weights
 
     payload = init_checkpoint(path)
     check_compatible(payload, path, model=model, model_params=model_params, elements=elements)

@@ -1,7 +1,8 @@
 """Find the Python interpreter that runs the Psi4 worker.
 
 Psi4 cannot be imported in pilip's main environment (Debian's Psi4 1.3.2 needs NumPy < 2),
-so labelling runs ``pilip/worker/psi4_worker.py`` under another interpreter. Candidates, in
+so labelling runs ``pilip/reference/worker/psi4_worker.py`` under another interpreter. Candidates,
+in
 order: the configured one (``labelling.psi4_python``), ``$PILIP_PSI4_PYTHON``, the repository's
 ``.venv-psi4/bin/python`` (made by ``scripts/setup.sh``), the Python of a conda environment
 with psi4 (``$CONDA_PREFIX``, or the interpreter of a ``psi4`` executable on ``PATH``), and
@@ -30,7 +31,7 @@ INSTALL_HINT = (
 ENV_VAR = "PILIP_PSI4_PYTHON"
 CONFIG_KEY = "labelling.psi4_python"
 DEBIAN_PSI4_PARENT = Path("/usr/lib/x86_64-linux-gnu")  # holds Debian's psi4/ package
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "worker" / "psi4_worker.py"
 
 _PROBE = r"""

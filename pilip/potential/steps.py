@@ -8,7 +8,8 @@ the loop then clips, steps the optimizer and updates the EMA, whatever the step'
 
 ``batch_device`` says where the loop should assemble batches (the padded step pads on the
 CPU and copies into its static inputs). :func:`make_step` picks the kind from
-``static_shapes`` (see :data:`pilip.static_step.GRAPHS_VERIFIED` for why ``auto`` runs eagerly
+``static_shapes`` (see :data:`pilip.potential.static_step.GRAPHS_VERIFIED` for why ``auto`` runs
+eagerly
 for now).
 """
 
@@ -21,8 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from pilip.errors import PilipError
-from pilip.losses import TOTAL, LossTerm, WeakLossOptions, compute_losses
-from pilip.static_step import GRAPHS_VERIFIED, MAX_AUTO_ATOMS, StaticShape, StaticStep, pad_batch
+from pilip.potential.losses import TOTAL, LossTerm, WeakLossOptions, compute_losses
+from pilip.potential.static_step import (
+    GRAPHS_VERIFIED,
+    MAX_AUTO_ATOMS,
+    StaticShape,
+    StaticStep,
+    pad_batch,
+)
 
 CPU = torch.device("cpu")
 
@@ -76,7 +83,7 @@ class EagerStep:
 
 
 class PaddedStep:
-    """Batches padded to one shape (``pilip.static_step``), replayed as a CUDA graph when
+    """Batches padded to one shape (``pilip.potential.static_step``), replayed as a CUDA graph when
     ``capture``; assembled on the CPU."""
 
     batch_device = CPU

@@ -8,7 +8,7 @@ A labels table has one row per configuration of one reference method, failures i
     error, wall_time (s), attempts, program, program_version, method,
     options (JSON), threads, host, date (ISO-8601 UTC)
 
-The results JSONL (see ``pilip.backends.base``) is the crash-safe record a backend appends
+The results JSONL (see ``pilip.reference.backends.base``) is the crash-safe record a backend appends
 to; this module turns it into the table and back.
 """
 
@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from pilip import keys, tables, units
 from pilip.atomic_io import atomic_path
-from pilip.backends.base import read_results
 from pilip.errors import PilipError
+from pilip.reference.backends.base import read_results
 
 STATUSES = (keys.STATUS_OK, keys.STATUS_FAILED, keys.STATUS_TIMEOUT)
 COMPONENTS_TYPE = pa.map_(pa.string(), pa.float64())

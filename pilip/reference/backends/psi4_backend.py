@@ -14,18 +14,20 @@ Grimme's ``dftd3`` program on the worker's PATH, ``-d2`` and wB97X-D's ``-d`` do
       backend: psi4
       method: wb97x-d/def2-svp
 
-or a composite recipe instead of ``method`` (see ``pilip.cbs.parse_cbs_recipe``)::
+or a composite recipe instead of ``method`` (see ``pilip.reference.cbs.parse_cbs_recipe``)::
 
     cbs:
       scf: {basis: cc-pv[tq]z, scheme: scf_xtpl_helgaker_2}
       corl: {method: mp2, basis: cc-pv[tq]z}
       delta: [{method: ccsd(t), lesser: mp2, basis: cc-pvdz}]
 
-The recipe becomes a list of Psi4 calculations (``pilip.cbs.plan_jobs``: one per basis, as
-Psi4's ``cbs()`` plans them). One worker process (``pilip/worker/psi4_worker.py``, under the
-Psi4 interpreter of ``pilip.psi4_env``) computes a whole chunk and appends raw lines (Hartree,
+The recipe becomes a list of Psi4 calculations (``pilip.reference.cbs.plan_jobs``: one per basis, as
+Psi4's ``cbs()`` plans them). One worker process (``pilip/reference/worker/psi4_worker.py``, under
+the
+Psi4 interpreter of ``pilip.reference.psi4_env``) computes a whole chunk and appends raw lines
+(Hartree,
 Hartree/Bohr) to ``<results stem>.psi4.jsonl``; this class turns each into a results line: CBS
-total by ``pilip.cbs``, energy in eV, forces in eV/A, every component energy in Hartree.
+total by ``pilip.reference.cbs``, energy in eV, forces in eV/A, every component energy in Hartree.
 Psi4's text output goes to ``<results stem>.psi4.out``
 (``chunk.results.jsonl`` -> ``chunk.results.psi4.out``).
 """
@@ -44,8 +46,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip import cbs, units
-from pilip.backends.base import (
+from pilip import units
+from pilip.errors import PilipError
+from pilip.reference import cbs
+from pilip.reference.backends.base import (
     Backend,
     append_result,
     check_closed_shell,
@@ -54,10 +58,9 @@ from pilip.backends.base import (
     read_results,
     result_record,
 )
-from pilip.backends.psi4_basis_sets import BASIS_ELEMENTS
-from pilip.backends.psi4_functionals import FUNCTIONALS
-from pilip.errors import PilipError
-from pilip.psi4_env import WORKER, psi4_python
+from pilip.reference.backends.psi4_basis_sets import BASIS_ELEMENTS
+from pilip.reference.backends.psi4_functionals import FUNCTIONALS
+from pilip.reference.psi4_env import WORKER, psi4_python
 
 SPEC_KEYS = {"backend", "method", "basis", "cbs", "options", "retry_options"}
 OPEN_SHELL_REFERENCES = {"uhf", "rohf", "cuhf", "uks"}
@@ -99,7 +102,7 @@ class Psi4Backend(Backend):
 
     name: ClassVar[str] = "psi4"
     # the worker's interpreter as configured (``labelling.psi4_python``), set by pilip label;
-    # None: ``$PILIP_PSI4_PYTHON`` or found (``pilip.psi4_env``)
+    # None: ``$PILIP_PSI4_PYTHON`` or found (``pilip.reference.psi4_env``)
     configured_python: str | None = None
 
     def __init__(self, reference: str, spec: dict[str, Any]) -> None:
@@ -197,7 +200,8 @@ class Psi4Backend(Backend):
         self._check_programs(self.interpreter())
 
     def interpreter(self) -> Any:
-        """The Psi4 worker's interpreter (``pilip.psi4_env.Psi4Python``) for this setting."""
+        """The Psi4 worker's interpreter (``pilip.reference.psi4_env.Psi4Python``) for this
+        setting."""
         return psi4_python(self.configured_python)
 
     def _check_programs(self, interpreter: Any) -> None:

@@ -12,7 +12,8 @@ A checkpoint is one ``torch.save`` of plain containers, tensors and numbers, so 
     train_state     (last.pt only) optimizer / scheduler / EMA / RNG state, epoch counters
 
 ``load_model`` returns the model in eval mode and ``meta`` with ``format_version``, ``model``
-and ``hparams`` added; for a Delta model it is the total surface (``pilip.baselines.DeltaModel``:
+and ``hparams`` added; for a Delta model it is the total surface
+(``pilip.potential.baselines.DeltaModel``:
 baseline + network), so every user of a checkpoint gets baseline + model without a flag.
 """
 
@@ -96,7 +97,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device) -> nn.Module:
     """Rebuild the model of a checkpoint dict and load its weights (on ``device``)."""
-    from pilip.models import build_model
+    from pilip.potential.models import build_model
 
     spec = payload["model"]
     model = build_model(spec["name"], **spec["hparams"])
@@ -117,7 +118,7 @@ def load_model(
     payload = read_checkpoint(path, device)
     model = model_from_checkpoint(payload, device)
     if payload["meta"].get("baseline"):
-        from pilip.baselines import DeltaModel, baseline_from_specification
+        from pilip.potential.baselines import DeltaModel, baseline_from_specification
 
         specification = payload["meta"]["baseline"]
         baseline = baseline_from_specification(specification, str(path))

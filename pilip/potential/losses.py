@@ -27,8 +27,8 @@ from torch import Tensor
 
 from pilip import keys
 from pilip.errors import PilipError
-from pilip.forces import EnergyModel, ReferenceEnergy, energy_and_forces, energy_parts
-from pilip.neighbors import segment_sum
+from pilip.potential.forces import EnergyModel, ReferenceEnergy, energy_and_forces, energy_parts
+from pilip.potential.neighbors import segment_sum
 
 ENERGY = "energy"  # MSE of the energy (eV^2; (eV/atom)^2 per atom)
 FORCES = "forces"  # MSE of the force components (eV/A)^2, structures with force labels only
@@ -151,7 +151,8 @@ def _stack_three(batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tenso
 @dataclass
 class Evaluations:
     """The model at the points the active terms need: energies (n_struct,) eV in the model's
-    dtype (without the position-independent reference energy, see ``pilip.forces``) and forces
+    dtype (without the position-independent reference energy, see ``pilip.potential.forces``) and
+    forces
     (n_atoms, 3) eV/A at A (the structures), B = A + d2 and C = A + d1; None where not needed."""
 
     energy_a: Tensor
@@ -346,7 +347,8 @@ def compute_losses(
     ``batch`` holds the model inputs and, for the supervised terms, ``keys.ENERGY`` (n_struct,)
     eV (``keys.ENERGY_WEIGHT`` 0 marks unlabelled structures) and ``keys.FORCES`` (n_atoms, 3)
     eV/A (``keys.FORCE_WEIGHT`` 0 marks structures without usable force labels);
-    ``keys.STRUCTURE_WEIGHT`` 0 marks padding (``pilip.static_step``) for the weak terms. Terms with
+    ``keys.STRUCTURE_WEIGHT`` 0 marks padding (``pilip.potential.static_step``) for the weak terms.
+    Terms with
     weight 0 are skipped, so their labels are not needed. The weak terms draw d1, d2 from
     ``generator`` (a CPU generator gives device-independent numbers). The graph for the
     parameter gradients is built when grad mode is on; under ``torch.no_grad()`` the values are

@@ -2,7 +2,7 @@
 
 The typical use: pretrain on cheap energies and forces of many configurations (GFN2-xTB, DFT
 gradients), then fine-tune on the few reference energies. The checkpoint gives the
-architecture and the weights; ``pilip.train.build_model`` refits the per-element reference
+architecture and the weights; ``pilip.potential.train.build_model`` refits the per-element reference
 energies by least squares on the new labels (the cheap level's total energies differ from the
 reference's by thousands of eV) and keeps the network and its output scale; the optimizer
 starts afresh. On the checkpoint's own training data the refit gives back its shifts, so the
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from ase.data import chemical_symbols
 
-from pilip.checkpoint import read_checkpoint
 from pilip.errors import PilipError
+from pilip.potential.checkpoint import read_checkpoint
 
 
 def init_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def check_compatible(
 
 
 def init_weights(payload: dict[str, Any], dtype: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's weights as a state dict in ``dtype`` (``pilip.train.train``'s
+    """The checkpoint's weights as a state dict in ``dtype`` (``pilip.potential.train.train``'s
     ``init_weights``: the loop refits the per-element shifts, keeps everything else)."""
     return {
         key: value.to(getattr(torch, dtype)) if value.is_floating_point() else value

@@ -4,7 +4,7 @@ vector features.
 model(batch) -> per-structure energies (n_struct,) in eV, per-element shifts included
 (``ShiftedEnergyModel``: the shifts are summed apart, in float64). The
 neighbour list is built inside ``forward`` from the positions; forces come from
-``pilip.forces.energy_and_forces``. Scalars ``s`` are (n_atoms, F); vectors ``v`` are
+``pilip.potential.forces.energy_and_forces``. Scalars ``s`` are (n_atoms, F); vectors ``v`` are
 (n_atoms, 3, F) and rotate with the structure, so the energy (read from ``s``) is invariant.
 """
 
@@ -16,8 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from pilip import keys
-from pilip.models.common import EnergyShift, ShiftedEnergyModel, SineRBF, polynomial_envelope
-from pilip.neighbors import neighbor_list, segment_sum
+from pilip.potential.models.common import (
+    EnergyShift,
+    ShiftedEnergyModel,
+    SineRBF,
+    polynomial_envelope,
+)
+from pilip.potential.neighbors import neighbor_list, segment_sum
 
 
 @dataclass

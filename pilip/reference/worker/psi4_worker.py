@@ -4,7 +4,7 @@
 
 Runs under the interpreter that imports psi4 (never the main environment: Psi4 1.3.2 needs
 NumPy < 2) and uses nothing but the standard library and psi4. The request (written by
-``pilip.backends.psi4_backend``) names the geometries (Angstrom), the Psi4 calculations to
+``pilip.reference.backends.psi4_backend``) names the geometries (Angstrom), the Psi4 calculations to
 run for each (method, basis, energy or gradient, which energy variables to read), the
 options, the fallback options for one retry, threads, memory, a per-geometry timeout and the
 files to use.

@@ -3,7 +3,7 @@
 model(batch) -> per-structure energies (n_struct,) in eV, per-element shifts included
 (``ShiftedEnergyModel``: the shifts are summed apart, in float64). The
 neighbour list is built inside ``forward`` from the positions; forces come from
-``pilip.forces.energy_and_forces``.
+``pilip.potential.forces.energy_and_forces``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from pilip import keys
-from pilip.models.common import (
+from pilip.potential.models.common import (
     EnergyShift,
     GaussianRBF,
     ShiftedEnergyModel,
     polynomial_envelope,
     shifted_softplus,
 )
-from pilip.neighbors import neighbor_list, segment_sum
+from pilip.potential.neighbors import neighbor_list, segment_sum
 
 
 @dataclass

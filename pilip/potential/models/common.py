@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pilip import keys
-from pilip.neighbors import segment_sum
+from pilip.potential.neighbors import segment_sum
 
 N_ELEMENTS = 119  # atomic numbers 0..118
 

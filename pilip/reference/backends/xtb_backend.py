@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip.backends.base import Backend, compute_pending, installed_version
 from pilip.errors import PilipError
+from pilip.reference.backends.base import Backend, compute_pending, installed_version
 
 METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB", "ipea1-xtb": "IPEA1-xTB"}
 # tblite.ase.TBLite keywords a user may set; charge and multiplicity come from each config

@@ -2,7 +2,7 @@
 
 Every model is an ``nn.Module`` from a batch dict to per-structure energies (n_struct,) in eV
 (per-element shifts included) that builds its own neighbour list from the positions; forces
-come from ``pilip.forces.energy_and_forces``. Each model file holds a ``@dataclass`` of
+come from ``pilip.potential.forces.energy_and_forces``. Each model file holds a ``@dataclass`` of
 hyper-parameters and the module.
 """
 
@@ -13,8 +13,8 @@ import dataclasses
 from torch import nn
 
 from pilip.errors import PilipError
-from pilip.models.painn import PaiNN, PaiNNConfig
-from pilip.models.schnet import SchNet, SchNetConfig
+from pilip.potential.models.painn import PaiNN, PaiNNConfig
+from pilip.potential.models.schnet import SchNet, SchNetConfig
 
 # name -> (config dataclass, module class)
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from pilip import keys
-from pilip.losses import TOTAL, LossTerm, WeakLossOptions, compute_losses
-from pilip.neighbors import molecular_pairs
+from pilip.potential.losses import TOTAL, LossTerm, WeakLossOptions, compute_losses
+from pilip.potential.neighbors import molecular_pairs
 
 PAD_NUMBER = 0  # atomic number of padding atoms (embedded, never trained on: weight 0)
 PAD_SPACING = 1000.0  # Angstrom between padding atoms: far beyond any cutoff

@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from pilip import keys
-from pilip.backends import Backend, get_backend, make_backend
-from pilip.backends.base import read_results
 from pilip.errors import PilipError
-from pilip.models.common import ShiftedEnergyModel
-from pilip.neighbors import segment_sum
+from pilip.potential.models.common import ShiftedEnergyModel
+from pilip.potential.neighbors import segment_sum
+from pilip.reference.backends import Backend, get_backend, make_backend
+from pilip.reference.backends.base import read_results
 
 # Names that work without a config, like pilip label's inline methods.
 INLINE_BASELINES: dict[str, dict[str, Any]] = {
@@ -194,8 +194,8 @@ def compute_labels(
     and then writes the labels table ``run_dir/baseline.parquet`` atomically. A failed
     calculation is a failed row with its error, never an exception.
     """
-    from pilip import labels
-    from pilip.labelling import check_results_match
+    from pilip.reference import labels
+    from pilip.reference.labelling import check_results_match
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +241,7 @@ def read_labels_for(
 ) -> BaselineLabels:
     """Baseline labels of ``configs`` from labels tables (``--baseline-labels``; several are
     merged), checked to come from the same program, method and options as ``baseline``."""
-    from pilip import labels
+    from pilip.reference import labels
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     table = labels.merge_labels([labels.read_labels(p) for p in paths])
@@ -265,7 +265,7 @@ def read_labels_for(
 def configs_of_table(path: str | Path) -> list[dict[str, Any]]:
     """Config dicts (id, numbers, positions A, charge, multiplicity) of a configurations or
     dataset table, every row."""
-    from pilip.labelling import read_configs
+    from pilip.reference.labelling import read_configs
 
     return read_configs(path)
 

@@ -3,7 +3,7 @@
 Energies are per structure in eV; forces are per atom in eV/A. Force errors are taken over
 every Cartesian component (the usual convention of MLIP papers), so ``force_rmse`` is
 ``sqrt(mean((F_pred - F_ref)_ic^2))`` over atoms i and components c. The returned dicts use
-the stable key names of ``metrics.json`` (see ``pilip.evaluate``).
+the stable key names of ``metrics.json`` (see ``pilip.potential.evaluate``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from pilip import keys
-from pilip.models.common import ShiftedEnergyModel
+from pilip.potential.models.common import ShiftedEnergyModel
 
 EnergyModel = Callable[[dict[str, Tensor]], Tensor]
 ReferenceEnergy = Callable[[dict[str, Tensor]], Tensor]

@@ -1,4 +1,4 @@
-"""Evaluate a trained model on a dataset table: metrics.json (the plots: pilip.plots).
+"""Evaluate a trained model on a dataset table: metrics.json (the plots: pilip.potential.plots).
 
 Which rows count is decided by :mod:`pilip.rows` (stages ``TEST_ENERGY`` and
 ``TEST_FORCES``), so that no number is measured on data the model was fitted to.
@@ -25,11 +25,11 @@ from torch import nn
 
 from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
-from pilip.data import Structures, structures_from_arrays
 from pilip.errors import PilipError
-from pilip.forces import energy_and_forces, total_energy
-from pilip.metrics import energy_metrics, force_metrics, rmse
-from pilip.plots import plot_energy_parity, plot_force_parity, plot_learning_curve
+from pilip.potential.data import Structures, structures_from_arrays
+from pilip.potential.forces import energy_and_forces, total_energy
+from pilip.potential.metrics import energy_metrics, force_metrics, rmse
+from pilip.potential.plots import plot_energy_parity, plot_force_parity, plot_learning_curve
 from pilip.rows import TEST_ENERGY, TEST_FORCES, RowFlags, stage_rows
 from pilip.tables import field_unit, read_table, rows_of, table_provenance
 
@@ -266,7 +266,7 @@ def _finite_or_none(value: Any) -> Any:
 def recipe_of(meta: dict[str, Any]) -> str:
     """How the model came about: ``plain``, ``Delta over GFN2-xTB (tblite 0.4.0)``,
     ``fine-tuned from PATH`` (both can hold), or ``GFN2-xTB alone (...)``."""
-    from pilip.baselines import describe
+    from pilip.potential.baselines import describe
 
     baseline = meta.get("baseline")
     if meta.get("recipe") == "baseline_only" and baseline:

@@ -1,7 +1,7 @@
 """Plots of an evaluation: energy and force parity, learning curves (PNG, matplotlib Agg).
 
-Inputs are the predictions of :func:`pilip.evaluate.evaluate_model` (eV, eV/A) and a
-training ``metrics.csv`` (pilip.train); every file is written atomically.
+Inputs are the predictions of :func:`pilip.potential.evaluate.evaluate_model` (eV, eV/A) and a
+training ``metrics.csv`` (pilip.potential.train); every file is written atomically.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ase.data import chemical_symbols
 
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
-from pilip.metrics import rmse
+from pilip.potential.metrics import rmse
 
 
 def _pyplot():

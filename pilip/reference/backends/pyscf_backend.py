@@ -5,13 +5,13 @@ exactly as an outside package would register its own backend (docs/backends.md).
 
     mp2_cbs_pyscf:
       backend: pyscf
-      method: mp2/cc-pv[dt]z        # or a `cbs:` recipe, as for psi4 (pilip.cbs)
+      method: mp2/cc-pv[dt]z        # or a `cbs:` recipe, as for psi4 (pilip.reference.cbs)
       options: {freeze_core: true}
 
 Conventional (not density-fitted) integrals throughout, so energies agree with Psi4's
 ``scf_type pk`` / ``mp2_type conv`` / conventional CC to ~1e-8 Eh. Runs in process; the CBS
 arithmetic and stored components (``scf/<basis>``, ``<method>_corl/<basis>``, Hartree) are
-``pilip.cbs``'s, shared with the Psi4 backend. Analytic gradients for HF and MP2.
+``pilip.reference.cbs``'s, shared with the Psi4 backend. Analytic gradients for HF and MP2.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip import cbs, units
-from pilip.backends.base import (
+from pilip import units
+from pilip.errors import PilipError
+from pilip.reference import cbs
+from pilip.reference.backends.base import (
     Backend,
     check_closed_shell,
     check_spin,
     compute_pending,
     installed_version,
 )
-from pilip.errors import PilipError
 
 SPEC_KEYS = {"backend", "method", "basis", "cbs", "options", "retry_options"}
 METHODS = ("hf", "mp2", "ccsd", "ccsd(t)")
@@ -179,7 +180,7 @@ class PySCFBackend(Backend):
         else:
             raise PilipError(
                 "formula: for pyscf labels give {method: mp2/cc-pv[dt]z} or {cbs: {...}} "
-                f"(a pilip.cbs recipe), got keys {sorted(formula)}"
+                f"(a pilip.reference.cbs recipe), got keys {sorted(formula)}"
             )
         return recipe
 

@@ -24,7 +24,8 @@ Psi4 1.3.2 facts this module reproduces or corrects:
   MP2 energy of a delta correction comes out of the CCSD(T) run), see ``plan_jobs``.
 
 DFT functionals Psi4 knows (``b3lyp/cc-pvdz``, ``wb97x-d/def2-svp``; the names of
-``pilip.backends.psi4_functionals``) are one-stage recipes: one basis, no extrapolation, the
+``pilip.reference.backends.psi4_functionals``) are one-stage recipes: one basis, no extrapolation,
+the
 total stored as the component ``<functional>/<basis>``.
 
 Only the standard library is used here.
@@ -37,8 +38,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pilip.backends.psi4_functionals import FUNCTIONALS
 from pilip.errors import PilipError
+from pilip.reference.backends.psi4_functionals import FUNCTIONALS
 
 # --- extrapolation formulas -------------------------------------------------------------------
 # Each takes the cardinal numbers X (2 = D, 3 = T, ...) and the energies (Hartree) in

@@ -4,22 +4,23 @@ AdamW, reduce-on-plateau, an exponential moving average (EMA) of the weights, gr
 clipping, and early stopping and model selection on the VALIDATION ENERGY error only (an
 energy-only user has no validation forces). The budget is epochs and/or minutes, whichever
 ends first. Every epoch adds one row to ``metrics.csv`` (the columns ``val_*`` carry the
-names of ``metrics.json``, pilip.metrics); ``last.pt`` holds everything to resume
-(pilip.train_state: weights, optimizer, scheduler, EMA, random streams, the metrics history),
+names of ``metrics.json``, pilip.potential.metrics); ``last.pt`` holds everything to resume
+(pilip.potential.train_state: weights, optimizer, scheduler, EMA, random streams, the metrics
+history),
 so an interrupted run continues where its last checkpoint left it and ends with the same
 numbers as an uninterrupted one (on the CPU), and a finished run run again rewrites the same
 ``model.pt`` and ``metrics.csv``. SIGINT and SIGTERM (Ctrl-C; SLURM before a kill) save
 ``last.pt`` at the current step, then stop (:class:`TrainingInterrupted`). ``model.pt`` holds
 the EMA weights of the best epoch.
 
-Multi-fidelity training (pilip.multifidelity): Delta-learning passes data whose labels are
+Multi-fidelity training (pilip.potential.multifidelity): Delta-learning passes data whose labels are
 reference - baseline, and with the weak losses also ``total_surface`` (the losses then see
 baseline + model); fine-tuning passes ``init_weights`` (the per-element energy shifts are then
 refitted on the new labels, the optimizer starts fresh).
 
 Determinism: the model is initialised from ``seed``; batch order and perturbations come from
 CPU generators seeded from ``seed``, so they do not depend on the device, except when the step
-is a CUDA graph (``static_shapes``, pilip.static_step): its perturbations come from the
+is a CUDA graph (``static_shapes``, pilip.potential.static_step): its perturbations come from the
 device's default CUDA generator, seeded from ``seed`` too.
 """
 
@@ -43,13 +44,13 @@ import torch
 from torch import nn
 
 from pilip.atomic_io import atomic_path
-from pilip.checkpoint import read_checkpoint, save_checkpoint
-from pilip.data import TRAIN, VAL, Structures, UnlabelledStream, concat_batches
-from pilip.devices import resolve_device
-from pilip.ema import EMA, swapped_weights
 from pilip.errors import PilipError
-from pilip.evaluate import predict
-from pilip.losses import (
+from pilip.potential.checkpoint import read_checkpoint, save_checkpoint
+from pilip.potential.data import TRAIN, VAL, Structures, UnlabelledStream, concat_batches
+from pilip.potential.devices import resolve_device
+from pilip.potential.ema import EMA, swapped_weights
+from pilip.potential.evaluate import predict
+from pilip.potential.losses import (
     ENERGY,
     FORCES,
     TERM_NAMES,
@@ -60,10 +61,10 @@ from pilip.losses import (
     check_terms,
     make_terms,
 )
-from pilip.metrics import energy_metrics
-from pilip.static_step import batch_shape
-from pilip.steps import TrainingDiverged, make_step, plan_static
-from pilip.train_state import STATE_VERSION, RandomStreams, TrainState
+from pilip.potential.metrics import energy_metrics
+from pilip.potential.static_step import batch_shape
+from pilip.potential.steps import TrainingDiverged, make_step, plan_static
+from pilip.potential.train_state import STATE_VERSION, RandomStreams, TrainState
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
@@ -86,8 +87,8 @@ class TrainConfig:
     """Everything that defines a training run (JSON-serialisable; stored in checkpoints)."""
 
     model: str = "painn"  # painn | schnet
-    # model hyper-parameters (pilip.models); unset ones take the model's defaults, and train()
-    # records them all (config.json, checkpoints)
+    # model hyper-parameters (pilip.potential.models); unset ones take the model's defaults,
+    # and train() records them all (config.json, checkpoints)
     model_params: dict[str, Any] = field(default_factory=dict)
     losses: list[str] = field(default_factory=lambda: [ENERGY])  # energy, forces, pitc, pisc
     w_energy: float = 1.0
@@ -117,10 +118,11 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | float64 (model and data)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_interval_s: float = 30.0  # seconds between last.pt writes (also at the end)
-    # pad every batch to one shape (pilip.static_step); on CUDA the step is then captured once
-    # as a CUDA graph and replayed. always: pad (and capture on CUDA; on a CPU the same padded
-    # step runs eagerly); auto: eager until the graph step has passed its CUDA tests on a GPU
-    # (pilip.static_step.GRAPHS_VERIFIED), then as always for molecules up to 64 atoms; never
+    # pad every batch to one shape (pilip.potential.static_step); on CUDA the step is then
+    # captured once as a CUDA graph and replayed. always: pad (and capture on CUDA; on a CPU the
+    # same padded step runs eagerly); auto: eager until the graph step has passed its CUDA tests
+    # on a GPU (pilip.potential.static_step.GRAPHS_VERIFIED), then as always for molecules up to
+    # 64 atoms; never
     static_shapes: str = "auto"
 
     def __post_init__(self) -> None:
@@ -222,11 +224,12 @@ def train(
     """Train ``config.model`` on ``data[TRAIN]``, select on ``data[VAL]`` energies; write
     ``out_dir``/{model.pt, last.pt, metrics.csv, config.json}.
 
-    ``data`` comes from :func:`pilip.data.load_dataset` (float64, CPU). ``unlabelled``
+    ``data`` comes from :func:`pilip.potential.data.load_dataset` (float64, CPU). ``unlabelled``
     structures (no labels) feed the weak losses only. ``init_weights`` (a model state dict of
     the same architecture) start the model instead of the random initialisation (fine-tuning).
     ``meta`` (JSON-like) is stored in both checkpoints, e.g. the training data's reference.
-    ``total_surface`` (Delta-learning with the weak losses, ``pilip.multifidelity.DeltaSetup``):
+    ``total_surface`` (Delta-learning with the weak losses,
+    ``pilip.potential.multifidelity.DeltaSetup``):
     ``data`` holds reference - baseline (the shifts are fitted to it), but the step and the
     validation see baseline + model on the reference labels, so PITC and PISC act on the total
     surface (the baseline computed at the perturbed geometries); the checkpoints hold the model.
@@ -398,7 +401,7 @@ def build_model(
     """The model of ``config`` (random, or ``init_weights``), its per-element energy shifts
     fitted to the training energies by least squares (with ``init_weights`` only the shifts:
     the output scale stays the initial model's)."""
-    from pilip.models import build_model as build
+    from pilip.potential.models import build_model as build
 
     model = build(config.model, **{"dtype": config.dtype, **config.model_params})
     if init_weights is not None:
@@ -437,7 +440,8 @@ def budget_spent(config: TrainConfig, state: TrainState) -> str:
 def validation_errors(
     model: nn.Module, structures: Structures, labelled: Structures, batch_size: int
 ) -> dict[str, Any]:
-    """Energy errors (pilip.metrics keys) of ``model`` on ``structures`` (on the model's device),
+    """Energy errors (pilip.potential.metrics keys) of ``model`` on ``structures`` (on the model's
+    device),
     against the float64 labels of ``labelled`` (the same structures)."""
     device = next(model.parameters()).device
     predicted, _ = predict(model, structures, device, batch_size)
