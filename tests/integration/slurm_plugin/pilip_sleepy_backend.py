@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pilip.errors import PilipError
 from pilip.backends.base import Backend, compute_pending
+from pilip.errors import PilipError
 
 
 class SleepyEMTBackend(Backend):
