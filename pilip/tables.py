@@ -348,7 +348,8 @@ def write_table(
     table = with_units(table).replace_schema_metadata(metadata)
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        # a CRC per data page: a damaged page is an error on reading, never other numbers
+        pq.write_table(table, tmp, write_page_checksum=True)
     return path
 
 
@@ -367,6 +368,21 @@ def read_schema(path: str | os.PathLike, kind: str | Sequence[str] | None = None
     return schema
 
 
+def read_parquet(path: str | os.PathLike, **options: Any) -> pa.Table:
+    """``pq.read_table(path, **options)`` with page checksums verified and one-line errors.
+
+    A truncated or damaged file raises PilipError naming the file and what to do.
+    """
+    try:
+        return pq.read_table(path, page_checksum_verification=True, **options)
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PilipError(
+            f"{path}: not a readable Parquet file ({reason}); the file is damaged or not "
+            "Parquet: re-create it with the pilip command that wrote it"
+        ) from None
+
+
 def read_table(path: str | os.PathLike, kind: str | Sequence[str] | None = None) -> pa.Table:
     """Read a table written by :func:`write_table`; check its schema version and kind.
 
@@ -376,11 +392,7 @@ def read_table(path: str | os.PathLike, kind: str | Sequence[str] | None = None)
     path = Path(path)
     if not path.is_file():
         raise PilipError(f"{path}: no such file")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
+    table = read_parquet(path)
     _check_metadata(path, table.schema, kind)
     return table
 

@@ -84,7 +84,11 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PilipError(f"{path}: not a pilip checkpoint ({first})") from None
+        first = first.split(". ")[0]  # torch's first sentence; the rest is advice for devs
+        raise PilipError(
+            f"{path}: not a pilip checkpoint ({first}); it is damaged or not from pilip: "
+            "delete it and rerun `pilip train` (a deleted last.pt starts the run afresh)"
+        ) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise PilipError(f"{path}: not a pilip checkpoint (no format_version)")
     if payload["format_version"] != FORMAT_VERSION:

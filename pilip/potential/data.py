@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
-from pilip import keys
+from pilip import keys, tables
 from pilip.errors import PilipError
 from pilip.rows import FIT, SELECT, RowFlags, stage_rows
 from pilip.tables import read_schema
@@ -197,7 +196,7 @@ def training_references(path: str | Path) -> list[str]:
     columns = [keys.SPLIT, keys.REFERENCE] + (
         [keys.FORCE_VALIDATION] if keys.FORCE_VALIDATION in names else []
     )
-    table = pq.read_table(path, columns=columns)
+    table = tables.read_parquet(path, columns=columns)
     rows = stage_rows(FIT, _row_flags(table, path))
     reference = table.column(keys.REFERENCE).to_pylist()
     return sorted({str(reference[i]) for i in rows if reference[i] is not None})
@@ -246,7 +245,7 @@ def load_dataset(
         )
     columns = required + ([keys.FORCE_VALIDATION] if keys.FORCE_VALIDATION in names else [])
     # The forces column is deliberately absent from this read.
-    table = pq.read_table(path, columns=columns)
+    table = tables.read_parquet(path, columns=columns)
     flags = _row_flags(table, path)
     numbers, offsets, positions = _column_numbers_positions(table, path)
     all_structures = _structures(numbers, offsets, positions, None)
@@ -288,7 +287,7 @@ def _train_forces(
     filters = [(keys.SPLIT, "=", TRAIN)]
     if keys.FORCE_VALIDATION in names:
         filters.append((keys.FORCE_VALIDATION, "=", False))
-    table = pq.read_table(path, columns=[keys.FORCES], filters=filters)
+    table = tables.read_parquet(path, columns=[keys.FORCES], filters=filters)
     # The filtered rows come in file order: map them to positions among train & ~fv rows.
     eligible = stage_rows(FIT, flags)
     if table.num_rows != len(eligible):
@@ -317,7 +316,7 @@ def load_unlabelled(path: str | Path) -> Structures:
     missing = [c for c in (keys.NUMBERS, keys.POSITIONS) if c not in names]
     if missing:
         raise PilipError(f"{path}: missing column(s) {', '.join(missing)} for --unlabelled")
-    table = pq.read_table(path, columns=[keys.NUMBERS, keys.POSITIONS])
+    table = tables.read_parquet(path, columns=[keys.NUMBERS, keys.POSITIONS])
     if table.num_rows == 0:
         raise PilipError(f"{path}: --unlabelled table has no rows")
     numbers, offsets, positions = _column_numbers_positions(table, path)

@@ -1,0 +1,287 @@
+"""Damaged files (issue 13 item 3): every one is refused in one line or recomputed, never read
+as other numbers and never a traceback.
+
+Truncated and bit-flipped Parquet tables, a results JSONL cut mid-line (the partial line is
+recomputed) or broken inside (refused), a checkpoint cut short, and a config with a wrong type
+in every section. benchmarks/fault_campaign.py runs the same kinds of damage on the files of a
+real DAG run and counts them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from ase.build import molecule
+
+from pilip import data, keys, labels, tables
+from pilip.backends.xtb_backend import XTBBackend
+from pilip.checkpoint import load_model, save_checkpoint
+from pilip.cli import main
+from pilip.config import load_config, load_schema
+from pilip.errors import PilipError
+from pilip.labelling import label_table
+from pilip.models import build_model
+
+
+def one_line_refusal(code: int, err: str, names: str) -> str:
+    """The error line of a clean refusal: exit 2, no traceback, the last line names ``names``."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert ": error: " in line and names in line, line
+    return line
+
+
+def rattled_water(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = molecule("H2O")
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture
+def configurations(tmp_path) -> Path:
+    table = tables.configurations_from_atoms(rattled_water(12), system="water", generator="rattle")
+    return tables.write_table(table, tmp_path / "water.parquet", "configurations", {})
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """A dataset table: configurations with energies and splits (what pilip collect writes)."""
+    table = tables.configurations_from_atoms(rattled_water(12), system="water", generator="rattle")
+    energies = pa.array(-2077.0 + np.linspace(0.0, 0.5, table.num_rows))
+    splits = pa.array(["train"] * 8 + ["val"] * 2 + ["test"] * 2)
+    table = table.append_column(keys.ENERGY, energies).append_column(keys.SPLIT, splits)
+    return tables.write_table(table, tmp_path / "dataset.parquet", "dataset", {})
+
+
+def data_page_offsets(path: Path) -> list[int]:
+    """Byte offsets of every column chunk's pages (headers and data) in a Parquet file."""
+    meta = pq.ParquetFile(path).metadata
+    offsets = []
+    for g in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            column = meta.row_group(g).column(c)
+            start = column.dictionary_page_offset or column.data_page_offset
+            offsets += range(start, start + column.total_compressed_size)
+    return offsets
+
+
+# --- Parquet: truncated, bit-flipped -------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", ["half", "footer cut"])
+def test_truncated_table_is_refused_by_its_reader(configurations, tmp_path, capsys, keep):
+    raw = configurations.read_bytes()
+    configurations.write_bytes(raw[: len(raw) // 2] if keep == "half" else raw[:-9])
+    code = main(["chunk", str(configurations), "--size", "4", "-o", str(tmp_path / "chunks")])
+    line = one_line_refusal(code, capsys.readouterr().err, "water.parquet")
+    assert "re-create it" in line
+    assert not (tmp_path / "chunks").exists()
+
+
+def test_truncated_dataset_is_refused_by_training_data_loading(dataset):
+    raw = dataset.read_bytes()
+    dataset.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(PilipError, match="dataset.parquet: not a readable Parquet file"):
+        data.load_dataset(dataset)
+
+
+def test_bit_flips_in_data_pages_are_never_read_as_other_numbers(configurations):
+    """Every bit flip inside a page is refused or harmless (the page CRC catches the data)."""
+    original = tables.read_table(configurations)
+    raw = configurations.read_bytes()
+    offsets = data_page_offsets(configurations)
+    rng = np.random.default_rng(3)
+    refused = 0
+    for offset in rng.choice(offsets, size=60, replace=False):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        configurations.write_bytes(bytes(flipped))
+        try:
+            table = tables.read_table(configurations)
+        except PilipError as exc:
+            assert "\n" not in str(exc) and "water.parquet" in str(exc)
+            refused += 1
+            continue
+        assert table.equals(original), f"flip at byte {offset} read as other numbers"
+    assert refused >= 40  # most flips land in compressed data, covered by the page CRC
+
+
+def test_bit_flipped_dataset_is_refused_by_training_data_loading(dataset):
+    """The column reads of pilip.data check page CRCs too, and fail in one line."""
+    raw = dataset.read_bytes()
+    energy_column = pq.ParquetFile(dataset).schema_arrow.get_field_index(keys.ENERGY)
+    column = pq.ParquetFile(dataset).metadata.row_group(0).column(energy_column)
+    offset = column.data_page_offset + column.total_compressed_size - 3  # inside the values
+    flipped = bytearray(raw)
+    flipped[offset] ^= 0x10
+    dataset.write_bytes(bytes(flipped))
+    with pytest.raises(PilipError, match="dataset.parquet: not a readable Parquet file"):
+        data.load_dataset(dataset)
+
+
+# --- the results JSONL: cut mid-line, broken inside ------------------------------------------
+
+
+@pytest.fixture
+def labelled(tmp_path, monkeypatch, configurations):
+    """Water configurations labelled with GFN2-xTB; the xtb single points are counted."""
+    monkeypatch.chdir(tmp_path)
+    config = {
+        "systems": {"water": {"seed": "H2O"}},
+        "references": {"xtb": {"backend": "xtb", "method": "GFN2-xTB"}},
+        "labelling": {"reference": "xtb"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    label_table(configurations, "xtb", "labels.parquet", config_path="config.yaml")
+    calls: list[str] = []
+    original = XTBBackend._single_point
+
+    def counted(self, config, options, gradients):
+        calls.append(config["id"])
+        return original(self, config, options, gradients)
+
+    monkeypatch.setattr(XTBBackend, "_single_point", counted)
+    return tmp_path, calls
+
+
+def test_results_cut_mid_line_recomputes_only_that_line(labelled, configurations):
+    root, calls = labelled
+    results = labels.results_path_for(root / "labels.parquet")
+    want = pq.read_table(root / "labels.parquet").to_pylist()
+    lines = results.read_bytes().split(b"\n")
+    results.write_bytes(b"\n".join(lines[:5]) + b"\n" + lines[5][: len(lines[5]) // 2])
+    (root / "labels.parquet").unlink()
+    report = label_table(configurations, "xtb", "labels.parquet", config_path="config.yaml")
+    got = pq.read_table(root / "labels.parquet").to_pylist()
+    assert len(calls) == len(want) - 5  # the cut line and the ones after it, nothing else
+    assert report.computed == len(calls)
+    assert [r[keys.ENERGY] for r in got] == [r[keys.ENERGY] for r in want]
+    assert all(r[keys.STATUS] == keys.STATUS_OK for r in got)
+
+
+def test_results_broken_inside_is_refused_in_one_line(labelled, configurations, capsys):
+    root, calls = labelled
+    results = labels.results_path_for(root / "labels.parquet")
+    lines = results.read_bytes().split(b"\n")
+    lines[2] = lines[2][:30]
+    results.write_bytes(b"\n".join(lines))
+    (root / "labels.parquet").unlink()
+    argv = ["label", str(configurations), "--reference", "xtb", "-o", "labels.parquet"]
+    line = one_line_refusal(main(argv), capsys.readouterr().err, f"{results.name}:3")
+    assert "remove the line or the file" in line
+    assert calls == [] and not (root / "labels.parquet").exists()
+
+
+# --- checkpoints cut short -------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = build_model("schnet", n_features=8, n_interactions=1, cutoff=3.0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model=model, model_name="schnet", meta={"config": {}})
+    return path
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.99])
+def test_checkpoint_cut_short_is_refused_with_what_to_do(checkpoint, fraction):
+    raw = checkpoint.read_bytes()
+    checkpoint.write_bytes(raw[: int(len(raw) * fraction)])
+    with pytest.raises(PilipError) as info:
+        load_model(checkpoint)
+    text = str(info.value)
+    assert "\n" not in text and str(checkpoint) in text
+    assert "delete it and rerun `pilip train`" in text
+
+
+def test_evaluate_refuses_a_checkpoint_cut_short(checkpoint, dataset, tmp_path, capsys):
+    raw = checkpoint.read_bytes()
+    checkpoint.write_bytes(raw[: len(raw) // 2])
+    argv = ["evaluate", str(checkpoint), str(dataset), "--out", str(tmp_path / "eval")]
+    one_line_refusal(main(argv), capsys.readouterr().err, "model.pt")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+# --- a config with a wrong type in every section ---------------------------------------------
+
+BASE_CONFIG = {
+    "systems": {"water": {"seed": "H2O"}},
+    "references": {"hf": {"backend": "psi4", "method": "scf/cc-pvdz"}},
+    "labelling": {"reference": "hf"},
+    "force_validation": {"reference": "hf"},
+}
+
+
+def wrong_type_cases() -> list[tuple[str, dict, str]]:
+    """(label, config, key the error must name): the section itself and one key inside it."""
+    cases = []
+    for section, spec in load_schema()["properties"].items():
+        config = json.loads(json.dumps(BASE_CONFIG))
+        config[section] = 42
+        cases.append((f"{section}: 42", config, section))
+        inner = spec.get("properties") or {}
+        scalar = [(k, v) for k, v in inner.items() if v.get("type") in ("integer", "number")]
+        scalar += [(k, v) for k, v in inner.items() if v.get("type") == "boolean"]
+        if scalar:
+            key = scalar[0][0]
+            config = json.loads(json.dumps(BASE_CONFIG))
+            config.setdefault(section, {})[key] = "ten"
+            cases.append((f"{section}.{key}: ten", config, f"{section}.{key}"))
+    config = json.loads(json.dumps(BASE_CONFIG))
+    config["systems"]["water"]["seed"] = [1, 2]
+    cases.append(("systems.water.seed: a list", config, "systems.water.seed"))
+    config = json.loads(json.dumps(BASE_CONFIG))
+    config["references"]["hf"]["method"] = 7
+    cases.append(("references.hf.method: 7", config, "references.hf.method"))
+    return cases
+
+
+WRONG_TYPES = wrong_type_cases()
+
+
+def test_every_config_section_gets_a_wrong_type_case():
+    sections = {label.split(":")[0].split(".")[0] for label, _, _ in WRONG_TYPES}
+    assert sections == set(load_schema()["properties"])
+
+
+@pytest.mark.parametrize(("label", "config", "key"), WRONG_TYPES, ids=[c[0] for c in WRONG_TYPES])
+def test_wrong_type_in_a_config_section_is_refused_in_one_line(tmp_path, label, config, key):
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(PilipError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{path}: {key}"), text
+
+
+def test_sample_refuses_a_wrong_type_before_writing(tmp_path, capsys):
+    config = json.loads(json.dumps(BASE_CONFIG))
+    config["sampling"] = {"seed": "one"}
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "water.parquet"
+    argv = ["sample", "--config", str(tmp_path / "my.yaml"), "--system", "water", "-o", str(out)]
+    one_line_refusal(main(argv), capsys.readouterr().err, "sampling.seed")
+    assert not out.exists()
+
+
+def test_positions_column_read_is_exact(configurations):
+    """The checked read returns the very numbers written (no conversion on the way)."""
+    table = tables.read_table(configurations)
+    flat = pc.list_flatten(pc.list_flatten(table.column(keys.POSITIONS))).to_numpy()
+    frames = rattled_water(12)
+    assert np.array_equal(flat, np.concatenate([a.positions.ravel() for a in frames]))
