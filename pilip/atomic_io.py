@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from pilip.errors import PilipError
+
+# below this many free bytes a failed write is taken for a full disk, whatever the library
+# raised (torch reports ENOSPC as "unexpected pos" or "file write failed")
+NEARLY_FULL_BYTES = 1 << 20
 
 
 def _umask() -> int:
@@ -20,7 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     An interrupted or failed write leaves ``path`` untouched (old content or absent) and
-    removes the temporary file.
+    removes the temporary file. A write that fails on a full disk raises a one-line
+    PilipError naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +41,68 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as exc:
+        if disk_full(exc, path.parent):
+            raise PilipError(no_space_message(path)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether ``exc``, raised while writing into ``folder``, means the disk (or quota) is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(exc):
+        return True
+    return disk_nearly_full(folder)
+
+
+def no_space_message(path: str | os.PathLike) -> str:
+    """The one-line error for a write to ``path`` that found its disk full."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free // 1024} KB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"{path}: no space left on device ({free}): free some space and rerun; finished work "
+        "is kept and nothing is left half-written"
+    )
+
+
+def disk_nearly_full(folder: str | os.PathLike) -> bool:
+    """Whether ``folder``'s filesystem has less than ``NEARLY_FULL_BYTES`` free."""
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def append_bytes(fd: int, data: bytes, name: str | os.PathLike) -> None:
+    """Append ``data`` to the open file ``fd`` whole or not at all, and push it to disk.
+
+    A failed write (a full disk) cuts the file back to where ``data`` started, so no half
+    line is left; a full disk is a one-line PilipError naming ``name``.
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        if disk_full(exc, Path(name).parent):
+            raise PilipError(no_space_message(name)) from None
+        raise
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` to ``path`` (created if absent) whole or not at all (see append_bytes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        append_bytes(fd, text.encode("utf-8"), path)
+    finally:
+        os.close(fd)

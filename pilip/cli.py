@@ -8,6 +8,7 @@ pyarrow) inside ``run`` so that ``pilip --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -54,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except PilipError as exc:
         print(f"pilip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk met outside pilip's own writers: still one line, naming the file if known
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"pilip {args.command}: error: {where}no space left on device: free some space "
+            "and rerun; finished work is kept",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"pilip {args.command}: interrupted", file=sys.stderr)

@@ -38,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pilip.atomic_io import append_bytes
 from pilip.errors import PilipError
 
 RESULT_FIELDS: tuple[str, ...] = (
@@ -250,10 +251,14 @@ def open_results_for_append(path: Path) -> io.TextIOWrapper:
 
 
 def append_result(fh: io.TextIOWrapper, record: dict[str, Any]) -> None:
-    """Write one results line and push it to disk before the next geometry starts."""
-    fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
+    """Write one results line and push it to disk before the next geometry starts.
+
+    A write that fails (a full disk) leaves no half line behind: the file is cut back to
+    where the line started, and a full disk is a one-line PilipError naming the file.
+    """
+    data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    fh.flush()  # nothing of ours may wait in the text buffer
+    append_bytes(fh.fileno(), data, fh.name)
 
 
 def result_record(

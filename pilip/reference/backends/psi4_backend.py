@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pilip import units
+from pilip.atomic_io import disk_nearly_full, no_space_message
 from pilip.errors import PilipError
 from pilip.reference import cbs
 from pilip.reference.backends.base import (
@@ -519,6 +520,11 @@ class _Run:
             )
         if not wanted:
             return
+        if proc.returncode != 0 and not killed:
+            # a worker that died on a full disk failed no geometry: stop, resume later
+            for folder in (self.results.parent, scratch):
+                if disk_nearly_full(folder):
+                    raise PilipError(no_space_message(folder))
         current = _current_config(progress)
         if current is None and not killed and proc.returncode != 0:
             raise PilipError(
