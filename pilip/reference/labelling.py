@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from pilip.reference.backends import Backend, make_backend
 from pilip.reference.backends.base import read_results
 from pilip.reference.backends.psi4_backend import Psi4Backend
 from pilip.reference.backends.xtb_backend import METHODS as XTB_METHODS
+from pilip.scratch import scratch_folder
 
 
 @dataclasses.dataclass
@@ -265,10 +265,8 @@ def label_table(
     before = len(read_results(results))
 
     retry_options = ref.spec.get("retry_options") if settings["retry"] else None
-    scratch_root = settings.get("scratch")
-    if scratch_root:
-        Path(scratch_root).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="pilip-label-", dir=scratch_root) as scratch:
+    # a killed job's scratch folder is removed by the next label job on this host
+    with scratch_folder("pilip-label", settings.get("scratch")) as scratch:
         backend.run(
             configs,
             results,
