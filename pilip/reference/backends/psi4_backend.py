@@ -433,6 +433,7 @@ class _Run:
         self.gradients = gradients
         self.fingerprint = fingerprint
         self.offset = 0  # bytes of the raw file already converted
+        self.signalled_at_start = False  # a worker was killed before its first geometry
 
     def convert(self, raw: Path, wanted: set[str], start: int) -> int:
         """Append results lines for complete raw lines after byte ``start``; new offset."""
@@ -526,6 +527,11 @@ class _Run:
                 if disk_nearly_full(folder):
                     raise PilipError(no_space_message(folder))
         current = _current_config(progress)
+        if current is None and not killed and proc.returncode < 0 and not self.signalled_at_start:
+            # killed by a signal while starting (out-of-memory killer, a user): start once more;
+            # a worker that cannot start twice is an error, not a failed geometry
+            self.signalled_at_start = True
+            return
         if current is None and not killed and proc.returncode != 0:
             raise PilipError(
                 f"the Psi4 worker ({interpreter.python}) failed before its first geometry "

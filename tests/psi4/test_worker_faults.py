@@ -1,0 +1,104 @@
+"""The Psi4 worker killed for real (issue 13 item 4): while starting, and mid-chunk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pilip.backends import make_backend
+from pilip.backends.base import read_results
+
+
+pytestmark = pytest.mark.psi4
+WATER = [[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]
+
+
+def water(config_id: str) -> dict:
+    shift = 0.01 * (ord(config_id) - ord("a"))  # distinct geometries
+    positions = [[x, y + shift, z] for x, y, z in WATER]
+    return {
+        "id": config_id,
+        "numbers": [8, 1, 1],
+        "positions": positions,
+        "charge": 0,
+        "multiplicity": 1,
+    }
+
+
+def worker_pids() -> list[int]:
+    """Psi4 workers started by this process."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"psi4_worker" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+class Killer(threading.Thread):
+    """kill -9 the first Psi4 worker once ``ready()`` holds."""
+
+    def __init__(self, ready) -> None:
+        super().__init__(daemon=True)
+        self.ready = ready
+        self.killed: int | None = None
+        self.stop = False
+
+    def run(self) -> None:
+        while not self.stop and self.killed is None:
+            pids = worker_pids()
+            if pids and self.ready():
+                os.kill(pids[0], signal.SIGKILL)
+                self.killed = pids[0]
+            time.sleep(0.01)
+
+
+def label(tmp_path, configs, killer: Killer) -> dict:
+    backend = make_backend("r", {"backend": "psi4", "method": "scf/cc-pvdz"})
+    killer.start()
+    try:
+        backend.run(
+            configs,
+            tmp_path / "r.results.jsonl",
+            threads=1,
+            gradients=False,
+            scratch=tmp_path / "scratch",
+            retry_options=None,
+            timeout_s=None,
+        )
+    finally:
+        killer.stop = True
+        killer.join()
+    return read_results(tmp_path / "r.results.jsonl")
+
+
+def test_worker_killed_while_starting_is_started_again(tmp_path):
+    configs = [water("a"), water("b")]
+    killer = Killer(ready=lambda: True)  # at once: Psi4 is still being imported
+    rows = label(tmp_path, configs, killer)
+    assert killer.killed is not None
+    assert [rows[c["id"]]["status"] for c in configs] == ["ok", "ok"]
+
+
+def test_worker_killed_mid_chunk_costs_one_failed_row(tmp_path):
+    configs = [water("a"), water("b"), water("c"), water("d")]
+    results = tmp_path / "r.results.jsonl"
+    killer = Killer(ready=lambda: results.is_file() and results.read_bytes().count(b"\n") >= 1)
+    rows = label(tmp_path, configs, killer)
+    assert killer.killed is not None
+    statuses = [rows[c["id"]]["status"] for c in configs]
+    assert statuses.count("failed") == 1 and statuses.count("ok") == 3
+    failed = next(r for r in rows.values() if r["status"] == "failed")
+    assert "the Psi4 worker died (exit status -9)" in failed["error"]
+    assert len(results.read_text().splitlines()) == len(configs)  # nothing computed twice
