@@ -13,7 +13,6 @@ import pytest
 from pilip.backends import make_backend
 from pilip.backends.base import read_results
 
-
 pytestmark = pytest.mark.psi4
 WATER = [[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]
 
