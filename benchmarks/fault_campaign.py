@@ -197,6 +197,18 @@ def leftovers(tmp: Path) -> list[str]:
     return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
 
 
+def dag_failure(work: Path, attempt: int) -> str:
+    """Why Snakemake stopped: the failed jobs' error lines (from their logs), or its own."""
+    text = (work / f"snakemake-{attempt}.log").read_text()
+    logs = re.findall(r"log: (\S+) \(check log file", text)
+    errors = []
+    for rel in dict.fromkeys(logs):
+        path = work / rel
+        lines = path.read_text().splitlines() if path.is_file() else []
+        errors += [f"{rel}: {line}" for line in lines if ": error: " in line or "Error" in line]
+    return "; ".join(errors) or text[-500:]
+
+
 def run_dag(
     work: Path,
     *,
@@ -209,6 +221,8 @@ def run_dag(
 ) -> dict[str, Any]:
     """Run the DAG in ``work`` to completion, killing it at each target on the way.
 
+    ``failed`` in the result is None, or why the DAG stopped without completing.
+
     A target (stage, fraction) kills the whole process group ``fraction`` of that stage's
     duration in the uninterrupted run after a job of the stage is first seen. Returns the wall
     time, the kills, and the first and last time each stage was seen running.
@@ -219,6 +233,7 @@ def run_dag(
     seen: dict[str, list[float]] = {}
     start = time.monotonic()
     attempt = 0
+    failed = None
     while True:
         if attempt:
             unlock = subprocess.run(
@@ -277,11 +292,11 @@ def run_dag(
             time.sleep(POLL_S)
         if not killed:
             if proc.returncode != 0:
-                tail = (work / f"snakemake-{attempt}.log").read_text()[-2000:]
-                raise RuntimeError(f"snakemake failed in {work} (attempt {attempt}):\n{tail}")
+                failed = dag_failure(work, attempt)
             break
         attempt += 1
     return {
+        "failed": failed,
         "wall_s": time.monotonic() - start,
         "kills": kills,
         "skipped_targets": skipped + [t[0] for t in targets],
@@ -456,6 +471,11 @@ def kill_campaign(
         log(f"kill chain {index}: {len(targets)} targets")
         chain = run_dag(work, targets=targets, durations=durations, tmp=tmp)
         chain["temporary_left"] = leftovers(tmp)
+        if chain["failed"]:
+            log(f"  the DAG did not complete: {chain['failed']}")
+            # complete it without faults, so the other figures still count this chain
+            rescue = run_dag(work, tmp=tmp)
+            chain["completed_on_a_further_run"] = rescue["failed"] is None
         chain["comparison"] = compare_runs(work, root / "baseline")
         chains.append(chain)
         total += len(chain["kills"])
@@ -492,6 +512,7 @@ def kill_campaign(
         ),
         "wall_lost_per_kill_s": lost / max(1, len(kills)),
         "chain_wall_s": [round(c["wall_s"], 1) for c in chains],
+        "resumes_failed": [c["failed"] for c in chains if c["failed"]],
         "chains": chains,
     }
 
@@ -526,18 +547,23 @@ def fill(folder: Path, leave_bytes: int) -> Path:
 
 
 def one_line_error(proc: subprocess.CompletedProcess, names: list[str]) -> dict[str, Any]:
-    """How ``proc`` failed: exit status, its error line(s), whether it names one of ``names``."""
+    """How ``proc`` failed: exit status, its error line, whether that line names a file.
+
+    Clean: exit status 2, no traceback, the last line the error, naming one of ``names``
+    (progress lines before it are fine).
+    """
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    names_path = any(name in last for name in names)
     return {
         "exit_status": proc.returncode,
-        "stderr_lines": len(lines),
         "traceback": "Traceback" in proc.stderr,
-        "names_path": any(name in proc.stderr for name in names),
-        "error": lines[-1] if lines else "",
+        "names_path": names_path,
+        "error": last,
         "clean": proc.returncode == 2
-        and len(lines) == 1
         and "Traceback" not in proc.stderr
-        and any(name in proc.stderr for name in names),
+        and ": error: " in last
+        and names_path,
     }
 
 
@@ -1079,6 +1105,8 @@ def qc_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     faults = WorkerFaults(work)
     log("misbehaving quantum chemistry: one DAG run")
     run = run_dag(work, on_poll=faults, tmp=root / "tmp-qc")
+    if run["failed"]:
+        return {"dag_completed": False, "failed": run["failed"]}
     everything = [r for rel, *_ in label_jobs(work, config) for r in label_rows_of(work / rel)]
     rows = label_rows_of_all(work, ref)
     failed = [r for r in everything if r["status"] != "ok"]
@@ -1088,7 +1116,7 @@ def qc_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     summary_counts = [int(x) for x in counted.groups()] if counted else None
     statuses = Counter(r["status"] for r in rows)
     out: dict[str, Any] = {
-        "dag_completed": True,
+        "dag_completed": run["failed"] is None,
         "dag_wall_s": round(run["wall_s"], 1),
         "geometries": len(everything),
         "failed_rows": len(failed),
@@ -1141,6 +1169,7 @@ def qc_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     out["after_retry_ok"] = sum(1 for r in final if r["status"] == "ok")
     out["after_retry_labels"] = compare_labels(work, root / "baseline")
     out["rerun_wall_s"] = round(again["wall_s"], 1)
+    out["rerun_failed"] = again["failed"]
     out["psi4_missing"] = psi4_missing(root, config)
     return out
 
@@ -1338,6 +1367,8 @@ def markdown(record: dict[str, Any]) -> str:
             f"| `kill -9` of Snakemake's process group | >= 20 | {kills['kills']} "
             f"(running at the kill: {stages}) |",
             f"| processes that survived a kill | 0 | {kills['survivors']} |",
+            f"| chains whose resumed DAG did not complete | 0 | "
+            f"{len(kills['resumes_failed'])} {'; '.join(kills['resumes_failed'])[:300]} |",
             f"| finished geometries recomputed | 0 | {kills['recomputed_geometries']} "
             f"(of {kills['geometries']} labelled) |",
             f"| label energies and forces bitwise equal | 100 % | "
@@ -1380,13 +1411,13 @@ def markdown(record: dict[str, Any]) -> str:
         out.append("")
     damaged = record.get("damaged")
     if damaged and "crashed" not in damaged:
-        handled = damaged["rejected"] + damaged["recomputed"]
+        handled = damaged["rejected"] + damaged["recomputed"] + damaged["harmless"]
         out += [
             "### 3. Damaged files",
             "",
-            f"Bad inputs tried: {damaged['tried']}; refused in one line or recomputed: "
-            f"{percent(handled, damaged['tried'])}; read back unchanged (a flipped bit in "
-            f"bytes nothing reads): {damaged['harmless']}; verdicts: "
+            f"Bad inputs tried: {damaged['tried']}; handled cleanly (refused in one line, "
+            f"recomputed, or a flipped bit in bytes nothing reads): "
+            f"{percent(handled, damaged['tried'])}. Verdicts: "
             + ", ".join(f"{k} {v}" for k, v in sorted(damaged["verdicts"].items()))
             + ".",
             "",
@@ -1397,7 +1428,9 @@ def markdown(record: dict[str, Any]) -> str:
             out.append(f"| {case['case']} | {case['verdict']} | `{case['error'][:100]}` |")
         out.append("")
     qc = record.get("qc")
-    if qc and "crashed" not in qc:
+    if qc and "failed" in qc:
+        out += ["### 4. Quantum chemistry that misbehaves", "", f"DAG FAILED: {qc['failed']}", ""]
+    elif qc and "crashed" not in qc:
         missing = qc["psi4_missing"]
         out += [
             "### 4. Quantum chemistry that misbehaves",
@@ -1483,6 +1516,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log("uninterrupted run")
         baseline = run_dag(prepare(root / "baseline", config), tmp=root / "tmp-baseline")
+        if baseline["failed"]:
+            raise RuntimeError(f"the uninterrupted run failed: {baseline['failed']}")
         baseline["bad_files"] = scan_files(root / "baseline")
         saved.write_text(json.dumps(baseline))
     record["baseline"] = baseline

@@ -523,9 +523,9 @@ class _Run:
             return
         if proc.returncode != 0 and not killed:
             # a worker that died on a full disk failed no geometry: stop, resume later
-            for folder in (self.results.parent, scratch):
+            for folder, written in ((self.results.parent, self.results), (scratch, scratch)):
                 if disk_nearly_full(folder):
-                    raise PilipError(no_space_message(folder))
+                    raise PilipError(no_space_message(written))
         current = _current_config(progress)
         if current is None and not killed and proc.returncode < 0 and not self.signalled_at_start:
             # killed by a signal while starting (out-of-memory killer, a user): start once more;
