@@ -38,16 +38,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would
     os.chmod(tmp_path, 0o666 & ~_umask())
+    full_disk = None
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except Exception as exc:
-        if disk_full(exc, path.parent):
-            raise PilipError(no_space_message(path)) from None
-        raise
+        if not disk_full(exc, path.parent):
+            raise
+        full_disk = no_space_message(path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+    if full_disk:
+        # raised here, not inside `except`: the failed writer (and its open file) goes now
+        raise PilipError(full_disk)
 
 
 def disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:

@@ -7,6 +7,7 @@ runs whole labelling and training stages on such a filesystem and resumes them.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -37,7 +38,9 @@ def small_disk(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        gc.collect()  # a failed writer held by a traceback may still hold its file open
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def fill(folder: Path, leave: int) -> Path:
