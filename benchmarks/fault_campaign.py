@@ -231,6 +231,7 @@ def run_dag(
     kills: list[dict[str, Any]] = []
     skipped: list[str] = []
     seen: dict[str, list[float]] = {}
+    job_started: dict[int, float] = {}  # pid of a pilip job -> when first seen
     start = time.monotonic()
     attempt = 0
     failed = None
@@ -262,6 +263,12 @@ def run_dag(
             running = stages_running(procs)
             for stage in running:
                 seen.setdefault(stage, [now, now])[1] = now
+            jobs = [pid for pid, cmd in procs.items() if PILIP_COMMAND.search(cmd)]
+            for pid in jobs:
+                job_started.setdefault(pid, now)
+            if jobs and kills and "restart_s" not in kills[-1]:
+                # from the kill to the first job running again: unlock, Snakemake, DAG
+                kills[-1]["restart_s"] = round(now - kills[-1]["t_s"], 2)
             if on_poll is not None:
                 on_poll(procs)
             while targets and deadline is None:
@@ -276,6 +283,7 @@ def run_dag(
             if deadline is not None and now >= deadline:
                 stage, fraction = targets.pop(0)
                 at_kill = sorted(stages_running(descendants(proc.pid)))
+                ages = [now - job_started[pid] for pid in jobs if pid in job_started]
                 survivors = kill_tree(proc)
                 kills.append(
                     {
@@ -283,6 +291,9 @@ def run_dag(
                         "fraction": round(fraction, 3),
                         "t_s": round(now, 2),
                         "running": at_kill,
+                        # how long the killed jobs had run: an upper bound of the work lost
+                        # (a label job keeps its finished geometries)
+                        "killed_jobs_age_s": round(max(ages, default=0.0), 2),
                         "survivors": survivors,
                     }
                 )
@@ -511,6 +522,8 @@ def kill_campaign(
             1 for c in chains for n in c["temporary_left"] if n.startswith("snakemake")
         ),
         "wall_lost_per_kill_s": lost / max(1, len(kills)),
+        "restart_s_mean": float(np.mean([k["restart_s"] for k in kills if "restart_s" in k])),
+        "killed_jobs_age_s_mean": float(np.mean([k["killed_jobs_age_s"] for k in kills])),
         "chain_wall_s": [round(c["wall_s"], 1) for c in chains],
         "resumes_failed": [c["failed"] for c in chains if c["failed"]],
         "chains": chains,
@@ -1379,8 +1392,15 @@ def markdown(record: dict[str, Any]) -> str:
             f"| corrupt or partial files left | 0 | {len(kills['bad_files'])} |",
             f"| label scratch folders left | 0 | {kills['label_scratch_left']} "
             f"(Snakemake's own temporary folders: {kills['snakemake_temporary_left']}) |",
-            f"| wall time lost per kill | - | {kills['wall_lost_per_kill_s']:.1f} s "
-            f"(chains: {', '.join(f'{w:.0f} s' for w in kills['chain_wall_s'])}) |",
+            f"| wall time lost per kill | - | {kills['wall_lost_per_kill_s']:.1f} s: the "
+            f"chains' time over the uninterrupted run's, per kill (chains: "
+            f"{', '.join(f'{w:.0f} s' for w in kills['chain_wall_s'])}; the shared machine's "
+            f"load moves this) |",
+            f"| restart after a kill | - | {kills['restart_s_mean']:.1f} s mean from the kill "
+            "to the first job running again (`--unlock`, Snakemake's start, the DAG) |",
+            f"| work in flight at a kill | - | {kills['killed_jobs_age_s_mean']:.1f} s mean "
+            "age of the killed jobs (an upper bound of the work redone: label jobs keep "
+            "their finished geometries) |",
             "",
         ]
     disk = record.get("disk")

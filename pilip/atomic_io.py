@@ -1,9 +1,15 @@
-"""Crash-safe file writing: write to a temporary name in the same folder, then rename."""
+"""Crash-safe file writing: write to a temporary name in the same folder, then rename.
+
+The temporary name carries the host and process id (``.<name>.<host>-<pid>-XXXX.tmp``), so a
+writer killed with ``kill -9`` (no chance to clean up) leaves debris the next writer of the
+same file on that host recognises and removes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -11,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pilip.errors import PilipError
+from pilip.scratch import host_name, process_alive
 
 # below this many free bytes a failed write is taken for a full disk, whatever the library
 # raised (torch reports ENOSPC as "unexpected pos" or "file write failed")
@@ -33,7 +40,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    prefix = f".{path.name}.{host_name()}-{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would
@@ -52,6 +61,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if full_disk:
         # raised here, not inside `except`: the failed writer (and its open file) goes now
         raise PilipError(full_disk)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporaries of ``path`` left by killed writers on this host (dead process ids)."""
+    path = Path(path)
+    head = f".{path.name}.{host_name()}-"
+    removed = []
+    for candidate in path.parent.glob(f"{glob.escape(head)}*.tmp"):
+        pid = candidate.name[len(head) :].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
 
 
 def disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:

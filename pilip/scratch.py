@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _host() -> str:
+def host_name() -> str:
     """This host's name, safe inside a file name (no '-' so that the pid parses back)."""
     return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -35,10 +36,10 @@ def _alive(pid: int) -> bool:
 def remove_stale(root: Path, prefix: str) -> list[Path]:
     """Remove ``root``'s folders ``<prefix>-<this host>-<pid>-*`` whose process is gone."""
     removed = []
-    head = f"{prefix}-{_host()}-"
+    head = f"{prefix}-{host_name()}-"
     for folder in Path(root).glob(f"{head}*"):
         pid_text = folder.name[len(head) :].split("-", 1)[0]
-        if not pid_text.isdigit() or not folder.is_dir() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or not folder.is_dir() or process_alive(int(pid_text)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
@@ -54,5 +55,7 @@ def scratch_folder(prefix: str, root: str | os.PathLike | None = None) -> Iterat
     root = Path(root) if root else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root, prefix)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{_host()}-{os.getpid()}-", dir=root) as d:
+    with tempfile.TemporaryDirectory(
+        prefix=f"{prefix}-{host_name()}-{os.getpid()}-", dir=root
+    ) as d:
         yield Path(d)

@@ -16,7 +16,7 @@ def dead_pid() -> int:
 
 
 def test_the_next_job_removes_folders_of_dead_processes_only(tmp_path):
-    host = scratch._host()
+    host = scratch.host_name()
     dead = tmp_path / f"pilip-label-{host}-{dead_pid()}-abcd"
     live = tmp_path / f"pilip-label-{host}-{os.getpid()}-efgh"
     elsewhere = tmp_path / f"pilip-label-otherhost-{dead_pid()}-ijkl"
