@@ -63,6 +63,7 @@ STAGE_OF = {
     "label": "labelling",
     "collect": "collecting",
     "train": "training",
+    "baseline-model": "training",
     "evaluate": "evaluation",
     "report": "evaluation",
     "md": "md",
