@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import signal
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pilip.atomic_io import atomic_path
+from pilip.atomic_io import append_text, atomic_path
 from pilip.errors import PilipError
 from pilip.potential.checkpoint import read_checkpoint, save_checkpoint
 from pilip.potential.data import TRAIN, VAL, Structures, UnlabelledStream, concat_batches
@@ -544,8 +545,10 @@ class RunFolder:
 
     def append(self, state: TrainState, row: dict[str, Any]) -> None:
         state.history.append(row)
-        with open(self.out_dir / METRICS_FILE, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.columns).writerow(_formatted(row))
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=self.columns).writerow(_formatted(row))
+        # the whole row or nothing (a full disk is one line naming metrics.csv)
+        append_text(self.out_dir / METRICS_FILE, line.getvalue())
 
     def save(self, state: TrainState) -> None:
         """last.pt (the weights and the whole state), then model.pt (the best EMA weights)."""

@@ -107,3 +107,15 @@ def test_checkpoint_on_a_full_disk_is_not_left_under_its_name(small_disk):
         save_checkpoint(path, model=model, model_name="schnet", meta={"config": {}})
     assert_no_space_error(info.value, path)
     assert sorted(p.name for p in small_disk.iterdir()) == ["ballast.bin"]
+
+
+def test_a_text_row_on_a_full_disk_leaves_no_half_row(small_disk):
+    """metrics.csv rows are appended whole or not at all."""
+    log = small_disk / "metrics.csv"
+    atomic_io.append_text(log, "epoch,loss\n1,0.5\n")
+    before = log.read_bytes()
+    fill(small_disk, 1000)
+    with pytest.raises(PilipError) as info:
+        atomic_io.append_text(log, "2," + "9" * 20000 + "\n")
+    assert_no_space_error(info.value, log)
+    assert log.read_bytes() == before
