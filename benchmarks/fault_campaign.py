@@ -1042,8 +1042,8 @@ def damaged_config_cases(work: Path) -> list[dict[str, Any]]:
 # --- 4. quantum chemistry that misbehaves ----------------------------------------------------
 
 SCF_MAXITER = 10  # below what some sampled water geometries need: SCF fails on a fraction
-GEOMETRY_TIMEOUT_S = 4.0
-STOP_S = 8.0  # a worker stopped this long overshoots the per-geometry timeout
+GEOMETRY_TIMEOUT_S = 8.0
+STOP_S = 15.0  # a worker stopped this long overshoots the per-geometry timeout
 
 
 class WorkerFaults:
@@ -1060,18 +1060,24 @@ class WorkerFaults:
         self.resumed = False
         self.killed: int | None = None
 
-    def finished(self, pid: int) -> int:
-        """Results lines of the label job whose worker ``pid`` is (0 if unknown)."""
+    def progress(self, pid: int) -> tuple[int, int]:
+        """(results lines, configurations) of the label job whose Psi4 worker is ``pid``."""
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 parent = int(fh.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{parent}/cmdline", "rb") as fh:
                 argv = fh.read().decode().split("\0")
             output = Path(argv[argv.index("-o") + 1])
+            total = pq.read_metadata(self.work / argv[argv.index("label") + 1]).num_rows
         except (OSError, ValueError, IndexError):
-            return 0
+            return 0, 0
         results = self.work / output.with_name(output.stem + ".results.jsonl")
-        return results.read_bytes().count(b"\n") if results.is_file() else 0
+        return (results.read_bytes().count(b"\n") if results.is_file() else 0), total
+
+    def mid_chunk(self, pid: int, done: int) -> bool:
+        """At least ``done`` geometries finished and at least two still to come."""
+        finished, total = self.progress(pid)
+        return done <= finished <= total - 2
 
     def __call__(self, procs: dict[int, str]) -> None:
         now = time.monotonic()
@@ -1079,7 +1085,7 @@ class WorkerFaults:
         for pid in workers:
             self.first_seen.setdefault(pid, now)
         if self.stopped is None:
-            ready = [p for p in workers if self.finished(p) >= 1]
+            ready = [p for p in workers if self.mid_chunk(p, 1)]
             if ready:
                 self.stopped, self.stopped_at = ready[0], now
                 os.kill(self.stopped, signal.SIGSTOP)
@@ -1088,8 +1094,8 @@ class WorkerFaults:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.stopped, signal.SIGCONT)
             self.resumed = True
-        elif self.resumed and self.killed is None:
-            ready = [p for p in workers if p != self.stopped and self.finished(p) >= 2]
+        if self.stopped is not None and self.killed is None:
+            ready = [p for p in workers if p != self.stopped and self.mid_chunk(p, 2)]
             if ready:
                 self.killed = ready[0]
                 os.kill(self.killed, signal.SIGKILL)
@@ -1136,6 +1142,7 @@ def qc_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "failed_rows": len(failed),
         "failures_by_kind": dict(kinds),
         "rows_with_error_text": sum(1 for r in failed if r["error"]),
+        "errors": [f"{r['status']}: {(r['error'] or '')[:200]}" for r in failed],
         "summary_counts_match": summary_counts
         == [statuses.get("ok", 0), statuses.get("failed", 0), statuses.get("timeout", 0)],
         "summary_line": counted.group(0) if counted else None,
@@ -1442,11 +1449,23 @@ def markdown(record: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v}" for k, v in sorted(damaged["verdicts"].items()))
             + ".",
             "",
-            "| case | verdict | error |",
-            "|---|---|---|",
+            "| damage | tried | verdicts | an error it gave |",
+            "|---|---|---|---|",
         ]
+        groups: dict[str, list[dict[str, Any]]] = {}
         for case in damaged["cases"]:
-            out.append(f"| {case['case']} | {case['verdict']} | `{case['error'][:100]}` |")
+            key = re.sub(r"bit \d+ flipped \(byte \d+ of \d+\)", "one bit flipped", case["case"])
+            key = re.sub(r"wrong type at .*", "a wrong type (each section, and a key in it)", key)
+            groups.setdefault(key, []).append(case)
+        for key, cases in groups.items():
+            verdicts = Counter(c["verdict"] for c in cases)
+            errors = [c["error"] for c in cases if ": error: " in c["error"]]
+            example = (errors or [cases[0]["error"]])[-1][:110]
+            out.append(
+                f"| {key} | {len(cases)} | "
+                + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
+                + f" | `{example}` |"
+            )
         out.append("")
     qc = record.get("qc")
     if qc and "failed" in qc:
@@ -1458,6 +1477,10 @@ def markdown(record: dict[str, Any]) -> str:
             "",
             "| figure | measured |",
             "|---|---|",
+            f"| faults injected | SCF maxiter {SCF_MAXITER}; a worker stopped "
+            f"{STOP_S:.0f} s against a {GEOMETRY_TIMEOUT_S:.0f} s timeout: "
+            f"{'yes' if qc['worker_stopped'] else 'NO'}; a worker killed mid-chunk: "
+            f"{'yes' if qc['worker_killed'] else 'NO'} |",
             f"| DAG completed with the faults | {'yes' if qc['dag_completed'] else 'NO'} "
             f"({qc['dag_wall_s']} s) |",
             f"| failed rows (of {qc['geometries']}) | {qc['failed_rows']}: "
