@@ -276,8 +276,8 @@ def run_dag(
                 stage, fraction = targets[0]
                 if stage in running:
                     deadline = now + fraction * (durations or {}).get(stage, 1.0)
-                elif any(LEVEL[s] > LEVEL[stage] for s in running):
-                    skipped.append(stage)  # the DAG is already past it
+                elif stage in seen and any(LEVEL[s] > LEVEL[stage] for s in running):
+                    skipped.append(stage)  # it ran and the DAG is past it
                     targets.pop(0)
                 else:
                     break
