@@ -403,7 +403,8 @@ def compare_models(work: Path, reference: Path) -> dict[str, Any]:
 
 def check_file(path: Path) -> str | None:
     """None when ``path`` reads back whole, else why not."""
-    from pilip import checkpoint, tables
+    from pilip import tables
+    from pilip.potential import checkpoint
 
     try:
         suffix = path.suffix

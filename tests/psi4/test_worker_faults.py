@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pilip.backends import make_backend
-from pilip.backends.base import read_results
+from pilip.reference.backends import make_backend
+from pilip.reference.backends.base import read_results
 
 pytestmark = pytest.mark.psi4
 WATER = [[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]

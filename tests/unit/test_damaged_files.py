@@ -21,14 +21,16 @@ import torch
 import yaml
 from ase.build import molecule
 
-from pilip import data, keys, labels, tables
-from pilip.backends.xtb_backend import XTBBackend
-from pilip.checkpoint import load_model, save_checkpoint
+from pilip import keys, tables
 from pilip.cli import main
 from pilip.config import load_config, load_schema
 from pilip.errors import PilipError
-from pilip.labelling import label_table
-from pilip.models import build_model
+from pilip.potential import data
+from pilip.potential.checkpoint import load_model, save_checkpoint
+from pilip.potential.models import build_model
+from pilip.reference import labels
+from pilip.reference.backends.xtb_backend import XTBBackend
+from pilip.reference.labelling import label_table
 
 
 def one_line_refusal(code: int, err: str, names: str) -> str:

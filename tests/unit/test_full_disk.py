@@ -19,10 +19,14 @@ import torch
 from ase.build import molecule
 
 from pilip import atomic_io, tables
-from pilip.backends.base import append_result, open_results_for_append, read_results
-from pilip.checkpoint import save_checkpoint
 from pilip.errors import PilipError
-from pilip.models import build_model
+from pilip.potential.checkpoint import save_checkpoint
+from pilip.potential.models import build_model
+from pilip.reference.backends.base import (
+    append_result,
+    open_results_for_append,
+    read_results,
+)
 
 
 @pytest.fixture

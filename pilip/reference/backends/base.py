@@ -28,7 +28,6 @@ import contextlib
 import datetime
 import io
 import json
-import os
 import signal
 import socket
 import threading
