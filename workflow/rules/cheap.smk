@@ -3,30 +3,6 @@
 # pretraining run the fine-tune variants start from (models/pretrain), and the cheap level
 # alone as a reported run (models/cheap_level). Each labels table is one job per system:
 # GFN2-xTB takes milliseconds per configuration.
-# (CHEAP, CHEAP_ON and CHEAP_RUN come from train.smk)
-PRETRAIN_MODEL = "models/pretrain/model.pt"
-CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
-
-
-wildcard_constraints:
-    pool="sampled|extra",
-
-
-def cheap_configurations(wildcards):
-    if wildcards.pool == "extra":
-        return f"cheap/{wildcards.system}.extra.parquet"
-    return f"configurations/{wildcards.system}.parquet"
-
-
-def cheap_labels(pools=("sampled",)):
-    """The cheap labels tables of every system for ``pools`` (sampled, extra)."""
-    return expand(
-        "cheap/{system}.{pool}.labels.parquet",
-        system=SYSTEMS,
-        pool=[p for p in pools if p in CHEAP_POOLS],
-    )
-
-
 rule sample_extra:
     input:
         seed_input,
@@ -136,10 +112,11 @@ rule baseline_model:
     params:
         reference=CHEAP["reference"],
         recipe=lambda wildcards: reference_recipe(CHEAP["reference"]),
+        out=lambda wildcards, output: os.path.dirname(output.model),
     shell:
         "OMP_NUM_THREADS={threads} pilip baseline-model {input.dataset}"
         ' --baseline {params.reference} --config "$PILIP_WORKFLOW_CONFIG"'
-        " --baseline-labels {input.labels} --out models/{CHEAP_RUN} > {log} 2>&1"
+        " --baseline-labels {input.labels} --out {params.out} > {log} 2>&1"
 
 
 rule evaluate_cheap_level:
@@ -161,9 +138,10 @@ rule evaluate_cheap_level:
     params:
         device=EVALUATION["device"],
         batch_size=EVALUATION["batch_size"],
+        out=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "OMP_NUM_THREADS={threads} pilip evaluate {input.model} {input.dataset}"
-        " --out results/{CHEAP_RUN} --device {params.device}"
+        " --out {params.out} --device {params.device}"
         " --batch-size {params.batch_size} > {log} 2>&1"
 
 

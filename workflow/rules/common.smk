@@ -92,3 +92,45 @@ def unlabelled_input(wildcards):
         weak = "pitc" in losses or "pisc" in losses
         path = TRAINING["unlabelled"] if weak else None
     return [path] if path else []
+
+
+# --- the cheap level (multi-fidelity; workflow/rules/cheap.smk) ------------------------------
+CHEAP = config["cheap_level"]
+CHEAP_ON = bool(CHEAP["enabled"] and SYSTEMS)
+CHEAP_RUN = "cheap_level"  # the cheap level alone, reported beside the trained runs
+PRETRAIN_MODEL = "models/pretrain/model.pt"
+CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
+
+
+wildcard_constraints:
+    pool="sampled|extra",
+
+
+def cheap_configurations(wildcards):
+    if wildcards.pool == "extra":
+        return f"cheap/{wildcards.system}.extra.parquet"
+    return f"configurations/{wildcards.system}.parquet"
+
+
+def cheap_labels(pools=("sampled",)):
+    """The cheap labels tables of every system for ``pools`` (sampled, extra)."""
+    return expand(
+        "cheap/{system}.{pool}.labels.parquet",
+        system=SYSTEMS,
+        pool=[p for p in pools if p in CHEAP_POOLS],
+    )
+
+
+def init_input(wildcards):
+    """The checkpoint a fine-tune variant starts from (init), built by the workflow when it is
+    models/pretrain/model.pt."""
+    init = config["training"]["variants"][wildcards.run].get("init")
+    return [init] if init else []
+
+
+def baseline_labels_input(wildcards):
+    """The cheap labels a Delta variant reads when its baseline is the cheap level."""
+    baseline = config["training"]["variants"][wildcards.run].get("baseline")
+    if CHEAP_ON and baseline == CHEAP["reference"]:
+        return expand("cheap/{system}.sampled.labels.parquet", system=SYSTEMS)
+    return []

@@ -4,30 +4,11 @@
 # changed (--restart-if-changed).
 TRAINING = config["training"]
 RUNS = sorted(TRAINING["variants"])
-# the cheap level alone is reported beside the trained runs (workflow/rules/cheap.smk)
-CHEAP = config["cheap_level"]
-CHEAP_ON = bool(CHEAP["enabled"] and SYSTEMS)
-CHEAP_RUN = "cheap_level"
-REPORTED = RUNS + ([CHEAP_RUN] if CHEAP_ON else [])
+REPORTED = RUNS + ([CHEAP_RUN] if CHEAP_ON else [])  # + the cheap level alone
 
 
 wildcard_constraints:
     run="|".join(REPORTED),
-
-
-def init_input(wildcards):
-    """The checkpoint a fine-tune variant starts from (init), built by the workflow when it is
-    models/pretrain/model.pt."""
-    init = TRAINING["variants"][wildcards.run].get("init")
-    return [init] if init else []
-
-
-def baseline_labels_input(wildcards):
-    """The cheap labels a Delta variant reads when its baseline is the cheap level."""
-    baseline = TRAINING["variants"][wildcards.run].get("baseline")
-    if CHEAP_ON and baseline == CHEAP["reference"]:
-        return expand("cheap/{system}.sampled.labels.parquet", system=SYSTEMS)
-    return []
 
 
 rule train:
