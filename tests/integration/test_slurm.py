@@ -89,8 +89,6 @@ def study_config() -> dict:
             **job,
         },
         "md": {"steps": 20, "trajectory_interval": 5},
-        # the cluster mechanics only: the cheap level's jobs are tested without SLURM
-        "cheap_level": {"enabled": False},
     }
 
 
