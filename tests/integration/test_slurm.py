@@ -347,14 +347,19 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
     assert len(train_jobs) == 2
     for job in train_jobs:
         assert job["Partition"] == GPU_PARTITION and job["tres-per-job"] == "gres:gpu:1", job
+    # The cheap level (on by default) labels every configuration with forces and is reported
+    # alone (evaluated and run in MD like a trained model).
     assert {r: len(js) for r, js in by_rule.items()} == {
         "sample": 1,
         "chunk": 1,
         "force_validation_subset": 1,
         "label_force_validation": 1,
         "collect": 1,
+        "label_cheap": 1,
+        "baseline_model": 1,
         "evaluate": 2,
-        "md": 2,
+        "evaluate_cheap_level": 1,
+        "md": 3,
         "report": 1,
     }
 
