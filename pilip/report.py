@@ -145,15 +145,15 @@ def _ratio_sentence(baseline: Variant, variant: Variant) -> str:
         f"force RMSE {_num(b.get('force_rmse'))} -> {_num(v.get('force_rmse'))} eV/A, "
         f"ratio {baseline.name}/{variant.name} = **{ratio:.2f}**"
     )
-    if ratio > 1:
+    if round(ratio, 2) > 1:  # judged at the precision shown: 0.998 reads as no difference
         verdict = f"{variant.name}'s forces are {ratio:.2f}x more accurate"
-    elif ratio < 1:
+    elif round(1 / ratio, 2) > 1:
         verdict = (
             f"{variant.name}'s forces are {1 / ratio:.2f}x LESS accurate: "
             "on this data its recipe did not help the forces"
         )
     else:
-        verdict = "no difference in the forces"
+        verdict = "no difference in the forces at this precision"
     return f"- **{variant.name}** vs **{baseline.name}**: {forces} ({verdict}); {energy}."
 
 

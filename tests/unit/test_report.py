@@ -104,6 +104,16 @@ def test_a_variant_that_makes_forces_worse_is_said_so(results, tmp_path):
     assert "![weak energy parity](results/weak/parity_energy.png)" in text
 
 
+def test_a_ratio_that_rounds_to_one_is_no_difference(results, tmp_path):
+    """0.914 vs 0.915 eV/A reads 1.00 in the table: the sentence must not call it less accurate."""
+    energy = results("energy", metrics(0.914, 12.0, ["energy"]))
+    weak = results("weak", metrics(0.915, 12.0, ["energy", "pitc"]))
+    text = write_summary([energy, weak], tmp_path / "summary.md")
+    assert "ratio energy/weak = **1.00**" in text
+    assert "no difference in the forces at this precision" in text
+    assert "LESS" not in text and "more accurate" not in text
+
+
 def test_explicit_baseline_and_errors(results, tmp_path, capsys):
     a = results("a", metrics(0.4, 5.0, ["energy", "pitc"]))
     b = results("b", metrics(0.2, 5.0, ["energy", "pisc"]))
