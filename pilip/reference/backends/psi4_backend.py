@@ -98,6 +98,10 @@ def _symbol(z: int) -> str:
     return _SYMBOLS[z] if 0 < z < len(_SYMBOLS) else f"Z={z}"
 
 
+# the worker's exit status for a geometry that failed on a nearly full disk (psi4_worker.py)
+EXIT_DISK_FULL = 4
+
+
 class Psi4Backend(Backend):
     """Psi4 energies (and analytic gradients) of a method string or composite CBS recipe."""
 
@@ -522,10 +526,13 @@ class _Run:
         if not wanted:
             return
         if proc.returncode != 0 and not killed:
-            # a worker that died on a full disk failed no geometry: stop, resume later
+            # a worker that died on a full disk, or stopped because a geometry failed while its
+            # folders were full (the disk's fault), failed no geometry: stop, resume later
             for folder, written in ((self.results.parent, self.results), (scratch, scratch)):
                 if disk_nearly_full(folder):
                     raise PilipError(no_space_message(written))
+            if proc.returncode == EXIT_DISK_FULL:  # space freed since: still not the geometry's
+                raise PilipError(no_space_message(self.results))
         current = _current_config(progress)
         if current is None and not killed and proc.returncode < 0 and not self.signalled_at_start:
             # killed by a signal while starting (out-of-memory killer, a user): start once more;

@@ -20,7 +20,10 @@ chunk.
 
 Exit status: 0 when every geometry has a line; 2 with one ``psi4_worker: error: ...`` line on
 stderr when the request or the environment is unusable (nothing computed); 3 when another
-worker holds the results file.
+worker holds the results file; 4 when a geometry failed while a folder it writes to (results,
+Psi4 output, scratch) was nearly full: Psi4 then fails with errors such as "PSIOManager cannot
+get a mirror file handle", which are the disk's, not the geometry's, so no line is written and
+the geometry is computed again once space is freed.
 """
 
 import atexit
@@ -36,6 +39,8 @@ import time
 
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
+EXIT_DISK_FULL = 4
+NEARLY_FULL_BYTES = 1 << 20  # as pilip.atomic_io: below this a failure may be the disk's
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends psi4 libopenblas0-openmp, "
     "then bash scripts/setup.sh"
@@ -285,6 +290,15 @@ def compute(psi4, config, request, base_memory=None):
     return record
 
 
+def disk_nearly_full(path):
+    """Whether the filesystem holding ``path`` (a file or folder) has under 1 MiB free."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 def on_alarm(signum, frame):
     raise GeometryTimeout()
 
@@ -346,6 +360,9 @@ def main(argv):
             progress.write(config["id"] + "\n")
             progress.flush()
         record = compute(psi4, config, request, base_memory)
+        full = [f for f in (results_path, output, scratch) if f and disk_nearly_full(f)]
+        if record.get("status") != "ok" and full:
+            fail(f"{full[0]}: no space left on device ({record.get('error')})", EXIT_DISK_FULL)
         record.update(meta)
         fh.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
         fh.flush()
