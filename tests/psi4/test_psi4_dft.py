@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_psi4_worker_labels import DIRECT, label, water
+from test_psi4_worker_labels import DIRECT, forces_and_finite_differences, label, water
 
 from pilip import keys, tables, units
 from pilip.cli import main
@@ -47,22 +47,10 @@ def test_dft_gradient_equals_psi4_gradient(tmp_path, direct):
 
 @pytest.mark.slow
 def test_dft_forces_match_finite_differences(tmp_path):
-    h = 2e-3  # Angstrom
-    base = water("dft-fd")
-    moves = [(0, 2), (1, 1), (2, 0)]  # (atom, axis)
-    configs = [base]
-    for atom, axis in moves:
-        for sign in (+1, -1):
-            xyz = np.array(base["positions"])
-            xyz[atom, axis] += sign * h
-            configs.append({**base, "id": f"fd{atom}{axis}{sign}", "positions": xyz.tolist()})
-    tight = {"e_convergence": 1e-10, "d_convergence": 1e-10}
-    rows, _ = label(tmp_path, configs, gradients=True, method=METHODS[1], options=tight)
-    forces = np.array(rows["dft-fd"]["forces"])
-    for atom, axis in moves:
-        up, down = (rows[f"fd{atom}{axis}{s}"]["energy"] for s in (+1, -1))
+    forces, differences = forces_and_finite_differences(tmp_path, water("dft-fd"), 2e-3, METHODS[1])
+    for (atom, axis), difference in differences.items():
         # measured: 3e-4 eV/A at most (Psi4's DFT gradient has no grid-weight derivatives)
-        assert forces[atom, axis] == pytest.approx(-(up - down) / (2 * h), abs=1e-3)
+        assert forces[atom, axis] == pytest.approx(difference, abs=1e-3)
     assert np.abs(forces).max() > 0.1  # a distorted molecule: the comparison means something
 
 

@@ -49,6 +49,27 @@ def label(tmp_path, configs, name="r", gradients=False, retry=None, timeout=None
     return read_results(results), results
 
 
+MOVES = [(0, 2), (1, 1), (2, 0)]  # (atom, axis) displaced for finite differences
+
+
+def forces_and_finite_differences(tmp_path, base: dict, h: float, method: str):
+    """Analytic forces (eV/A) of ``base`` and central differences -dE/dx (eV/A) of its
+    energies at +-h Angstrom along each of ``MOVES``, all labelled in one tight-SCF chunk."""
+    configs = [base]
+    for atom, axis in MOVES:
+        for sign in (+1, -1):
+            xyz = np.array(base["positions"])
+            xyz[atom, axis] += sign * h
+            configs.append({**base, "id": f"fd{atom}{axis}{sign}", "positions": xyz.tolist()})
+    tight = {"e_convergence": 1e-10, "d_convergence": 1e-10}
+    rows, _ = label(tmp_path, configs, gradients=True, method=method, options=tight)
+    differences = {}
+    for atom, axis in MOVES:
+        up, down = (rows[f"fd{atom}{axis}{s}"]["energy"] for s in (+1, -1))
+        differences[atom, axis] = -(up - down) / (2 * h)
+    return np.array(rows[base["id"]]["forces"]), differences
+
+
 DIRECT = """
 def molecule(positions):
     lines = ["0 1"] + [
@@ -159,22 +180,10 @@ def test_cbs_gradient_equals_psi4_gradient(tmp_path, psi4_direct, chunk):
 
 @pytest.mark.slow
 def test_mp2_forces_match_finite_differences(tmp_path):
-    h = 1e-3  # Angstrom
-    base = water("fd")
-    moves = [(0, 2), (1, 1), (2, 0)]  # (atom, axis)
-    configs = [base]
-    for atom, axis in moves:
-        for sign in (+1, -1):
-            xyz = np.array(base["positions"])
-            xyz[atom, axis] += sign * h
-            configs.append({**base, "id": f"fd{atom}{axis}{sign}", "positions": xyz.tolist()})
-    tight = {"e_convergence": 1e-10, "d_convergence": 1e-10}
-    rows, _ = label(tmp_path, configs, gradients=True, method="mp2/cc-pvdz", options=tight)
-    forces = np.array(rows["fd"]["forces"])
+    forces, differences = forces_and_finite_differences(tmp_path, water("fd"), 1e-3, "mp2/cc-pvdz")
     assert forces.shape == (3, 3)
-    for atom, axis in moves:
-        up, down = (rows[f"fd{atom}{axis}{s}"]["energy"] for s in (+1, -1))
-        assert forces[atom, axis] == pytest.approx(-(up - down) / (2 * h), abs=2e-4)
+    for (atom, axis), difference in differences.items():
+        assert forces[atom, axis] == pytest.approx(difference, abs=2e-4)
     assert np.abs(forces.sum(axis=0)).max() < 1e-5  # no net force on a free molecule
 
 
