@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from pilip import keys, tables
-from pilip.errors import PilipError
+from pilip.errors import PilipError, first_line
 from pilip.structures import closest_pair, read_structures, validate_atoms
 
 CALCULATORS = ("GFN2-xTB", "GFN1-xTB", "EMT")
@@ -282,7 +282,7 @@ def langevin_md(seed: Seed, params: Mapping[str, Any], rng: np.random.Generator)
     except PilipError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise PilipError(
             f"systems.{seed.name}: md with {params['calculator']} failed after {len(frames)} "
             f"frames ({reason}); lower sampling temperature or timestep"

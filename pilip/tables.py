@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
-from pilip.errors import PilipError
+from pilip.errors import PilipError, first_line
 
 KINDS = ("configurations", "labels", "dataset")
 
@@ -362,7 +362,7 @@ def read_schema(path: str | os.PathLike, kind: str | Sequence[str] | None = None
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
     _check_metadata(path, schema, kind)
     return schema
@@ -376,7 +376,7 @@ def read_parquet(path: str | os.PathLike, **options: Any) -> pa.Table:
     try:
         return pq.read_table(path, page_checksum_verification=True, **options)
     except (pa.ArrowException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise PilipError(
             f"{path}: not a readable Parquet file ({reason}); the file is damaged or not "
             "Parquet: re-create it with the pilip command that wrote it"

@@ -27,7 +27,7 @@ from torch import nn
 
 from pilip import __version__
 from pilip.atomic_io import atomic_path
-from pilip.errors import PilipError
+from pilip.errors import PilipError, first_line
 
 FORMAT_VERSION = 1
 
@@ -83,8 +83,8 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.split(". ")[0]  # torch's first sentence; the rest is advice for devs
+        # torch's first sentence; the rest is advice for developers
+        first = first_line(exc).split(". ")[0]
         raise PilipError(
             f"{path}: not a pilip checkpoint ({first}); it is damaged or not from pilip: "
             "delete it and rerun `pilip train` (a deleted last.pt starts the run afresh)"
