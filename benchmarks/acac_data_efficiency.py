@@ -397,13 +397,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(out: Path, rows: list[dict]) -> None:
     """results.json (every run) and results.md (the summary table), replaced atomically."""
+    from pilip.atomic_io import atomic_path
+
     for name, text in (
         ("results.json", json.dumps({"rows": rows}, indent=1)),
         ("results.md", summarise(rows) + "\n"),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text)
 
 
 if __name__ == "__main__":

@@ -398,13 +398,14 @@ def summarise(rows: list[dict]) -> str:
 
 def write_results(out: Path, rows: list[dict]) -> None:
     """results.json (every run) and results.md (the table), each replaced atomically."""
+    from pilip.atomic_io import atomic_path
+
     for name, text in (
         ("results.json", json.dumps({"rows": rows}, indent=1)),
         ("results.md", summarise(rows) + "\n"),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text)
 
 
 def rescore(out: Path, data: Path) -> None:
