@@ -1,15 +1,19 @@
-"""The Psi4 worker killed for real (issue 13 item 4): while starting, and mid-chunk."""
+"""The Psi4 worker killed for real (issue 13 item 4): while starting, and mid-chunk; and Psi4
+failing to write its scratch files (item 2): the disk's fault, never a failed geometry."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from pilip.errors import PilipError
 from pilip.reference.backends import make_backend
 from pilip.reference.backends.base import read_results
 
@@ -101,3 +105,45 @@ def test_worker_killed_mid_chunk_costs_one_failed_row(tmp_path):
     failed = next(r for r in rows.values() if r["status"] == "failed")
     assert "the Psi4 worker died (exit status -9)" in failed["error"]
     assert len(results.read_text().splitlines()) == len(configs)  # nothing computed twice
+
+
+@pytest.fixture
+def small_scratch(tmp_path):
+    """A 2 MB tmpfs for Psi4's scratch files, unmounted after the test (needs root)."""
+    mount = tmp_path / "scratch-disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_scratch_too_small_for_psi4_stops_labelling_and_records_no_failure(tmp_path, small_scratch):
+    """Out-of-core SCF integrals of water/cc-pVTZ (~20 MB) do not fit a 2 MB scratch: Psi4
+    fails with "PSIO Error" and cleans up, so the disk is no longer nearly full when the
+    worker looks. That is still the disk's fault: one line naming the scratch folder, no
+    failed rows; with a roomy scratch the same call then computes every geometry."""
+    configs = [water("a"), water("b")]
+    spec = {"backend": "psi4", "method": "scf/cc-pvtz", "options": {"scf_type": "out_of_core"}}
+    backend = make_backend("r", spec)
+    results = tmp_path / "r.results.jsonl"
+    arguments = dict(threads=1, gradients=False, retry_options=None, timeout_s=None)
+    with pytest.raises(PilipError) as err:
+        backend.run(configs, results, scratch=small_scratch, **arguments)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{small_scratch}: Psi4 could not write its files (")
+    assert "PSIO Error" in message and "settings.scratch" in message
+    assert shutil.disk_usage(small_scratch).free > 1 << 20  # not "nearly full" any more
+    assert read_results(results) == {}  # no geometry recorded as failed
+    assert list(small_scratch.iterdir()) == []  # the worker's scratch removed
+
+    backend.run(configs, results, scratch=tmp_path / "roomy", **arguments)
+    rows = read_results(results)
+    assert [rows[c["id"]]["status"] for c in configs] == ["ok", "ok"]

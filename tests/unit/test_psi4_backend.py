@@ -315,3 +315,38 @@ def test_reextrapolated_table_says_what_it_now_holds(tmp_path, monkeypatch):
     assert (
         described == "hf/cc-pv[dt]z (scf_xtpl_helgaker_2) + mp2/cc-pv[dt]z (corl_xtpl_helgaker_2)"
     )
+
+
+def test_worker_stopped_by_its_disk_records_no_failed_geometry(tmp_path, monkeypatch):
+    """Psi4 1.3.2 may abort on its way out after the worker said the disk failed it (exit
+    status -6, not 4): the worker's ``disk:`` line still stops labelling with the disk's
+    error, and the geometry is left to compute again rather than recorded as failed."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        # the worker's scratch folder lies in the request's `scratch`
+        """scratch=$(sed 's/.*"scratch": "\\([^"]*\\)".*/\\1/' "$2")\n"""
+        """progress=$(sed 's/.*"progress": "\\([^"]*\\)".*/\\1/' "$2")\n"""
+        'echo w >> "$progress"\n'  # started geometry w
+        'echo "psi4_worker: error: disk: $scratch/psi4-worker-1: PSIO Error" >&2\n'
+        "kill -ABRT $$\n"
+    )
+    fake.chmod(0o755)
+    interpreter = psi4_env.Psi4Python(str(fake), "test", "", "1.3.2", "1.26")
+    ref = backend(method="scf/cc-pvdz")
+    monkeypatch.setattr(ref, "interpreter", lambda: interpreter)
+    scratch = tmp_path / "scratch"
+    results = tmp_path / "r.results.jsonl"
+    message = one_line_error(
+        ref.run,
+        [WATER],
+        results,
+        threads=1,
+        gradients=False,
+        scratch=scratch,
+        retry_options=None,
+        timeout_s=None,
+    )
+    assert message.startswith(f"{scratch}: Psi4 could not write its files (PSIO Error)")
+    assert "settings.scratch" in message and "rerun" in message
+    assert not results.exists() or results.read_text() == ""

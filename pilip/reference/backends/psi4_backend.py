@@ -98,8 +98,10 @@ def _symbol(z: int) -> str:
     return _SYMBOLS[z] if 0 < z < len(_SYMBOLS) else f"Z={z}"
 
 
-# the worker's exit status for a geometry that failed on a nearly full disk (psi4_worker.py)
+# the worker's exit status, and its error line's tag, for a geometry that failed because of the
+# disk (an I/O error, or a nearly full folder), which it does not record (psi4_worker.py)
 EXIT_DISK_FULL = 4
+DISK_TAG = "psi4_worker: error: disk: "
 
 
 class Psi4Backend(Backend):
@@ -515,7 +517,14 @@ class _Run:
                 stderr=stderr,
                 env=interpreter.environment(self.threads),
             )
-            killed = self._watch(proc, progress, wanted, timeout_s)
+            try:
+                killed = self._watch(proc, progress, wanted, timeout_s)
+            finally:
+                # this side failed (a full disk while converting, Ctrl-C): stop the worker
+                # before the scratch folder it writes into is removed
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         self.offset = self.convert(self.raw, wanted, self.offset)
         message = _last_line(stderr_path)
         if proc.returncode in (2, 3) and not killed:
@@ -526,13 +535,14 @@ class _Run:
         if not wanted:
             return
         if proc.returncode != 0 and not killed:
-            # a worker that died on a full disk, or stopped because a geometry failed while its
-            # folders were full (the disk's fault), failed no geometry: stop, resume later
+            # a worker that died on a full disk, or stopped because a geometry failed with an
+            # I/O error or while its folders were full (the disk's fault), failed no geometry:
+            # stop, resume later. Psi4 may abort on its way out: the tag, not only the status
             for folder, written in ((self.results.parent, self.results), (scratch, scratch)):
                 if disk_nearly_full(folder):
                     raise PilipError(no_space_message(written))
-            if proc.returncode == EXIT_DISK_FULL:  # space freed since: still not the geometry's
-                raise PilipError(no_space_message(self.results))
+            if proc.returncode == EXIT_DISK_FULL or message.startswith(DISK_TAG):
+                raise PilipError(self._disk_message(message.removeprefix(DISK_TAG), scratch))
         current = _current_config(progress)
         if current is None and not killed and proc.returncode < 0 and not self.signalled_at_start:
             # killed by a signal while starting (out-of-memory killer, a user): start once more;
@@ -569,6 +579,25 @@ class _Run:
             append_result(
                 out, self.backend.record_from_raw(record, self.jobs, self.threads, self.gradients)
             )
+
+    def _disk_message(self, worker_text: str, scratch: Path) -> str:
+        """The one-line error for a worker stopped by its disk (``PATH: REASON`` from it).
+
+        The worker's own scratch folders are gone by now; the error names the scratch folder
+        this run was given (``settings.scratch``, default the system temporary folder).
+        """
+        path, _, reason = worker_text.partition(": ")
+        if not reason:
+            path, reason = str(self.results), worker_text or "no space left on device"
+        given = {  # the worker's absolute names of the files next to the results, as given
+            str(f.resolve()): f for f in (self.raw, self.results.with_suffix(".psi4.out"))
+        }
+        where = scratch.parent if Path(path).is_relative_to(scratch) else given.get(path, path)
+        return (
+            f"{where}: Psi4 could not write its files ({reason}): free space on that disk, "
+            "or set settings.scratch to a roomier folder, and rerun; finished geometries are "
+            "kept, this one is computed again"
+        )
 
     def _watch(self, proc, progress: Path, wanted: set[str], timeout_s) -> bool:
         """Wait for the worker, converting lines as they come; kill it if a geometry hangs.

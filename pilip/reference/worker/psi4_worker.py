@@ -20,10 +20,12 @@ chunk.
 
 Exit status: 0 when every geometry has a line; 2 with one ``psi4_worker: error: ...`` line on
 stderr when the request or the environment is unusable (nothing computed); 3 when another
-worker holds the results file; 4 when a geometry failed while a folder it writes to (results,
-Psi4 output, scratch) was nearly full: Psi4 then fails with errors such as "PSIOManager cannot
-get a mirror file handle", which are the disk's, not the geometry's, so no line is written and
-the geometry is computed again once space is freed.
+worker holds the results file; 4 when the disk, not the geometry, failed: a geometry failed
+with an I/O error ("PSIO Error", "No space left on device", a quota) or while a folder it writes
+to (results, Psi4 output, scratch) was nearly full (Psi4 then fails with errors such as
+"PSIOManager cannot get a mirror file handle"), or its results line could not be written. No
+line is written for that geometry, the one stderr line reads ``psi4_worker: error: disk:
+PATH: REASON``, and the geometry is computed again once space is freed.
 """
 
 import atexit
@@ -41,6 +43,20 @@ EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
 EXIT_DISK_FULL = 4
 NEARLY_FULL_BYTES = 1 << 20  # as pilip.atomic_io: below this a failure may be the disk's
+DISK_TAG = "disk: "  # starts the error line of exit status 4 (pilip's backend reads it)
+# error texts that say a file could not be written or read: the disk's fault, not the geometry's
+IO_ERROR_MARKS = (
+    "psio error",
+    "psiomanager",
+    "no space left on device",
+    "disk quota exceeded",
+    "read-only file system",
+    "input/output error",
+    "[errno 5]",
+    "[errno 28]",
+    "[errno 30]",
+    "[errno 122]",
+)
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends psi4 libopenblas0-openmp, "
     "then bash scripts/setup.sh"
@@ -299,6 +315,27 @@ def disk_nearly_full(path):
         return False
 
 
+def is_io_error(text):
+    """Whether an error text says Psi4 could not write (or read back) a file."""
+    text = (text or "").lower()
+    return any(mark in text for mark in IO_ERROR_MARKS)
+
+
+def stop_for_disk(path, reason, results, scratch):
+    """Exit with status 4 and one ``disk:`` line, writing no line for the current geometry.
+
+    ``os._exit``: Psi4's own exit clean-up aborts the process (SIGABRT) on the files it could
+    not write, which would hide the exit status; the scratch folder is removed here instead.
+    """
+    print(f"psi4_worker: error: {DISK_TAG}{path}: {reason}", file=sys.stderr, flush=True)
+    try:
+        results.close()
+    except OSError:
+        pass
+    shutil.rmtree(scratch, ignore_errors=True)
+    os._exit(EXIT_DISK_FULL)
+
+
 def on_alarm(signum, frame):
     raise GeometryTimeout()
 
@@ -357,16 +394,26 @@ def main(argv):
         if config["id"] in done:
             continue
         if progress is not None:  # tells the caller which geometry a crash or hang hit
-            progress.write(config["id"] + "\n")
-            progress.flush()
+            try:
+                progress.write(config["id"] + "\n")
+                progress.flush()
+            except OSError as exc:
+                stop_for_disk(request["progress"], exc.strerror or str(exc), fh, scratch)
         record = compute(psi4, config, request, base_memory)
-        full = [f for f in (results_path, output, scratch) if f and disk_nearly_full(f)]
-        if record.get("status") != "ok" and full:
-            fail(f"{full[0]}: no space left on device ({record.get('error')})", EXIT_DISK_FULL)
+        if record.get("status") != "ok":
+            error = record.get("error") or ""
+            full = [f for f in (results_path, output, scratch) if f and disk_nearly_full(f)]
+            if full:
+                stop_for_disk(full[0], f"no space left on device ({error})", fh, scratch)
+            if is_io_error(error):
+                stop_for_disk(scratch, error, fh, scratch)
         record.update(meta)
-        fh.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
-        fh.flush()
-        os.fsync(fh.fileno())
+        try:
+            fh.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError as exc:  # a half line is cut off by the next worker (open_results)
+            stop_for_disk(results_path, exc.strerror or str(exc), fh, scratch)
         done.add(config["id"])
     fh.close()
     return 0
