@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError, first_line
+from pilip.table_checksums import ARROW_SCHEMA, META_CHECKSUMS, checksums, mismatches
 
 KINDS = ("configurations", "labels", "dataset")
 
@@ -346,6 +347,8 @@ def write_table(
     metadata[keys.META_KIND] = kind.encode()
     metadata[keys.META_PROVENANCE] = json.dumps(record, sort_keys=True, default=str).encode()
     table = with_units(table).replace_schema_metadata(metadata)
+    metadata[META_CHECKSUMS] = checksums(table)
+    table = table.replace_schema_metadata(metadata)
     path = Path(path)
     with atomic_path(path) as tmp:
         # a CRC per data page: a damaged page is an error on reading, never other numbers
@@ -361,26 +364,81 @@ def read_schema(path: str | os.PathLike, kind: str | Sequence[str] | None = None
         raise PilipError(f"{path}: no such file")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as exc:
-        reason = first_line(exc)
-        raise PilipError(f"{path}: not a readable Parquet file ({reason})") from None
+        _verify(schema, None, ())
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise _damaged(path, exc) from None
     _check_metadata(path, schema, kind)
-    return schema
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != META_CHECKSUMS}
+    return schema.with_metadata(metadata)
 
 
-def read_parquet(path: str | os.PathLike, **options: Any) -> pa.Table:
-    """``pq.read_table(path, **options)`` with page checksums verified and one-line errors.
+def read_parquet(
+    path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+) -> pa.Table:
+    """``pq.read_table(path, columns=..., filters=...)`` with every checksum verified.
 
-    A truncated or damaged file raises PilipError naming the file and what to do.
+    Page CRCs are checked while decoding; then the content checksums (:mod:`
+    pilip.table_checksums`) of the schema and of every column read. With ``filters`` (the
+    ``pq.read_table`` form) the columns are read and verified whole, and the rows filtered
+    here: the rows left out never leave this function. A truncated or damaged file raises
+    PilipError naming the file and what to do. Files written before checksums existed are
+    read unverified.
     """
     try:
-        return pq.read_table(path, page_checksum_verification=True, **options)
-    except (pa.ArrowException, OSError) as exc:
-        reason = first_line(exc)
-        raise PilipError(
-            f"{path}: not a readable Parquet file ({reason}); the file is damaged or not "
-            "Parquet: re-create it with the pilip command that wrote it"
-        ) from None
+        source = pq.ParquetFile(path, page_checksum_verification=True)
+        schema = source.schema_arrow
+        wanted = list(schema.names if columns is None else columns)
+        expression = pq.filters_to_expression(filters) if filters is not None else None
+        needed = wanted + [name for name in _filter_columns(filters) if name not in wanted]
+        table = source.read(columns=needed)
+        _verify(schema, table, needed)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise _damaged(path, exc) from None
+    if expression is not None:
+        table = table.filter(expression).select(wanted)
+    # the checksums belong to the file, not to the table: a table changed and written by
+    # other means must not carry checksums of what it was
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != META_CHECKSUMS}
+    return table.replace_schema_metadata(metadata)
+
+
+def _filter_columns(filters: Any) -> list[str]:
+    """Column names in ``pq.read_table``'s list form of filters (flat or lists of lists)."""
+    if filters is None:
+        return []
+    if isinstance(filters, list) and filters and isinstance(filters[0], list):
+        return [name for group in filters for name, _op, _value in group]
+    return [name for name, _op, _value in filters]
+
+
+def _verify(schema: pa.Schema, table: pa.Table | None, columns: Sequence[str]) -> None:
+    """ValueError when the content checksums recorded in ``schema`` disagree."""
+    try:
+        recorded = (schema.metadata or {}).get(META_CHECKSUMS)
+        if recorded is None:
+            return  # a file from before checksums
+        bad = mismatches(recorded, schema, table, columns)
+        if table is not None and _plain(table.schema.metadata) != _plain(schema.metadata):
+            bad.append("the file metadata (its two copies differ)")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable schema or checksums: {first_line(exc)}") from None
+    if bad:
+        raise ValueError(
+            f"its checksums do not match {', '.join(bad)}: damaged, or changed by another program"
+        )
+
+
+def _plain(metadata: Mapping[bytes, bytes] | None) -> dict[bytes, bytes]:
+    return {k: v for k, v in (metadata or {}).items() if k != ARROW_SCHEMA}
+
+
+def _damaged(path: str | os.PathLike, exc: BaseException) -> PilipError:
+    return PilipError(
+        f"{path}: not a readable Parquet file ({first_line(exc)}); the file is damaged or not "
+        "Parquet: re-create it with the pilip command that wrote it"
+    )
 
 
 def read_table(path: str | os.PathLike, kind: str | Sequence[str] | None = None) -> pa.Table:

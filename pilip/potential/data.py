@@ -279,8 +279,9 @@ def _train_forces(
 ) -> torch.Tensor:
     """Forces (n_atoms_total, 3) of the training rows ``rows``, read with a row filter.
 
-    The filter (split == 'train' and not force_validation) is applied by the Parquet reader,
-    so force-validation forces never reach this process's tables.
+    The filter (split == 'train' and not force_validation) is applied inside the reader
+    (``tables.read_parquet``, after verifying the column's checksum), so force-validation
+    forces never reach this process's tables.
     """
     if keys.FORCES not in names:
         raise PilipError(f"{path}: no 'forces' column; drop 'force' from --losses")

@@ -143,6 +143,70 @@ def test_bit_flips_in_a_dataset_column_never_reach_training(dataset):
     assert refused > column.total_compressed_size // 2
 
 
+def footer_offsets(path: Path) -> range:
+    """Byte offsets of the Parquet footer (schema, encodings, offsets, metadata): no page CRC."""
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[-8:-4], "little")
+    return range(len(raw) - 8 - length, len(raw) - 8)
+
+
+def same_table(a: pa.Table, b: pa.Table) -> bool:
+    """Equal values, field names, types, units and file metadata (a list's item name, which
+    Parquet itself renames from ``item`` to ``element``, aside)."""
+    return (
+        a.equals(b)
+        and a.schema.metadata == b.schema.metadata
+        and [(f.name, f.nullable, f.metadata) for f in a.schema]
+        == [(f.name, f.nullable, f.metadata) for f in b.schema]
+    )
+
+
+def test_bit_flips_in_the_footer_are_never_read_as_other_values(dataset):
+    """The footer has no CRC: a flip there could read an energy column with another encoding,
+    rename a field or change the provenance. The content checksums catch each of them (before
+    them, about one footer flip in seven read back as another table, some as a traceback)."""
+    original = tables.read_table(dataset)
+    raw = dataset.read_bytes()
+    rng = np.random.default_rng(7)
+    refused = 0
+    for offset in rng.choice(footer_offsets(dataset), size=300, replace=False):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        dataset.write_bytes(bytes(flipped))
+        try:
+            table = tables.read_table(dataset)
+        except PilipError as exc:
+            assert "\n" not in str(exc) and "dataset.parquet" in str(exc)
+            refused += 1
+            continue
+        assert same_table(table, original), f"flip at byte {offset} misread"
+    assert refused >= 150
+
+
+def test_bit_flips_in_the_footer_never_reach_training(dataset):
+    """Column reads with a row filter (the training forces) verify the columns they read."""
+    want = data.load_dataset(dataset)["train"].energy
+    raw = dataset.read_bytes()
+    rng = np.random.default_rng(8)
+    for offset in rng.choice(footer_offsets(dataset), size=100, replace=False):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        dataset.write_bytes(bytes(flipped))
+        try:
+            got = data.load_dataset(dataset)["train"].energy
+            rows = tables.read_parquet(dataset, [keys.ENERGY], [(keys.SPLIT, "=", "val")])
+        except PilipError as exc:
+            assert "\n" not in str(exc) and "dataset.parquet" in str(exc)
+            continue
+        assert torch.equal(got, want), f"flip at byte {offset} read as other energies"
+        assert rows.column(keys.ENERGY).to_pylist() == original_val_energies(want)
+
+
+def original_val_energies(train_energies) -> list[float]:
+    """The val energies of the ``dataset`` fixture (rows 8 and 9 of its linspace)."""
+    return list(-2077.0 + np.linspace(0.0, 0.5, 12)[8:10])
+
+
 # --- the results JSONL: cut mid-line, broken inside ------------------------------------------
 
 

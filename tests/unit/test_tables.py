@@ -14,6 +14,7 @@ from ase.build import molecule
 from pilip import keys, tables
 from pilip.errors import PilipError
 from pilip.splits import assign_splits, parse_fractions, unit_interval
+from pilip.table_checksums import META_CHECKSUMS, checksums
 
 
 @pytest.fixture
@@ -131,6 +132,53 @@ def test_write_read_round_trip_with_units_and_provenance(tmp_path, configuration
     assert prov["command"] == "test" and prov["pilip_version"] and prov["created"]
     raw = pq.read_schema(path).metadata
     assert raw[keys.META_SCHEMA_VERSION] == keys.SCHEMA_VERSION.encode()
+
+
+def dataset_of(configurations: pa.Table) -> pa.Table:
+    forces = [np.full((3, 3), 0.1), None, np.arange(12.0).reshape(4, 3) / 7, np.zeros((5, 3))]
+    return tables.dataset_table(
+        configurations,
+        [-2000.5, float("nan"), None, 1e-300],
+        forces,
+        reference="mp2_cbs",
+        split=["train", "train", "val", "test"],
+        force_validation=[0, 1, 0, 0],
+    )
+
+
+def test_content_checksums_are_of_values_not_of_chunks_or_slices(configurations):
+    dataset = dataset_of(configurations)
+    pieces = pa.concat_tables([dataset.slice(0, 1), dataset.slice(1, 3)])  # two chunks
+    assert pieces.column(keys.FORCES).num_chunks == 2
+    assert checksums(pieces) == checksums(dataset)
+    assert checksums(dataset.slice(1)) != checksums(dataset)
+    other = dataset.set_column(
+        dataset.schema.get_field_index(keys.ENERGY),
+        dataset.schema.field(keys.ENERGY),
+        pa.array([-2000.5, float("nan"), None, 2e-300]),
+    )
+    assert json.loads(checksums(other))[keys.ENERGY] != json.loads(checksums(dataset))[keys.ENERGY]
+
+
+def test_checksums_survive_the_round_trip_and_filters_read_as_pyarrow_does(
+    tmp_path, configurations
+):
+    path = tables.write_table(dataset_of(configurations), tmp_path / "d.parquet", "dataset", {})
+    back = tables.read_table(path)  # verified: the recorded checksums match what was read
+    filters = [(keys.SPLIT, "=", "train"), (keys.FORCE_VALIDATION, "=", False)]
+    mine = tables.read_parquet(path, columns=[keys.FORCES], filters=filters)
+    want = pq.read_table(path, columns=[keys.FORCES], filters=filters)
+    assert mine.column_names == [keys.FORCES] and mine.num_rows == 1
+    assert mine.column(keys.FORCES).equals(want.column(keys.FORCES))
+    assert back.num_rows == 4
+
+
+def test_a_table_written_before_checksums_still_reads(tmp_path, configurations):
+    path = tables.write_table(configurations, tmp_path / "c.parquet", "configurations", {})
+    table = pq.read_table(path)
+    metadata = {k: v for k, v in table.schema.metadata.items() if k != META_CHECKSUMS}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    assert tables.read_table(path, kind="configurations").equals(configurations)
 
 
 def test_explicit_units_survive_write(tmp_path):
