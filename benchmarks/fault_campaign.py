@@ -103,12 +103,15 @@ def snakemake_argv(*extra: str) -> list[str]:
     ]
 
 
-def run_pilip(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``pilip ARGV`` as a user runs it (its own process), output captured."""
+def run_pilip(
+    argv: list[str], cwd: Path, timeout: float = 600, tmp: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``pilip ARGV`` as a user runs it (its own process), output captured; ``tmp``: its
+    TMPDIR (where labelling puts Psi4's scratch files)."""
     return subprocess.run(
         [str(BIN / "pilip"), *argv],
         cwd=cwd,
-        env=environment(),
+        env=environment(tmp),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -582,6 +585,9 @@ def one_line_error(proc: subprocess.CompletedProcess, names: list[str]) -> dict[
     }
 
 
+SCRATCH_SWEEP_KB = (16, 256, 768, 1024, 1088, 1152, 1216, 2048)
+
+
 def disk_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Labelling and training on a nearly full tmpfs; then space freed and the stage resumed."""
     if os.geteuid() != 0:
@@ -623,30 +629,38 @@ def disk_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         ),
     }
     # KB left free: a few geometries' Psi4 output but the table / results lines; one
-    # model.pt but not last.pt / not even one model.pt / not even a metrics.csv row
+    # model.pt but not last.pt / not even one model.pt / not even a metrics.csv row; then
+    # labelling with Psi4's scratch files on the small disk too (TMPDIR there), at fill levels
+    # from nothing to enough: around 1.1 MB, Psi4 fails to write its scratch files and frees
+    # them again, so the disk no longer looks full when the failure is looked at
     cases = [
-        ("labelling", 48),
-        ("labelling", 4),
-        ("training", 96),
-        ("training", 24),
-        ("training", 4),
-    ]
-    for stage, leave_kb in cases:
+        ("labelling", 48, False),
+        ("labelling", 4, False),
+        ("training", 96, False),
+        ("training", 24, False),
+        ("training", 4, False),
+    ] + [("labelling", kb, True) for kb in SCRATCH_SWEEP_KB]
+    for stage, leave_kb, scratch_here in cases:
         inputs, argv, names = stages[stage]
-        mount = root / f"disk-{stage}-{leave_kb}k"
+        where = "-scratch" if scratch_here else ""
+        mount = root / f"disk-{stage}{where}-{leave_kb}k"
         with small_filesystem(mount, 4096) as fs:
             shutil.copy(root / "baseline" / "config.yaml", fs / "config.yaml")
             for rel in inputs:
                 (fs / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(baseline / rel, fs / rel)
             (fs / names[0]).parent.mkdir(parents=True, exist_ok=True)  # as Snakemake does
+            tmp = fs / "tmp" if scratch_here else None
+            if tmp is not None:
+                tmp.mkdir()
             ballast = fill(fs, leave_kb * 1024)
             log(f"full disk, {stage}: {shutil.disk_usage(fs).free // 1024} KB free")
-            full = run_pilip(argv, fs)
-            result = one_line_error(full, names)
+            full = run_pilip(argv, fs, tmp=tmp)
+            result = one_line_error(full, names + ([str(tmp)] if tmp else []))
+            result["finished"] = full.returncode == 0  # there was enough space after all
             result["bad_files"] = scan_files(fs)
             ballast.unlink()
-            resumed = run_pilip(argv, fs)
+            resumed = run_pilip(argv, fs, tmp=tmp)
             result["resume_exit_status"] = resumed.returncode
             result["resume_error"] = (
                 resumed.stderr.strip().splitlines()[-1:] if resumed.returncode else []
@@ -677,7 +691,8 @@ def disk_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
                 result["model_equal"] = same_weights(
                     fs / "models/energy/model.pt", baseline / "models/energy/model.pt"
                 )
-            out[f"{stage}, {leave_kb} KB free"] = result
+            scratch_there = ", Psi4's scratch there too" if scratch_here else ""
+            out[f"{stage}{scratch_there}, {leave_kb} KB free"] = result
             log(f"full disk, {stage}: {result['error']!r}, resumed with {resumed.returncode}")
     return out
 
@@ -1432,8 +1447,11 @@ def markdown(record: dict[str, Any]) -> str:
                     f"metrics {'equal' if r['metrics_equal'] else 'DIFFER'}, weights "
                     f"{'equal' if r['model_equal'] else 'DIFFER'}"
                 )
+            error = f"`{r['error'][:110]}` ({r['exit_status']})"
+            if r.get("finished"):
+                error, r["clean"] = "none: the space sufficed (0)", True
             out.append(
-                f"| {name} | `{r['error'][:110]}` ({r['exit_status']}) | "
+                f"| {name} | {error} | "
                 f"{'yes' if r['clean'] else 'NO'} | {len(r['bad_files'])} | "
                 f"{'yes' if r['resume_exit_status'] == 0 else 'NO'} | {lost} |"
             )
