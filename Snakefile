@@ -83,3 +83,18 @@ rule all:
         f"datasets/{TRAIN_REFERENCE}.parquet" if SYSTEMS else [],
         f"datasets/{TRAIN_REFERENCE}.summary.txt" if SYSTEMS else [],
         "results/summary.md" if SYSTEMS else [],
+
+
+onstart:
+    # Before the first job: a Psi4 interpreter that cannot run is refused now, not by the
+    # first label job after sampling and chunking. Jobs sent to other machines (a cluster
+    # executor) may find one there: a warning then.
+    from pilip.reference.psi4_env import workflow_psi4_problem
+
+    problem = workflow_psi4_problem(
+        config, {job.rule.name for job in workflow.dag.needrun_jobs()}
+    )
+    if problem and workflow.local_exec:
+        sys.exit(f"pilip: error: {problem}")
+    if problem:
+        print(f"pilip: warning: {problem} (here; the jobs' machines may have it)", file=sys.stderr)

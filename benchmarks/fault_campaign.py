@@ -778,8 +778,13 @@ def damaged_case(
     return {"case": name, "verdict": verdict, "error": lines[-1] if lines else ""}
 
 
-def flip_bit(data: bytes, rng: random.Random) -> tuple[bytes, int]:
-    offset = rng.randrange(len(data))
+def flip_bit(data: bytes, rng: random.Random, footer: bool = False) -> tuple[bytes, int]:
+    """``data`` with one seeded bit flipped anywhere, or (``footer``) in the Parquet footer:
+    the schema, encodings, offsets and metadata, which no page CRC covers."""
+    start = 0
+    if footer:
+        start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    offset = rng.randrange(start, len(data) - (8 if footer else 0))
     flipped = bytearray(data)
     flipped[offset] ^= 1 << rng.randrange(8)
     return bytes(flipped), offset
@@ -875,6 +880,9 @@ def damaged_campaign(root: Path, flips: int, seed: int) -> dict[str, Any]:
         for i in range(flips):
             data, offset = flip_bit(original, rng)
             damages[f"bit {i} flipped (byte {offset} of {len(original)})"] = data
+        for i in range(flips):
+            data, offset = flip_bit(original, rng, footer=True)
+            damages[f"footer bit {i} flipped (byte {offset} of {len(original)})"] = data
         for name, data in damages.items():
             (work / path).write_bytes(data)
             case = damaged_case(work, f"{kind} table, {name}", argv, output, path, good)
@@ -1474,6 +1482,7 @@ def markdown(record: dict[str, Any]) -> str:
         groups: dict[str, list[dict[str, Any]]] = {}
         for case in damaged["cases"]:
             key = re.sub(r"bit \d+ flipped \(byte \d+ of \d+\)", "one bit flipped", case["case"])
+            key = key.replace("footer one bit flipped", "one bit flipped in the footer")
             key = re.sub(r"wrong type at .*", "a wrong type (each section, and a key in it)", key)
             groups.setdefault(key, []).append(case)
         for key, cases in groups.items():

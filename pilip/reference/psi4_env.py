@@ -19,8 +19,10 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pilip.errors import PilipError
 
@@ -178,3 +180,33 @@ def cached_psi4_python(configured: str | None, env_value: str | None) -> Psi4Pyt
 def psi4_python(configured: str | None = None) -> Psi4Python:
     """The worker's interpreter for this setting, found once per process."""
     return cached_psi4_python(configured, os.environ.get(ENV_VAR))
+
+
+# the workflow's rules that lead to Psi4 labels (their jobs run before any label job)
+LABELLING_RULES = frozenset(
+    {"sample", "chunk", "label", "force_validation_subset", "label_force_validation"}
+)
+
+
+def workflow_psi4_problem(config: Mapping[str, Any], pending_rules: Iterable[str]) -> str | None:
+    """Why the workflow's Psi4 labels could not run on this machine (one line), or None.
+
+    Asked by the Snakefile before its first job, so that a missing Psi4 interpreter is refused
+    before sampling and chunking rather than by the first label job. None when no pending job
+    leads to labels, or when no reference the DAG labels with runs Psi4.
+    """
+    if not LABELLING_RULES & set(pending_rules):
+        return None
+    references = config.get("references") or {}
+    used = [config["labelling"]["reference"]]
+    force_validation = config.get("force_validation") or {}
+    if force_validation.get("enabled", True) and force_validation.get("reference"):
+        used.append(force_validation["reference"])
+    psi4 = [name for name in used if (references.get(name) or {}).get("backend") == "psi4"]
+    if not psi4:
+        return None
+    try:
+        psi4_python(config["labelling"].get("psi4_python"))
+    except PilipError as error:
+        return f"references.{psi4[0]} runs Psi4: {error}"
+    return None

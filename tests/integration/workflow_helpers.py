@@ -39,6 +39,9 @@ def dry_run_jobs(workdir: Path, *args: str) -> set[str]:
     """The jobs ``snakemake -n`` plans, as ``rule`` or ``rule[wildcards]`` (``all`` left out)."""
     proc = snakemake(workdir, "-n", *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # planning is silent: no input function fails for a job another rule makes
+    for word in ("Exception", "Traceback"):
+        assert word not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
     jobs: set[str] = set()
     rule = None
     for line in (proc.stdout + "\n" + proc.stderr).splitlines():

@@ -12,6 +12,10 @@ wildcard_constraints:
 
 
 rule train:
+    wildcard_constraints:
+        # the variants only: models/cheap_level comes from baseline_model (otherwise Snakemake
+        # also tries this rule for it, and prints its input function's KeyError on every run)
+        run="|".join(RUNS),
     input:
         dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
         unlabelled=unlabelled_input,
