@@ -11,8 +11,10 @@ runs, on the tiny test config (tests/e2e/config.yaml) with real Psi4, in a scrat
    compared with the uninterrupted run: finished geometries recomputed, label energies
    bitwise equal, model metrics equal, corrupt or partial files left, wall time lost per kill;
 2. a full disk: labelling and training on a small tmpfs (mounted here, always unmounted),
-   filled so that a write fails with ENOSPC mid-run; then space freed and the stage resumed;
-3. damaged files: truncated and bit-flipped Parquet tables, a results JSONL cut mid-line, a
+   filled so that a write fails with ENOSPC mid-run, and labelling with Psi4's scratch files
+   there too at eight fill levels; then space freed and the stage resumed;
+3. damaged files: truncated and bit-flipped Parquet tables (bits anywhere, and bits in the
+   footer, which no page CRC covers), a results JSONL cut mid-line, a
    checkpoint cut short, a config with a wrong type in every section, each fed to the pilip
    command that reads it;
 4. quantum chemistry that misbehaves: SCF non-convergence on a fraction of geometries, a
@@ -22,7 +24,7 @@ runs, on the tiny test config (tests/e2e/config.yaml) with real Psi4, in a scrat
 
 Prints a JSON record of every figure and writes it to ``<work>/campaign.json``; the figures in
 docs/reliability.md come from one such run. Needs root only for the tmpfs (part 2 is skipped
-with a reason otherwise). On 2 cores the default settings take about 10 minutes.
+with a reason otherwise). On 2 cores the default settings take about 15 minutes.
 """
 
 from __future__ import annotations
