@@ -1,8 +1,10 @@
 """Parquet tables of configurations, labels and datasets: schema, ids, atomic read/write.
 
 Every table pilip writes carries, in its Parquet file metadata, a schema version, its kind
-(configurations | labels | dataset) and a JSON provenance record; every field with a physical
-unit carries it in its field metadata under ``b"unit"``.
+(configurations | labels | dataset), a JSON provenance record and content checksums
+(:mod:`pilip.table_checksums`); every field with a physical unit carries it in its field
+metadata under ``b"unit"``. Data pages carry CRCs. Reading verifies both, so a damaged file is
+a one-line error, never other numbers.
 
 Positions and forces are ``list<fixed_size_list<float64, 3>>``: one list of xyz triples per row.
 :func:`positions_to_numpy` views such a column as one flat ``(n_atoms_total, 3)`` float64 array
