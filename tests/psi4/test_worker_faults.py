@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -97,7 +96,10 @@ def test_worker_killed_while_starting_is_started_again(tmp_path):
 def test_worker_killed_mid_chunk_costs_one_failed_row(tmp_path):
     configs = [water("a"), water("b"), water("c"), water("d")]
     results = tmp_path / "r.results.jsonl"
-    killer = Killer(ready=lambda: results.is_file() and results.read_bytes().count(b"\n") >= 1)
+    # the worker's own lines (pilip converts them only every poll, by when a fast worker may
+    # have finished the chunk): kill once its first geometry is written
+    raw = tmp_path / "r.results.psi4.jsonl"
+    killer = Killer(ready=lambda: raw.is_file() and raw.read_bytes().count(b"\n") >= 1)
     rows = label(tmp_path, configs, killer)
     assert killer.killed is not None
     statuses = [rows[c["id"]]["status"] for c in configs]
@@ -108,20 +110,9 @@ def test_worker_killed_mid_chunk_costs_one_failed_row(tmp_path):
 
 
 @pytest.fixture
-def small_scratch(tmp_path):
+def small_scratch(mount_tmpfs):
     """A 2 MB tmpfs for Psi4's scratch files, unmounted after the test (needs root)."""
-    mount = tmp_path / "scratch-disk"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    return mount_tmpfs("2m")
 
 
 def test_scratch_too_small_for_psi4_stops_labelling_and_records_no_failure(tmp_path, small_scratch):

@@ -7,10 +7,8 @@ runs whole labelling and training stages on such a filesystem and resumes them.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +28,9 @@ from pilip.reference.backends.base import (
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(mount_tmpfs):
     """A 256 KB tmpfs, unmounted after the test."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        gc.collect()  # a failed writer held by a traceback may still hold its file open
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    return mount_tmpfs("256k")
 
 
 def fill(folder: Path, leave: int) -> Path:
