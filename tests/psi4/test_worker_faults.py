@@ -96,10 +96,17 @@ def test_worker_killed_while_starting_is_started_again(tmp_path):
 def test_worker_killed_mid_chunk_costs_one_failed_row(tmp_path):
     configs = [water("a"), water("b"), water("c"), water("d")]
     results = tmp_path / "r.results.jsonl"
-    # the worker's own lines (pilip converts them only every poll, by when a fast worker may
-    # have finished the chunk): kill once its first geometry is written
-    raw = tmp_path / "r.results.psi4.jsonl"
-    killer = Killer(ready=lambda: raw.is_file() and raw.read_bytes().count(b"\n") >= 1)
+    raw = tmp_path / "r.results.psi4.jsonl"  # the worker's own lines
+
+    def second_geometry_running() -> bool:
+        """One geometry written, the second started: the kill lands mid-geometry (a kill
+        between two geometries costs none: tests/unit/test_psi4_backend.py)."""
+        progress = list((tmp_path / "scratch").glob("psi4-run-*/psi4-progress.txt"))
+        started = progress[0].read_bytes().count(b"\n") if progress else 0
+        written = raw.read_bytes().count(b"\n") if raw.is_file() else 0
+        return started >= 2 and written == 1
+
+    killer = Killer(ready=second_geometry_running)
     rows = label(tmp_path, configs, killer)
     assert killer.killed is not None
     statuses = [rows[c["id"]]["status"] for c in configs]

@@ -10,6 +10,7 @@ from pilip import units
 from pilip.errors import PilipError
 from pilip.reference import psi4_env
 from pilip.reference.backends import make_backend
+from pilip.reference.backends.base import read_results
 from pilip.reference.backends.psi4_backend import Psi4Backend, basis_elements, canonical_basis_name
 
 WATER = {
@@ -350,3 +351,53 @@ def test_worker_stopped_by_its_disk_records_no_failed_geometry(tmp_path, monkeyp
     assert message.startswith(f"{scratch}: Psi4 could not write its files (PSIO Error)")
     assert "settings.scratch" in message and "rerun" in message
     assert not results.exists() or results.read_text() == ""
+
+
+FAKE_WORKER_KILLED_BETWEEN_GEOMETRIES = """\
+import json, os, signal, sys
+request = json.load(open(sys.argv[2]))
+marker = request["results"] + ".killed-once"
+done = set()
+if os.path.exists(request["results"]):
+    done = {json.loads(line)["config_id"] for line in open(request["results"]) if line.strip()}
+energies = [{method: -76.0 for method in job["variables"]} for job in request["jobs"]]
+with open(request["results"], "a") as out, open(request["progress"], "a") as progress:
+    for config in request["configs"]:
+        if config["id"] in done:
+            continue
+        progress.write(config["id"] + "\\n")
+        progress.flush()
+        line = {"config_id": config["id"], "status": "ok", "energies": energies,
+                "gradients": [None] * len(energies), "plan": request["plan"]}
+        out.write(json.dumps(line) + "\\n")
+        out.flush()
+        if not os.path.exists(marker):  # the first worker dies after its first geometry
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_worker_killed_between_geometries_costs_no_geometry(tmp_path, monkeypatch):
+    """Killed after writing a geometry's line and before starting the next one, the worker
+    has no geometry in flight: a new worker computes the rest and no row is failed."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_WORKER_KILLED_BETWEEN_GEOMETRIES)
+    fake.chmod(0o755)
+    interpreter = psi4_env.Psi4Python(str(fake), "test", "", "1.3.2", "1.26")
+    ref = backend(method="scf/cc-pvdz")
+    monkeypatch.setattr(ref, "interpreter", lambda: interpreter)
+    configs = [{**WATER, "id": name} for name in ("a", "b", "c")]
+    results = tmp_path / "r.results.jsonl"
+    ref.run(
+        configs,
+        results,
+        threads=1,
+        gradients=False,
+        scratch=tmp_path / "scratch",
+        retry_options=None,
+        timeout_s=None,
+    )
+    rows = read_results(results)
+    assert {k: r["status"] for k, r in rows.items()} == {"a": "ok", "b": "ok", "c": "ok"}
+    assert len(results.read_text().splitlines()) == 3  # nothing computed twice
+    assert (tmp_path / "r.results.psi4.jsonl.killed-once").exists()  # it was killed

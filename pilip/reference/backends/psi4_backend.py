@@ -508,6 +508,7 @@ class _Run:
         request_path.write_text(json.dumps(request), encoding="utf-8")
         progress.unlink(missing_ok=True)
         wanted = {c["id"] for c in pending}
+        started_with = len(wanted)
         self.offset = self.raw.stat().st_size if self.raw.exists() else 0
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen(
@@ -548,6 +549,12 @@ class _Run:
             # killed by a signal while starting (out-of-memory killer, a user): start once more;
             # a worker that cannot start twice is an error, not a failed geometry
             self.signalled_at_start = True
+            return
+        died = proc.returncode != 0 and not killed
+        if died and current not in wanted and len(wanted) < started_with:
+            # died between geometries, after finishing one (its line is converted): no
+            # geometry to blame; the caller starts a worker for the rest (progress was made,
+            # so this cannot repeat for ever)
             return
         if current is None and not killed and proc.returncode != 0:
             raise PilipError(
