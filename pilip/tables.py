@@ -394,10 +394,18 @@ def read_parquet(
         wanted = list(schema.names if columns is None else columns)
         expression = pq.filters_to_expression(filters) if filters is not None else None
         needed = wanted + [name for name in _filter_columns(filters) if name not in wanted]
-        table = source.read(columns=needed)
-        _verify(schema, table, needed)
+        _verify(schema, None, ())  # a damaged field name is damage, not a missing column
+        missing = [name for name in needed if name not in schema.names]
+        if not missing:
+            table = source.read(columns=needed)
+            _verify(schema, table, needed)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _damaged(path, exc) from None
+    if missing:
+        raise PilipError(
+            f"{path}: no column {missing[0]!r} (it has {', '.join(schema.names)}); is it the "
+            "table this command reads?"
+        )
     if expression is not None:
         table = table.filter(expression).select(wanted)
     # the checksums belong to the file, not to the table: a table changed and written by

@@ -260,3 +260,10 @@ def test_split_fractions_are_checked():
     for bad in ("0.8,0.1", "0.5,0.5,0.5", "a,b,c", "1.1,-0.1,0"):
         with pytest.raises(PilipError, match="--splits"):
             parse_fractions(bad)
+
+
+def test_a_missing_column_is_named_and_not_called_damage(tmp_path, configurations):
+    path = tables.write_table(configurations, tmp_path / "c.parquet", "configurations", {})
+    with pytest.raises(PilipError) as err:
+        tables.read_parquet(path, columns=[keys.ID, keys.ENERGY])
+    assert str(err.value).startswith(f"{path}: no column 'energy' (it has id, numbers,")
