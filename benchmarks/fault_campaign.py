@@ -892,6 +892,7 @@ def damaged_campaign(root: Path, flips: int, seed: int) -> dict[str, Any]:
         (work / path).write_bytes(original)
     cases += damaged_jsonl_cases(work, ref)
     cases += damaged_checkpoint_cases(work, ref)
+    cases += flipped_checkpoint_cases(work, ref, flips, rng)
     cases += damaged_config_cases(work)
     verdicts = Counter(c["verdict"] for c in cases)
     return {
@@ -1002,6 +1003,29 @@ def damaged_checkpoint_cases(work: Path, ref: str) -> list[dict[str, Any]]:
                 }
             )
         path.write_bytes(original)
+    return cases
+
+
+def flipped_checkpoint_cases(
+    work: Path, ref: str, flips: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """model.pt with one seeded bit flipped, evaluated: refused, or exactly the same metrics."""
+    path = work / "models" / "energy" / "model.pt"
+    argv = ["evaluate", "models/energy/model.pt", f"datasets/{ref}.parquet", "--out", "out/eval"]
+    argv += ["--device", "cpu"]
+    shutil.rmtree(work / "out", ignore_errors=True)
+    code, err = in_process(argv, work)
+    if code != 0:
+        raise RuntimeError(f"evaluate: the undamaged checkpoint fails: {err}")
+    good = outputs_of(work / "out" / "eval")
+    original = path.read_bytes()
+    cases = []
+    for i in range(flips):
+        data, offset = flip_bit(original, rng)
+        path.write_bytes(data)
+        name = f"checkpoint model.pt, bit {i} flipped (byte {offset} of {len(original)}), evaluate"
+        cases.append(damaged_case(work, name, argv, "out/eval", "model.pt", good))
+    path.write_bytes(original)
     return cases
 
 
