@@ -890,7 +890,7 @@ def damaged_campaign(root: Path, flips: int, seed: int) -> dict[str, Any]:
             case = damaged_case(work, f"{kind} table, {name}", argv, output, path, good)
             cases.append(case)
         (work / path).write_bytes(original)
-    cases += damaged_jsonl_cases(work, ref)
+    cases += damaged_jsonl_cases(work, ref, flips, rng)
     cases += damaged_checkpoint_cases(work, ref)
     cases += flipped_checkpoint_cases(work, ref, flips, rng)
     cases += damaged_config_cases(work)
@@ -905,8 +905,11 @@ def damaged_campaign(root: Path, flips: int, seed: int) -> dict[str, Any]:
     }
 
 
-def damaged_jsonl_cases(work: Path, ref: str) -> list[dict[str, Any]]:
-    """A results JSONL cut mid-line (recomputed) and one with a broken line inside (refused)."""
+def damaged_jsonl_cases(
+    work: Path, ref: str, flips: int = 0, rng: random.Random | None = None
+) -> list[dict[str, Any]]:
+    """A results JSONL cut mid-line (recomputed), one with a broken line inside (refused), and
+    ``flips`` with one seeded bit flipped (refused, or the same labels)."""
     cases = []
     chunk = "chunks/water/chunk-0000.parquet"
     labels = Path(f"labels/{ref}/water/chunk-0000.parquet")
@@ -917,7 +920,11 @@ def damaged_jsonl_cases(work: Path, ref: str) -> list[dict[str, Any]]:
     cut = b"\n".join(lines[:4]) + b"\n" + lines[4][: len(lines[4]) // 2]
     broken = b"\n".join([*lines[:2], lines[2][:40], *lines[3:]])
     argv = ["label", chunk, "--reference", ref, "--config", "config.yaml", "-o", str(labels)]
-    for name, data in (("cut mid-line", cut), ("a broken line inside", broken)):
+    damages = [("cut mid-line", cut), ("a broken line inside", broken)]
+    for i in range(flips):  # not the last newline: that would be a cut, tested above
+        data, offset = flip_bit(original[:-1], rng)
+        damages.append((f"bit {i} flipped (byte {offset} of {len(original)})", data + b"\n"))
+    for name, data in damages:
         (work / labels).unlink(missing_ok=True)
         (work / results).write_bytes(data)
         proc = run_pilip(argv, work)  # real Psi4 for the geometries to recompute
@@ -925,9 +932,11 @@ def damaged_jsonl_cases(work: Path, ref: str) -> list[dict[str, Any]]:
         if proc.returncode == 0:
             got = pq.read_table(work / labels).to_pylist()
             same = [bits(a["energy"]) == bits(b["energy"]) for a, b in zip(got, good, strict=False)]
-            written = [json.loads(x) for x in (work / results).read_bytes().split(b"\n")[:-1]]
+            written = (work / results).read_bytes().split(b"\n")[:-1]
             ok = all(same) and len(same) == len(good) and len(written) == len(good)
             verdict = "recomputed" if ok else "silently wrong"
+            if ok and "bit" in name:  # nothing to recompute: the flip changed nothing read
+                verdict = "harmless" if "computed 0 now" in proc.stderr else "recomputed"
         else:
             verdict = refusal(proc.returncode, proc.stderr, results.name)
         cases.append(

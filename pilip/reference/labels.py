@@ -26,7 +26,7 @@ import pyarrow as pa
 from pilip import keys, tables, units
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
-from pilip.reference.backends.base import read_results
+from pilip.reference.backends.base import read_results, results_line
 
 STATUSES = (keys.STATUS_OK, keys.STATUS_FAILED, keys.STATUS_TIMEOUT)
 COMPONENTS_TYPE = pa.map_(pa.string(), pa.float64())
@@ -190,10 +190,10 @@ def rewrite_results(path: str | os.PathLike, drop: Callable[[dict[str, Any]], bo
     dropped = [config_id for config_id, record in records.items() if drop(record)]
     if not dropped and (not path.exists() or path.read_bytes().endswith(b"\n")):
         return []
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         for config_id, record in records.items():
             if config_id not in dropped:
-                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+                fh.write(results_line(record, allow_nan=True))
     return dropped
 
 
@@ -204,9 +204,9 @@ def drop_failed_results(path: str | os.PathLike) -> list[str]:
 
 def seed_results(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a results file from an existing labels table (when its JSONL was deleted)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         for record in records_from_table(table):
-            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            fh.write(results_line(record, allow_nan=True))
 
 
 def reextrapolate_table(

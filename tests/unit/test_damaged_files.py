@@ -29,6 +29,7 @@ from pilip.potential import data
 from pilip.potential.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pilip.potential.models import build_model
 from pilip.reference import labels
+from pilip.reference.backends.base import read_results
 from pilip.reference.backends.xtb_backend import XTBBackend
 from pilip.reference.labelling import label_table
 
@@ -258,6 +259,38 @@ def test_results_broken_inside_is_refused_in_one_line(labelled, configurations, 
     line = one_line_refusal(main(argv), capsys.readouterr().err, f"{results.name}:3")
     assert "remove the line or the file" in line
     assert calls == [] and not (root / "labels.parquet").exists()
+
+
+def test_bit_flips_in_results_lines_never_become_labels(labelled, configurations):
+    """A flipped bit in a results line can leave valid JSON with another energy digit; each
+    line's CRC-32 makes it a one-line refusal naming the line, or it changed nothing."""
+    root, calls = labelled
+    results = labels.results_path_for(root / "labels.parquet")
+    raw = results.read_bytes()
+    want = {k: r["energy"] for k, r in read_results(results).items()}
+    rng = np.random.default_rng(5)
+    refused = 0
+    for offset in rng.choice(len(raw) - 1, size=200, replace=False):  # not the last newline
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        results.write_bytes(bytes(flipped))
+        try:
+            got = {k: r["energy"] for k, r in read_results(results).items()}
+        except PilipError as exc:
+            assert "\n" not in str(exc) and f"{results}:" in str(exc)
+            refused += 1
+            continue
+        assert got == want, f"flip at byte {offset} read as other energies"
+    assert refused >= 150
+
+
+def test_results_lines_without_a_crc_still_read(labelled):
+    """Results files written before lines carried a CRC-32 resume as before."""
+    root, _ = labelled
+    results = labels.results_path_for(root / "labels.parquet")
+    records = read_results(results)
+    results.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    assert read_results(results) == records
 
 
 # --- checkpoints cut short -------------------------------------------------------------------

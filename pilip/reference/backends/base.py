@@ -32,6 +32,7 @@ import signal
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -203,11 +204,41 @@ def check_closed_shell(configs: Iterable[dict[str, Any]], reference: str, method
             )
 
 
+# Every results line ends with a CRC-32 of the rest of the line, so that a flipped bit (a
+# digit of an energy) is an error on reading rather than another label:
+#   {"config_id":...,"energy":...,"crc32":"1a2b3c4d"}
+CRC_KEY = "crc32"
+_CRC_HEAD = b',"crc32":"'
+_CRC_LENGTH = len(_CRC_HEAD) + 8 + 2  # the head, 8 hex digits, '"}'
+
+
+def results_line(record: dict[str, Any], allow_nan: bool = False) -> bytes:
+    """One results line (with its newline) for ``record``, its CRC-32 appended."""
+    body = json.dumps(record, separators=(",", ":"), allow_nan=allow_nan).encode()
+    return body[:-1] + _CRC_HEAD + f"{zlib.crc32(body):08x}".encode() + b'"}\n'
+
+
+def parse_results_line(raw: bytes) -> dict[str, Any]:
+    """The record of one results line (without its newline); ValueError if it is broken or
+    fails its CRC. Lines from before the CRC (none at the end) are read unverified."""
+    record = json.loads(raw)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if CRC_KEY in record:
+        tail = raw.rstrip()[-_CRC_LENGTH:]
+        body = raw.rstrip()[:-_CRC_LENGTH] + b"}"
+        if not tail.startswith(_CRC_HEAD) or f"{zlib.crc32(body):08x}" != record[CRC_KEY]:
+            raise ValueError("its CRC-32 does not match: the line is damaged")
+        del record[CRC_KEY]
+    return record
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """Results lines by config id, the last line for an id winning.
 
     A missing file reads as empty. A last line without its newline (a writer killed mid-line)
-    is ignored; a broken line anywhere else is an error, because that is not a crash.
+    is ignored; a broken or damaged line anywhere else is an error, because that is not a
+    crash.
     """
     path = Path(path)
     if not path.exists():
@@ -220,7 +251,7 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = parse_results_line(raw)
             config_id = record["config_id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise PilipError(
@@ -255,9 +286,8 @@ def append_result(fh: io.TextIOWrapper, record: dict[str, Any]) -> None:
     A write that fails (a full disk) leaves no half line behind: the file is cut back to
     where the line started, and a full disk is a one-line PilipError naming the file.
     """
-    data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
     fh.flush()  # nothing of ours may wait in the text buffer
-    append_bytes(fh.fileno(), data, fh.name)
+    append_bytes(fh.fileno(), results_line(record), fh.name)
 
 
 def result_record(
