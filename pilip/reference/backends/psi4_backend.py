@@ -102,6 +102,8 @@ def _symbol(z: int) -> str:
 # disk (an I/O error, or a nearly full folder), which it does not record (psi4_worker.py)
 EXIT_DISK_FULL = 4
 DISK_TAG = "psi4_worker: error: disk: "
+# the worker's exit status after a geometry's timeout line: start a fresh worker for the rest
+EXIT_FRESH_START = 5
 
 
 class Psi4Backend(Backend):
@@ -535,6 +537,8 @@ class _Run:
             )
         if not wanted:
             return
+        if proc.returncode == EXIT_FRESH_START and not killed and len(wanted) < started_with:
+            return  # it wrote a timeout line and stopped: Psi4's state is not trusted after it
         if proc.returncode != 0 and not killed:
             # a worker that died on a full disk, or stopped because a geometry failed with an
             # I/O error or while its folders were full (the disk's fault), failed no geometry:

@@ -25,7 +25,10 @@ with an I/O error ("PSIO Error", "No space left on device", a quota) or while a 
 to (results, Psi4 output, scratch) was nearly full (Psi4 then fails with errors such as
 "PSIOManager cannot get a mirror file handle"), or its results line could not be written. No
 line is written for that geometry, the one stderr line reads ``psi4_worker: error: disk:
-PATH: REASON``, and the geometry is computed again once space is freed.
+PATH: REASON``, and the geometry is computed again once space is freed; 5 after a geometry's
+``timeout`` line: a calculation interrupted inside Psi4 leaves its timers and files in a state
+that fails or hangs the next geometries ("Timer HF: Form G is already on"), so the worker
+stops and pilip starts a fresh one for the rest.
 """
 
 import atexit
@@ -42,6 +45,7 @@ import time
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
 EXIT_DISK_FULL = 4
+EXIT_FRESH_START = 5  # after a timeout: Psi4's state is not trusted for the next geometry
 NEARLY_FULL_BYTES = 1 << 20  # as pilip.atomic_io: below this a failure may be the disk's
 DISK_TAG = "disk: "  # starts the error line of exit status 4 (pilip's backend reads it)
 # error texts that say a file could not be written or read: the disk's fault, not the geometry's
@@ -322,18 +326,23 @@ def is_io_error(text):
 
 
 def stop_for_disk(path, reason, results, scratch):
-    """Exit with status 4 and one ``disk:`` line, writing no line for the current geometry.
-
-    ``os._exit``: Psi4's own exit clean-up aborts the process (SIGABRT) on the files it could
-    not write, which would hide the exit status; the scratch folder is removed here instead.
-    """
+    """Exit with status 4 and one ``disk:`` line, writing no line for the current geometry."""
     print(f"psi4_worker: error: {DISK_TAG}{path}: {reason}", file=sys.stderr, flush=True)
+    leave(EXIT_DISK_FULL, results, scratch)
+
+
+def leave(status, results, scratch):
+    """Exit now with ``status``, the results file closed and the scratch folder removed.
+
+    ``os._exit``: Psi4's own exit clean-up aborts the process (SIGABRT) on files it could not
+    write or calculations it did not finish, which would hide the exit status.
+    """
     try:
         results.close()
     except OSError:
         pass
     shutil.rmtree(scratch, ignore_errors=True)
-    os._exit(EXIT_DISK_FULL)
+    os._exit(status)
 
 
 def on_alarm(signum, frame):
@@ -415,6 +424,10 @@ def main(argv):
         except OSError as exc:  # a half line is cut off by the next worker (open_results)
             stop_for_disk(results_path, exc.strerror or str(exc), fh, scratch)
         done.add(config["id"])
+        if record.get("status") == "timeout" and any(
+            c["id"] not in done for c in request["configs"]
+        ):
+            leave(EXIT_FRESH_START, fh, scratch)
     fh.close()
     return 0
 
