@@ -265,7 +265,10 @@ class Psi4Backend(Backend):
         Raw worker lines already on disk (a previous run killed between a geometry and its
         conversion) are converted first; a worker that crashes or hangs past the timeout
         costs only the geometry it was computing, recorded as failed/timeout, and is
-        restarted for the rest. PilipError when the worker refuses the request.
+        restarted for the rest (one that dies between two geometries costs none; after a
+        timeout a fresh worker takes over, Psi4's state being suspect). PilipError when the
+        worker refuses the request, or when the disk (not a geometry) failed: the error names
+        the folder, and nothing is recorded for that geometry.
         """
         results = Path(results)
         jobs = cbs.plan_jobs(self.recipe, gradients=gradients)
