@@ -323,8 +323,13 @@ def result_record(
     }
 
 
-class CalculationTimeout(Exception):
-    """Raised inside an in-process calculation that ran past its per-geometry time limit."""
+class CalculationTimeout(BaseException):
+    """Raised inside an in-process calculation that ran past its per-geometry time limit.
+
+    A BaseException (as the Psi4 worker's own timeout), so that a library's ``except
+    Exception`` around the code it interrupts cannot turn it into another error: a 1 ms limit
+    once came back as a failed row instead of a timeout.
+    """
 
 
 @contextlib.contextmanager
