@@ -119,19 +119,25 @@ def checksums(table: pa.Table) -> bytes:
     return json.dumps(record, sort_keys=True).encode()
 
 
-def mismatches(
-    recorded: bytes, schema: pa.Schema, table: pa.Table | None, columns: Iterable[str] = ()
-) -> list[str]:
-    """What of ``schema`` (the file's whole schema) and of ``table``'s ``columns`` disagrees
-    with the ``recorded`` checksums; empty when all agree. Raises ValueError when the record
-    itself is unreadable."""
-    record = json.loads(recorded)
+def recorded(schema: pa.Schema) -> dict[str, str] | None:
+    """The checksums recorded in ``schema``'s metadata; None for a table written before
+    checksums. ValueError when the record itself is unreadable."""
+    raw = (schema.metadata or {}).get(META_CHECKSUMS)
+    if raw is None:
+        return None
+    record = json.loads(raw)
     if not isinstance(record, dict):
         raise ValueError("checksums are not a JSON object")
-    bad = []
-    if record.get(SCHEMA_KEY) != schema_digest(schema):
-        bad.append("the schema or metadata")
-    for name in columns:
-        if record.get(name) != column_digest(table.column(name)):
-            bad.append(f"column {name!r}")
-    return bad
+    return record
+
+
+def schema_matches(record: dict[str, str], schema: pa.Schema) -> bool:
+    """Whether ``schema`` (the file's whole schema, with its metadata) is the one recorded."""
+    return record.get(SCHEMA_KEY) == schema_digest(schema)
+
+
+def mismatched_columns(
+    record: dict[str, str], table: pa.Table, columns: Iterable[str]
+) -> list[str]:
+    """The ``columns`` of ``table`` whose values disagree with the ``record``."""
+    return [name for name in columns if record.get(name) != column_digest(table.column(name))]

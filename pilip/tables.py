@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pilip import __version__, keys, units
+from pilip import __version__, keys, table_checksums, units
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError, first_line
-from pilip.table_checksums import ARROW_SCHEMA, META_CHECKSUMS, checksums, mismatches
+from pilip.table_checksums import ARROW_SCHEMA, META_CHECKSUMS, checksums
 
 KINDS = ("configurations", "labels", "dataset")
 
@@ -366,12 +366,11 @@ def read_schema(path: str | os.PathLike, kind: str | Sequence[str] | None = None
         raise PilipError(f"{path}: no such file")
     try:
         schema = pq.read_schema(path)
-        _verify(schema, None, ())
+        _verified_record(schema)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _damaged(path, exc) from None
     _check_metadata(path, schema, kind)
-    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != META_CHECKSUMS}
-    return schema.with_metadata(metadata)
+    return schema.with_metadata(_without(schema.metadata, META_CHECKSUMS))
 
 
 def read_parquet(
@@ -394,11 +393,11 @@ def read_parquet(
         wanted = list(schema.names if columns is None else columns)
         expression = pq.filters_to_expression(filters) if filters is not None else None
         needed = wanted + [name for name in _filter_columns(filters) if name not in wanted]
-        _verify(schema, None, ())  # a damaged field name is damage, not a missing column
+        record = _verified_record(schema)  # a damaged field name is damage, not a missing column
         missing = [name for name in needed if name not in schema.names]
         if not missing:
             table = source.read(columns=needed)
-            _verify(schema, table, needed)
+            _verify_columns(record, schema, table, needed)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _damaged(path, exc) from None
     if missing:
@@ -410,8 +409,7 @@ def read_parquet(
         table = table.filter(expression).select(wanted)
     # the checksums belong to the file, not to the table: a table changed and written by
     # other means must not carry checksums of what it was
-    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != META_CHECKSUMS}
-    return table.replace_schema_metadata(metadata)
+    return table.replace_schema_metadata(_without(table.schema.metadata, META_CHECKSUMS))
 
 
 def _filter_columns(filters: Any) -> list[str]:
@@ -423,25 +421,40 @@ def _filter_columns(filters: Any) -> list[str]:
     return [name for name, _op, _value in filters]
 
 
-def _verify(schema: pa.Schema, table: pa.Table | None, columns: Sequence[str]) -> None:
-    """ValueError when the content checksums recorded in ``schema`` disagree."""
+def _verified_record(schema: pa.Schema) -> dict[str, str] | None:
+    """The checksums recorded in ``schema`` (None for a file from before checksums), after
+    checking the schema and metadata against them; ValueError when they disagree."""
     try:
-        recorded = (schema.metadata or {}).get(META_CHECKSUMS)
-        if recorded is None:
-            return  # a file from before checksums
-        bad = mismatches(recorded, schema, table, columns)
-        if table is not None and _plain(table.schema.metadata) != _plain(schema.metadata):
-            bad.append("the file metadata (its two copies differ)")
+        record = table_checksums.recorded(schema)
+        if record is None or table_checksums.schema_matches(record, schema):
+            return record
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable schema or checksums: {first_line(exc)}") from None
+    raise _mismatch(["the schema or metadata"])
+
+
+def _verify_columns(
+    record: dict[str, str] | None, schema: pa.Schema, table: pa.Table, columns: Sequence[str]
+) -> None:
+    """ValueError when ``table``'s ``columns`` disagree with ``record``, or when the table's
+    copy of the file metadata differs from ``schema``'s (the one the record was checked on)."""
+    if record is None:
+        return
+    bad = table_checksums.mismatched_columns(record, table, columns)
+    if _without(table.schema.metadata, ARROW_SCHEMA) != _without(schema.metadata, ARROW_SCHEMA):
+        bad.append("the file metadata (its two copies differ)")
     if bad:
-        raise ValueError(
-            f"its checksums do not match {', '.join(bad)}: damaged, or changed by another program"
-        )
+        raise _mismatch(bad)
 
 
-def _plain(metadata: Mapping[bytes, bytes] | None) -> dict[bytes, bytes]:
-    return {k: v for k, v in (metadata or {}).items() if k != ARROW_SCHEMA}
+def _mismatch(bad: list[str]) -> ValueError:
+    return ValueError(
+        f"its checksums do not match {', '.join(bad)}: damaged, or changed by another program"
+    )
+
+
+def _without(metadata: Mapping[bytes, bytes] | None, key: bytes) -> dict[bytes, bytes]:
+    return {k: v for k, v in (metadata or {}).items() if k != key}
 
 
 def _damaged(path: str | os.PathLike, exc: BaseException) -> PilipError:
