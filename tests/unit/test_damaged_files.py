@@ -81,6 +81,27 @@ def data_page_offsets(path: Path) -> list[int]:
     return offsets
 
 
+def reads_of_flipped(path: Path, offsets, count: int, seed: int, read, error_has: str):
+    """Flip one seeded bit of ``path`` at ``count`` of ``offsets`` in turn (from the intact
+    bytes each time) and ``read(path)``. A refusal must be a one-line PilipError containing
+    ``error_has``. Returns how many were refused and ``(offset, read(path))`` of the others."""
+    raw = path.read_bytes()
+    rng = np.random.default_rng(seed)
+    refused, read_back = 0, []
+    for offset in rng.choice(offsets, size=count, replace=False):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(flipped))
+        try:
+            value = read(path)
+        except PilipError as exc:
+            assert "\n" not in str(exc) and error_has in str(exc)
+            refused += 1
+            continue
+        read_back.append((int(offset), value))
+    return refused, read_back
+
+
 # --- Parquet: truncated, bit-flipped -------------------------------------------------------
 
 
@@ -104,20 +125,11 @@ def test_truncated_dataset_is_refused_by_training_data_loading(dataset):
 def test_bit_flips_in_data_pages_are_never_read_as_other_numbers(configurations):
     """Every bit flip inside a page is refused or harmless (the page CRC catches the data)."""
     original = tables.read_table(configurations)
-    raw = configurations.read_bytes()
     offsets = data_page_offsets(configurations)
-    rng = np.random.default_rng(3)
-    refused = 0
-    for offset in rng.choice(offsets, size=60, replace=False):
-        flipped = bytearray(raw)
-        flipped[offset] ^= 1 << int(rng.integers(8))
-        configurations.write_bytes(bytes(flipped))
-        try:
-            table = tables.read_table(configurations)
-        except PilipError as exc:
-            assert "\n" not in str(exc) and "water.parquet" in str(exc)
-            refused += 1
-            continue
+    refused, read_back = reads_of_flipped(
+        configurations, offsets, 60, 3, tables.read_table, "water.parquet"
+    )
+    for offset, table in read_back:
         assert table.equals(original), f"flip at byte {offset} read as other numbers"
     assert refused >= 40  # most flips land in compressed data, covered by the page CRC
 
@@ -167,19 +179,10 @@ def test_bit_flips_in_the_footer_are_never_read_as_other_values(dataset):
     rename a field or change the provenance. The content checksums catch each of them (before
     them, about one footer flip in seven read back as another table, some as a traceback)."""
     original = tables.read_table(dataset)
-    raw = dataset.read_bytes()
-    rng = np.random.default_rng(7)
-    refused = 0
-    for offset in rng.choice(footer_offsets(dataset), size=300, replace=False):
-        flipped = bytearray(raw)
-        flipped[offset] ^= 1 << int(rng.integers(8))
-        dataset.write_bytes(bytes(flipped))
-        try:
-            table = tables.read_table(dataset)
-        except PilipError as exc:
-            assert "\n" not in str(exc) and "dataset.parquet" in str(exc)
-            refused += 1
-            continue
+    refused, read_back = reads_of_flipped(
+        dataset, footer_offsets(dataset), 300, 7, tables.read_table, "dataset.parquet"
+    )
+    for offset, table in read_back:
         assert same_table(table, original), f"flip at byte {offset} misread"
     assert refused >= 150
 
@@ -187,18 +190,15 @@ def test_bit_flips_in_the_footer_are_never_read_as_other_values(dataset):
 def test_bit_flips_in_the_footer_never_reach_training(dataset):
     """Column reads with a row filter (the training forces) verify the columns they read."""
     want = data.load_dataset(dataset)["train"].energy
-    raw = dataset.read_bytes()
-    rng = np.random.default_rng(8)
-    for offset in rng.choice(footer_offsets(dataset), size=100, replace=False):
-        flipped = bytearray(raw)
-        flipped[offset] ^= 1 << int(rng.integers(8))
-        dataset.write_bytes(bytes(flipped))
-        try:
-            got = data.load_dataset(dataset)["train"].energy
-            rows = tables.read_parquet(dataset, [keys.ENERGY], [(keys.SPLIT, "=", "val")])
-        except PilipError as exc:
-            assert "\n" not in str(exc) and "dataset.parquet" in str(exc)
-            continue
+
+    def read(path: Path):
+        got = data.load_dataset(path)["train"].energy
+        return got, tables.read_parquet(path, [keys.ENERGY], [(keys.SPLIT, "=", "val")])
+
+    _, read_back = reads_of_flipped(
+        dataset, footer_offsets(dataset), 100, 8, read, "dataset.parquet"
+    )
+    for offset, (got, rows) in read_back:
         assert torch.equal(got, want), f"flip at byte {offset} read as other energies"
         assert rows.column(keys.ENERGY).to_pylist() == original_val_energies(want)
 
@@ -266,20 +266,16 @@ def test_bit_flips_in_results_lines_never_become_labels(labelled, configurations
     line's CRC-32 makes it a one-line refusal naming the line, or it changed nothing."""
     root, calls = labelled
     results = labels.results_path_for(root / "labels.parquet")
-    raw = results.read_bytes()
     want = {k: r["energy"] for k, r in read_results(results).items()}
-    rng = np.random.default_rng(5)
-    refused = 0
-    for offset in rng.choice(len(raw) - 1, size=200, replace=False):  # not the last newline
-        flipped = bytearray(raw)
-        flipped[offset] ^= 1 << int(rng.integers(8))
-        results.write_bytes(bytes(flipped))
-        try:
-            got = {k: r["energy"] for k, r in read_results(results).items()}
-        except PilipError as exc:
-            assert "\n" not in str(exc) and f"{results}:" in str(exc)
-            refused += 1
-            continue
+    refused, read_back = reads_of_flipped(
+        results,
+        len(results.read_bytes()) - 1,  # not the last newline
+        200,
+        5,
+        lambda path: {k: r["energy"] for k, r in read_results(path).items()},
+        f"{results}:",
+    )
+    for offset, got in read_back:
         assert got == want, f"flip at byte {offset} read as other energies"
     assert refused >= 150
 
@@ -320,19 +316,15 @@ def test_bit_flips_in_a_checkpoint_never_load_as_other_weights(checkpoint):
     """torch.load does not check the zip entries' CRCs: most flips in the weights loaded as
     other weights. Every flip is now refused in one line or loads exactly the same model."""
     want = read_checkpoint(checkpoint)["model"]["state_dict"]
-    raw = checkpoint.read_bytes()
-    rng = np.random.default_rng(11)
-    refused = 0
-    for offset in rng.choice(len(raw), size=150, replace=False):
-        flipped = bytearray(raw)
-        flipped[offset] ^= 1 << int(rng.integers(8))
-        checkpoint.write_bytes(bytes(flipped))
-        try:
-            got = read_checkpoint(checkpoint)["model"]["state_dict"]
-        except PilipError as exc:
-            assert "\n" not in str(exc) and "delete it and rerun `pilip train`" in str(exc)
-            refused += 1
-            continue
+    refused, read_back = reads_of_flipped(
+        checkpoint,
+        len(checkpoint.read_bytes()),
+        150,
+        11,
+        lambda path: read_checkpoint(path)["model"]["state_dict"],
+        "delete it and rerun `pilip train`",
+    )
+    for offset, got in read_back:
         assert got.keys() == want.keys(), f"flip at byte {offset}"
         for name in want:
             assert torch.equal(got[name], want[name]), f"flip at byte {offset}: other {name}"
