@@ -120,6 +120,30 @@ def run_pilip(
     )
 
 
+def train_argv(dataset: str, out: str, *extra: str) -> list[str]:
+    """``pilip train`` of the ``energy`` variant as the DAG runs it (one thread)."""
+    return [
+        "train",
+        dataset,
+        "--out",
+        out,
+        "--config",
+        "config.yaml",
+        "--variant",
+        "energy",
+        "--threads",
+        "1",
+        *extra,
+        "--no-progress",
+    ]
+
+
+def evaluate_argv(ref: str) -> list[str]:
+    """``pilip evaluate`` of the energy run's model.pt on the dataset, into out/eval."""
+    model, dataset = "models/energy/model.pt", f"datasets/{ref}.parquet"
+    return ["evaluate", model, dataset, "--out", "out/eval", "--device", "cpu"]
+
+
 # --- processes -------------------------------------------------------------------------------
 
 
@@ -613,20 +637,11 @@ def disk_campaign(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         ),
         "training": (
             [f"datasets/{config['labelling']['reference']}.parquet"],
-            [
-                "train",
+            train_argv(
                 f"datasets/{config['labelling']['reference']}.parquet",
-                "--out",
                 "models/energy",
-                "--config",
-                "config.yaml",
-                "--variant",
-                "energy",
-                "--threads",
-                "1",
                 "--restart-if-changed",
-                "--no-progress",
-            ],
+            ),
             ["models/energy"],
         ),
     }
@@ -849,19 +864,7 @@ def damaged_campaign(root: Path, flips: int, seed: int) -> dict[str, Any]:
         ),
         "dataset": (
             f"datasets/{ref}.parquet",
-            [
-                "train",
-                "{}",
-                "--out",
-                "out/run",
-                "--config",
-                "config.yaml",
-                "--variant",
-                "energy",
-                "--threads",
-                "1",
-                "--no-progress",
-            ],
+            train_argv("{}", "out/run"),
             "out",
         ),
     }
@@ -955,15 +958,7 @@ def damaged_checkpoint_cases(work: Path, ref: str) -> list[dict[str, Any]]:
         path.write_bytes(original[: len(original) // 2])
         if name == "model.pt":
             commands = {
-                "evaluate": [
-                    "evaluate",
-                    "models/energy/model.pt",
-                    f"datasets/{ref}.parquet",
-                    "--out",
-                    "out/eval",
-                    "--device",
-                    "cpu",
-                ],
+                "evaluate": evaluate_argv(ref),
                 "md": [
                     "md",
                     "models/energy/model.pt",
@@ -978,19 +973,7 @@ def damaged_checkpoint_cases(work: Path, ref: str) -> list[dict[str, Any]]:
             }
         else:
             commands = {
-                "train (resume)": [
-                    "train",
-                    f"datasets/{ref}.parquet",
-                    "--out",
-                    "models/energy",
-                    "--config",
-                    "config.yaml",
-                    "--variant",
-                    "energy",
-                    "--threads",
-                    "1",
-                    "--no-progress",
-                ],
+                "train (resume)": train_argv(f"datasets/{ref}.parquet", "models/energy"),
             }
         for command, argv in commands.items():
             shutil.rmtree(work / "out", ignore_errors=True)
@@ -1020,8 +1003,7 @@ def flipped_checkpoint_cases(
 ) -> list[dict[str, Any]]:
     """model.pt with one seeded bit flipped, evaluated: refused, or exactly the same metrics."""
     path = work / "models" / "energy" / "model.pt"
-    argv = ["evaluate", "models/energy/model.pt", f"datasets/{ref}.parquet", "--out", "out/eval"]
-    argv += ["--device", "cpu"]
+    argv = evaluate_argv(ref)
     shutil.rmtree(work / "out", ignore_errors=True)
     code, err = in_process(argv, work)
     if code != 0:
