@@ -208,7 +208,7 @@ def check_closed_shell(configs: Iterable[dict[str, Any]], reference: str, method
 # digit of an energy) is an error on reading rather than another label:
 #   {"config_id":...,"energy":...,"crc32":"1a2b3c4d"}
 CRC_KEY = "crc32"
-_CRC_HEAD = b',"crc32":"'
+_CRC_HEAD = f',"{CRC_KEY}":"'.encode()
 _CRC_LENGTH = len(_CRC_HEAD) + 8 + 2  # the head, 8 hex digits, '"}'
 
 
@@ -225,8 +225,8 @@ def parse_results_line(raw: bytes) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     if CRC_KEY in record:
-        tail = raw.rstrip()[-_CRC_LENGTH:]
-        body = raw.rstrip()[:-_CRC_LENGTH] + b"}"
+        line = raw.rstrip()
+        tail, body = line[-_CRC_LENGTH:], line[:-_CRC_LENGTH] + b"}"
         if not tail.startswith(_CRC_HEAD) or f"{zlib.crc32(body):08x}" != record[CRC_KEY]:
             raise ValueError("its CRC-32 does not match: the line is damaged")
         del record[CRC_KEY]
