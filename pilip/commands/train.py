@@ -16,6 +16,7 @@ _OVERRIDES = {
     "device": "device",
     "epochs": "epochs",
     "minutes": "minutes",
+    "cpu_minutes": "cpu_minutes",
     "eps": "eps",
     "k": "k",
     "w_energy": "w_energy",
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto (CUDA when available) | cpu | cuda")
     parser.add_argument("--epochs", type=int, help="budget in epochs")
     parser.add_argument("--minutes", type=float, help="budget in wall-clock minutes")
+    parser.add_argument(
+        "--cpu-minutes", type=float, help="budget in CPU minutes of the training process"
+    )
     parser.add_argument(
         "--unlabelled", help="configurations table (Parquet) fed to the weak losses only"
     )

@@ -20,7 +20,9 @@ from pilip.errors import PilipError
 
 # Bumped when the saved layout changes; a last.pt of another layout cannot be resumed.
 STATE_VERSION = 2
-_COUNTERS = ("epoch", "best_epoch", "best_rmse", "bad_epochs", "elapsed_s", "step_in_epoch")
+_COUNTERS = (
+    "epoch", "best_epoch", "best_rmse", "bad_epochs", "elapsed_s", "cpu_s", "step_in_epoch",
+)  # fmt: skip
 
 
 class Stateful(Protocol):
@@ -76,6 +78,7 @@ class TrainState:
     best_rmse: float = math.inf  # eV, its validation energy RMSE
     bad_epochs: int = 0  # epochs since the last improvement
     elapsed_s: float = 0.0  # training wall time over all sessions
+    cpu_s: float = 0.0  # CPU time of this process spent training, over all sessions
     best_weights: dict[str, torch.Tensor] | None = None  # EMA state dict of the best epoch (CPU)
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv rows
     # inside an interrupted epoch: its batch order, the steps done and their loss sums
@@ -114,7 +117,7 @@ class TrainState:
                 "its training state was written by another pilip version and cannot be resumed"
             )
         for name in _COUNTERS:
-            setattr(self, name, state[name])
+            setattr(self, name, state.get(name, getattr(self, name)))
         self.best_weights = state["best_weights"]
         self.history = list(state["history"])
         self.epoch_order = state["epoch_order"]

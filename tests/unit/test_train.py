@@ -657,3 +657,15 @@ def test_cuda_training_matches_cpu(dataset, tmp_path):
         "energy_rmse"
     ]
     assert rmse == pytest.approx(runs["cuda"].best_val_energy_rmse, rel=1e-6)
+
+
+def test_cpu_minutes_budget_stops_on_process_cpu_time(dataset, tmp_path):
+    """--cpu-minutes counts this process's CPU time (a benchmark's budget that a busy machine
+    cannot shorten); it survives a resume like the wall-clock budget."""
+    data = load_dataset(dataset)
+    result = train(config(epochs=None, cpu_minutes=0.003), data, tmp_path / "run")
+    assert result.stop_reason == "cpu_minutes"
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]
+    assert 0.18 <= saved["cpu_s"] and result.epochs >= 1
+    with pytest.raises(PilipError, match="--cpu-minutes"):
+        config(cpu_minutes=0).validate()
