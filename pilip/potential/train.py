@@ -76,7 +76,8 @@ CONFIG_FILE = "config.json"
 LOSS_ALIASES = {"force": FORCES}
 # Keys that may differ between an interrupted run and its resumption (the budget).
 RESUMABLE_CHANGES = (
-    "epochs", "minutes", "cpu_minutes", "device", "progress", "checkpoint_interval_s", "static_shapes",
+    "epochs", "minutes", "cpu_minutes", "device", "progress", "checkpoint_interval_s",
+    "static_shapes",
 )  # fmt: skip
 STATIC_SHAPES = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 # validation columns of metrics.csv: "val_" + the energy keys of metrics.json
