@@ -1,8 +1,9 @@
 """Load ``config.yaml``, fill defaults from the JSON schema, and turn schema errors into one line.
 
 The schema (``pilip/schemas/config.schema.yaml``, JSON Schema 2020-12, shipped as package data)
-is the single place where defaults live; the Snakefile validates against the same file through
-:data:`SCHEMA_PATH`. Errors name the file and
+holds every section's keys and defaults but the training settings, which are declared once in
+``pilip.potential.train_config.TrainConfig`` (and the recipes) and filled in by
+:func:`load_schema`; the Snakefile validates through the same function. Errors name the file and
 the key path the way a user would write it, e.g.
 ``config.yaml: sampling.generators[0].amplitude: expected number, got 'abc'``.
 """
@@ -37,7 +38,8 @@ def check_name(name: str, what: str) -> str:
 
 
 def load_schema(path: str | os.PathLike | None = None) -> dict:
-    """The config JSON schema as a dict."""
+    """The config JSON schema as a dict, its ``training`` settings filled in from their
+    declarations."""
     import yaml
 
     path = Path(path) if path is not None else SCHEMA_PATH
@@ -46,7 +48,12 @@ def load_schema(path: str | os.PathLike | None = None) -> dict:
             f"{path}: config schema not found; reinstall pilip (the schema is package data)"
         )
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    if "training" in schema.get("properties", {}):
+        from pilip.potential.train_config import complete_schema
+
+        complete_schema(schema)
+    return schema
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

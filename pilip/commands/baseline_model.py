@@ -14,6 +14,8 @@ HELP = "write the cheap level alone (baseline + fitted per-element energies) as 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pilip.potential.models import MODELS
+
     parser.add_argument("dataset", help="dataset table whose training split fits the offsets")
     parser.add_argument("--baseline", required=True, help="gfn2-xtb | gfn1-xtb | a reference")
     parser.add_argument("--out", required=True, help="folder for model.pt (and the labels)")
@@ -21,19 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline-labels", nargs="+", help="labels tables of the baseline (no compute)"
     )
-    parser.add_argument("--model", default="painn", choices=("painn", "schnet"))
+    parser.add_argument("--model", default="painn", choices=tuple(MODELS))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     import torch
 
+    from pilip.potential.baselines import resolve_baseline
     from pilip.potential.checkpoint import save_checkpoint
     from pilip.potential.data import TRAIN, load_dataset
     from pilip.potential.models import build_model
-    from pilip.potential.multifidelity import prepare_baseline
+    from pilip.potential.recipes.delta import Delta, baseline_targets
 
     torch.set_num_threads(max(1, args.threads))
     config = None
@@ -42,17 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
         config = load_config(args.config)
     out = Path(args.out)
+    baseline = resolve_baseline(args.baseline, config, args.config)
     data = {TRAIN: load_dataset(args.dataset)[TRAIN]}  # the offsets come from training data
-    setup, shifted, _ = prepare_baseline(
-        args.baseline,
-        data,
-        dataset=args.dataset,
-        run_dir=out,
-        config=config,
-        config_path=args.config,
-        labels_path=args.baseline_labels,
-        log=lambda message: print(message, file=__import__("sys").stderr),
-    )
+    setup, shifted, _ = baseline_targets(
+        baseline, data, dataset=args.dataset, run_dir=out, config_path=args.config,
+        labels_paths=args.baseline_labels, log=lambda message: print(message, file=sys.stderr),
+    )  # fmt: skip
     train = shifted[TRAIN]
     model = build_model(args.model, dtype="float64")
     with torch.no_grad():
@@ -66,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
         "n_train": len(train),
         "n_val": 0,
         "n_unlabelled": 0,
-        "recipe": "baseline_only",
-        **setup.meta(),
+        "recipes": [{"name": Delta.name, **setup.record(), "alone": True}],
     }
     save_checkpoint(out / "model.pt", model=model, model_name=args.model, meta=meta)
-    print(f"wrote {out / 'model.pt'}: {setup.baseline.name} + per-element energies")
+    print(f"wrote {out / 'model.pt'}: {baseline.name} + per-element energies")
     return 0

@@ -1,37 +1,23 @@
-"""``pilip train``: fit an energy model to a dataset table, optionally with the weak losses."""
+"""``pilip train``: fit an energy model to a dataset table, by a recipe (plain, Delta,
+fine-tuning), optionally with the weak losses.
+
+Every training option is derived from its declaration (pilip.potential.train_config.TrainConfig
+and each recipe's settings): ``pilip train --help`` lists them with their defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "train a SchNet/PaiNN model on a dataset's energies (optionally + PITC/PISC weak losses)"
+HELP = "train an energy model on a dataset's energies (a recipe; optionally + PITC/PISC)"
 
-# CLI option -> TrainConfig key, for the options that override config / variant values.
-_OVERRIDES = {
-    "model": "model",
-    "losses": "losses",
-    "n_train": "n_train",
-    "seed": "seed",
-    "device": "device",
-    "epochs": "epochs",
-    "minutes": "minutes",
-    "cpu_minutes": "cpu_minutes",
-    "eps": "eps",
-    "k": "k",
-    "w_energy": "w_energy",
-    "w_forces": "w_forces",
-    "w_pitc": "w_pitc",
-    "w_pisc": "w_pisc",
-    "per_atom": "per_atom",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "patience": "patience",
-    "dtype": "dtype",
-    "weak_mode": "weak_mode",
-    "static_shapes": "static_shapes",
+# model hyper-parameters with an option of their own (the rest: model_params in a --config)
+MODEL_OPTIONS = {
+    "cutoff": (float, "model cutoff radius, Angstrom"),
+    "n_features": (int, "model feature width"),
+    "n_interactions": (int, "message-passing layers"),
 }
-_MODEL_OVERRIDES = ("cutoff", "n_features", "n_interactions")
 NO_CONFIG_NOTE = (
     "no --config: the model at its own default size (config.json records it), larger than "
     "the demo study's, which config.yaml shrinks for 2 CPU cores; pass --config config.yaml "
@@ -40,68 +26,21 @@ NO_CONFIG_NOTE = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pilip.potential.recipes import recipe_settings
+    from pilip.potential.train_config import add_train_options
+
     parser.add_argument("dataset", help="dataset table (Parquet) with split and energy columns")
     parser.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.csv")
-    parser.add_argument("--config", help="config.yaml whose `training` section gives defaults")
+    parser.add_argument("--config", help="config.yaml whose `training` section gives the settings")
     parser.add_argument("--variant", help="a name under training.variants in --config")
-    parser.add_argument("--model", choices=("painn", "schnet"))
-    parser.add_argument("--losses", help="comma list of energy, forces, pitc, pisc")
-    parser.add_argument("--n-train", type=int, help="subsample N training structures (by seed)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto (CUDA when available) | cpu | cuda")
-    parser.add_argument("--epochs", type=int, help="budget in epochs")
-    parser.add_argument("--minutes", type=float, help="budget in wall-clock minutes")
-    parser.add_argument(
-        "--cpu-minutes", type=float, help="budget in CPU minutes of the training process"
-    )
     parser.add_argument(
         "--unlabelled", help="configurations table (Parquet) fed to the weak losses only"
     )
-    parser.add_argument(
-        "--baseline",
-        help="Delta-learning: learn reference minus this cheap level (gfn2-xtb, gfn1-xtb or a "
-        "--config reference that runs in process); evaluate/md/the calculator add it back",
-    )
-    parser.add_argument(
-        "--baseline-labels",
-        nargs="+",
-        help="labels tables of --baseline for the dataset's structures (read, not computed)",
-    )
-    parser.add_argument(
-        "--init",
-        help="fine-tune: start from this checkpoint (its architecture and weights; "
-        "per-element energies refitted, fresh optimizer)",
-    )
-    parser.add_argument("--eps", type=float, help="weak-loss perturbation half-width, Angstrom")
-    parser.add_argument("--k", type=float, help="second-order factor in [0, 1] (0.5 trapezoid)")
-    parser.add_argument("--w-energy", type=float, help="weight of the energy loss")
-    parser.add_argument("--w-forces", type=float, help="weight of the force loss")
-    parser.add_argument("--w-pitc", type=float, help="weight of PITC")
-    parser.add_argument("--w-pisc", type=float, help="weight of PISC")
-    parser.add_argument(
-        "--per-atom",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="divide energy and weak-loss residuals by the atom count",
-    )
-    parser.add_argument(
-        "--weak-mode",
-        choices=("auto", "fused", "three_calls"),
-        help="weak losses as one fused call or three calls (auto: fused on CUDA)",
-    )
-    parser.add_argument(
-        "--static-shapes",
-        choices=("auto", "always", "never"),
-        help="always: pad batches to one shape, captured as a CUDA graph on a GPU; never; "
-        "auto (default): eager until the graph step is proven on a GPU",
-    )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="AdamW learning rate")
-    parser.add_argument("--patience", type=int, help="early stopping, epochs")
-    parser.add_argument("--dtype", choices=("float32", "float64"))
-    parser.add_argument("--cutoff", type=float, help="model cutoff radius, Angstrom")
-    parser.add_argument("--n-features", type=int, help="model feature width")
-    parser.add_argument("--n-interactions", type=int, help="message-passing layers")
+    add_train_options(parser)
+    for settings in recipe_settings():
+        add_train_options(parser, settings)
+    for name, (kind, text) in MODEL_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument(
         "--restart-if-changed",
@@ -113,58 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_config(args: argparse.Namespace) -> tuple[object, str | None]:
-    """(TrainConfig, unlabelled path): defaults < --config training < --variant < options."""
-    from pilip.errors import PilipError
-    from pilip.potential.train import TrainConfig
+def given_options(args: argparse.Namespace) -> dict:
+    """The settings given as options (TrainConfig's, the recipes', model hyper-parameters)."""
+    from pilip.potential.recipes import recipe_settings
+    from pilip.potential.train_config import TrainConfig, option_values
 
-    values: dict = {}
-    unlabelled, shared_unlabelled = None, False
-    if args.config:
-        from pilip.config import load_config
-
-        training = dict(load_config(args.config).get("training", {}))
-        variants = training.pop("variants", {})
-        unlabelled = training.pop("unlabelled", None)
-        shared_unlabelled = True  # training.unlabelled: for the weak variants only
-        for key in ("threads", "mem_mb", "runtime", "gpus"):
-            training.pop(key, None)
-        values.update(training)
-        if args.variant:
-            if args.variant not in variants:
-                known = ", ".join(sorted(variants)) or "none"
-                raise PilipError(
-                    f"{args.config}: training.variants has no {args.variant!r} (known: {known})"
-                )
-            overrides = dict(variants[args.variant])
-            for key in ("baseline", "init"):  # multi-fidelity recipes; the options win
-                value = overrides.pop(key, None)
-                if value is not None and getattr(args, key, None) is None:
-                    setattr(args, key, value)
-            if "unlabelled" in overrides:
-                unlabelled = overrides.pop("unlabelled")
-                shared_unlabelled = False
-            model_params = {**values.get("model_params", {}), **overrides.pop("model_params", {})}
-            values.update(overrides)
-            values["model_params"] = model_params
-    elif args.variant:
-        raise PilipError("--variant needs --config (the variants live in training.variants)")
-    for option, key in _OVERRIDES.items():
-        value = getattr(args, option)
-        if value is not None:
-            values[key] = value
-    model_params = dict(values.get("model_params", {}))
-    for option in _MODEL_OVERRIDES:
-        value = getattr(args, option)
-        if value is not None:
-            model_params[option] = value
-    values["model_params"] = model_params
+    given = option_values(args, TrainConfig)
+    for settings in recipe_settings():
+        given.update(option_values(args, settings))
+    params = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    if params:
+        given["model_params"] = params
     if args.unlabelled is not None:
-        unlabelled = args.unlabelled
-    config = TrainConfig.from_dict(values, source=args.config or "pilip train")
-    if args.unlabelled is None and shared_unlabelled and not config.weak:
-        unlabelled = None
-    return config, unlabelled
+        given["unlabelled"] = args.unlabelled
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,12 +74,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pilip.errors import PilipError
+    from pilip.potential import recipes
     from pilip.potential.data import load_dataset, load_unlabelled, training_references
     from pilip.potential.devices import resolve_device
-    from pilip.potential.losses import FORCES
-    from pilip.potential.train import TrainingInterrupted, train
+    from pilip.potential.terms import FORCES
+    from pilip.potential.train import TrainingInterrupted, check_inputs, train
+    from pilip.potential.train_config import split_values, training_values
 
-    config, unlabelled_path = build_config(args)
+    study = None
+    if args.config:
+        from pilip.config import load_config
+
+        study = load_config(args.config)
+    given = given_options(args)
+    values, unlabelled_path = training_values(study, args.variant, given, args.config or "")
+    config, options = split_values(values, args.config or "pilip train")
+    chosen = recipes.select(options)
     config.validate()
     resolve_device(config.device)
     if args.threads is not None:
@@ -192,89 +103,49 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, forces=FORCES in config.losses, n_train=config.n_train, seed=config.seed
     )
     unlabelled = load_unlabelled(unlabelled_path) if unlabelled_path else None
-    if unlabelled is not None and not config.weak:
-        raise PilipError("--unlabelled feeds only the weak losses: add pitc, pisc to --losses")
-    if args.baseline_labels and not args.baseline:
-        raise PilipError("--baseline-labels needs --baseline NAME (the method they come from)")
-    meta = {"dataset": str(args.dataset), "reference": training_references(args.dataset)}
-    study = None
-    if args.config and args.baseline:
-        from pilip.config import load_config
-
-        study = load_config(args.config)
-    # every check of --baseline and --init before any baseline calculation or training
-    baseline = None
-    if args.baseline:
-        from pilip.potential.baselines import resolve_baseline
-
-        baseline = resolve_baseline(args.baseline, study, args.config)
+    check_inputs(config, data["train"], unlabelled)
     elements = sorted(
         set().union(*(s.elements() for s in (*data.values(), unlabelled) if s is not None))
     )
-    if args.init:
-        from pilip.potential.finetune import check_compatible, init_checkpoint
-        from pilip.potential.multifidelity import check_init_baseline
-
-        payload = init_checkpoint(args.init)
-        check_compatible(payload, args.init, model=args.model,
-                         model_params=config.model_params, elements=elements)  # fmt: skip
-        check_init_baseline(payload, args.init, baseline)
+    plan = recipes.RunPlan(
+        config=config, data=data, dataset=Path(args.dataset), out_dir=out,
+        unlabelled=unlabelled, unlabelled_path=Path(unlabelled_path) if unlabelled_path else None,
+        study=study, config_path=args.config, elements=elements, given=given,
+        meta={"dataset": str(args.dataset), "reference": training_references(args.dataset)},
+    )  # fmt: skip
+    for recipe in chosen:  # every check before any baseline calculation or training
+        recipe.check(plan)
 
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "train.log", "a", encoding="utf-8")  # noqa: SIM115
+    with open(out / "train.log", "a", encoding="utf-8") as log_file:
 
-    def log(message: str) -> None:
-        print(f"pilip train: {message}", file=sys.stderr)
-        print(message, file=log_file, flush=True)
+        def log(message: str) -> None:
+            print(f"pilip train: {message}", file=sys.stderr)
+            print(message, file=log_file, flush=True)
 
-    setup, init_weights = None, None
-    try:
-        if args.baseline:
-            from pilip.potential.multifidelity import prepare_baseline
-
-            setup, data, unlabelled = prepare_baseline(
-                args.baseline, data, dataset=args.dataset, run_dir=out, unlabelled=unlabelled,
-                unlabelled_path=unlabelled_path, config=study, config_path=args.config,
-                labels_path=args.baseline_labels, log=log,
-            )  # fmt: skip
-            meta.update(setup.meta())
-        if args.init:
-            from dataclasses import replace
-
-            from pilip.potential.multifidelity import init_model
-
-            init_weights, architecture = init_model(
-                args.init, model=args.model, model_params=config.model_params,
-                elements=elements, dtype=config.dtype, setup=setup,
-            )  # fmt: skip
-            config = replace(config, **architecture)
-            meta["init"] = str(args.init)
-            log(f"fine-tuning from {args.init} ({architecture['model']})")
+        plan.log = log
+        for recipe in chosen:
+            recipe.prepare(plan)
+        plan.meta["recipes"] = plan.records
         log(
-            f"{args.dataset}: {len(data['train'])} training, {len(data['val'])} validation "
-            f"structures" + (f", {len(unlabelled)} unlabelled" if unlabelled else "")
-            + f"; model {config.model}, losses {','.join(config.losses)}"
-        )  # fmt: skip
+            f"{args.dataset}: {len(plan.data['train'])} training, {len(plan.data['val'])} "
+            "validation structures"
+            + (f", {len(plan.unlabelled)} unlabelled" if plan.unlabelled else "")
+            + f"; model {plan.config.model}, losses {','.join(plan.config.losses)}; "
+            f"recipe {recipes.describe(plan.meta)}"
+        )
         if not args.config:
             log(NO_CONFIG_NOTE)
-        result = train(
-            config,
-            data,
-            out,
-            unlabelled=unlabelled,
-            init_weights=init_weights,
-            meta=meta,
-            total_surface=setup if setup is not None and config.weak else None,
-            resume=not args.no_resume,
-            restart_if_changed=args.restart_if_changed,
-            progress=False if args.no_progress else None,
-            log=log,
-        )
-    except TrainingInterrupted as stop:
-        log(f"interrupted by {stop}")
-        return 128 + stop.signum
-    finally:
-        log_file.close()
+        try:
+            result = train(
+                plan.config, plan.data, out, unlabelled=plan.unlabelled,
+                init_weights=plan.init_weights, meta=plan.meta, surface=plan.surface,
+                resume=not args.no_resume, restart_if_changed=args.restart_if_changed,
+                progress=False if args.no_progress else None, log=log,
+            )  # fmt: skip
+        except TrainingInterrupted as stop:
+            log(f"interrupted by {stop}")
+            return 128 + stop.signum
     print(
         f"pilip train: best epoch {result.best_epoch}, validation energy RMSE "
         f"{1000 * result.best_val_energy_rmse:.2f} meV -> {out / 'model.pt'}",

@@ -3,12 +3,12 @@
 With ``pilip train DATASET --baseline gfn2-xtb`` the model learns reference minus baseline;
 at inference energies and forces are baseline + model. This module
 
-- resolves a baseline name (``gfn2-xtb``, ``gfn1-xtb``, or a ``references:`` entry of a config
-  whose backend runs in process) into a :class:`Baseline` with its full specification
-  (method, options, program and version), which goes into the checkpoint;
-- labels many structures with it (energies eV, forces eV/A), each failure a row with its error,
-  resumable: the results JSONL and the labels table ``baseline.parquet`` live in the run folder,
-  so a resumed run computes nothing twice; or reads a labels table (``--baseline-labels``);
+- resolves a baseline name (an inline name such as ``gfn2-xtb``, or a ``references:`` entry of
+  a config whose backend runs in process; the same resolver as ``pilip label --reference``)
+  into a :class:`Baseline` with its full specification (method, options, program and version),
+  which goes into the checkpoint;
+- reads its labels of many structures from labels tables (``pilip label`` writes them; the
+  Delta recipe, pilip.potential.recipes.delta, labels what is missing the same way);
 - gives :class:`DeltaModel`, a pilip model whose energy is the wrapped model's plus the
   baseline's, with forces by autograd like any other model. The baseline enters as a constant
   with respect to the parameters, so every loss (energy, forces, PITC, PISC) of the total
@@ -36,16 +36,7 @@ from pilip.errors import PilipError
 from pilip.potential.models.common import ShiftedEnergyModel
 from pilip.potential.neighbors import segment_sum
 from pilip.reference.backends import Backend, get_backend, make_backend
-from pilip.reference.backends.base import read_results
 
-# Names that work without a config, like pilip label's inline methods.
-INLINE_BASELINES: dict[str, dict[str, Any]] = {
-    "gfn2-xtb": {"backend": "xtb", "method": "GFN2-xTB"},
-    "gfn1-xtb": {"backend": "xtb", "method": "GFN1-xTB"},
-    "ipea1-xtb": {"backend": "xtb", "method": "IPEA1-xTB"},
-}
-CACHE_RESULTS = "baseline.results.jsonl"  # crash-safe record, one line per structure
-CACHE_TABLE = "baseline.parquet"  # the labels table of every structure the run needs
 INSTALL_HINTS = {"xtb": "pip install 'pilip[xtb]' (tblite)", "pyscf": "pip install 'pilip[pyscf]'"}
 
 
@@ -90,26 +81,21 @@ def _in_process_backend(name: str, spec: dict[str, Any], where: str) -> Backend:
 
 
 def resolve_baseline(name: str, config: dict[str, Any] | None = None, where: str = "") -> Baseline:
-    """The baseline called ``name``: a ``references:`` entry of ``config`` or an inline name.
+    """The baseline called ``name``: a ``references:`` entry of ``config`` or an inline name
+    (resolved as ``pilip label --reference`` resolves it).
 
     One-line PilipError for an unknown name, a backend that cannot run in process (Psi4: use
     ``--init``) or a missing program (tblite).
     """
-    references = (config or {}).get("references", {})
-    if name in references:
-        spec = dict(references[name])
-    elif name.lower() in INLINE_BASELINES:
-        name = name.lower()
-        spec = dict(INLINE_BASELINES[name])
-    else:
-        known = sorted(set(INLINE_BASELINES) | set(references))
-        raise PilipError(
-            f"--baseline {name!r}: unknown baseline; use one of {', '.join(known)} "
-            f"(or a reference of backend xtb in {where or 'the --config'})"
-        )
-    backend = _in_process_backend(name, spec, where or "--baseline")
+    from pilip.reference.labelling import resolve_reference
+
+    try:
+        reference = resolve_reference(name, config, where or "--config")
+    except PilipError as exc:
+        raise PilipError(f"--baseline {name!r}: unknown baseline ({exc})") from None
+    backend = _in_process_backend(reference.name, reference.spec, where or "--baseline")
     backend.check([])  # the program is importable (structures are checked when labelled)
-    return Baseline(name, spec, backend)
+    return Baseline(reference.name, reference.spec, backend)
 
 
 def baseline_from_specification(specification: dict[str, Any], source: str) -> Baseline:
@@ -182,58 +168,6 @@ def _labels_from_records(
         energy[i] = float(record["energy"])
         forces[i] = np.asarray(record["forces"], dtype=np.float64).reshape(-1, 3)
     return BaselineLabels([c["id"] for c in configs], energy, forces, errors)
-
-
-def compute_labels(
-    baseline: Baseline, configs: list[dict[str, Any]], run_dir: str | Path
-) -> BaselineLabels:
-    """Energies and forces of ``configs`` at the baseline, cached in ``run_dir``.
-
-    Appends one line per structure to ``run_dir/baseline.results.jsonl`` as it goes (a killed
-    run loses at most the structure in progress; a resumed one computes only what is missing)
-    and then writes the labels table ``run_dir/baseline.parquet`` atomically. A failed
-    calculation is a failed row with its error, never an exception.
-    """
-    from pilip.reference import labels
-    from pilip.reference.labelling import check_results_match
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results, table_path = run_dir / CACHE_RESULTS, run_dir / CACHE_TABLE
-    if not results.exists() and table_path.exists():
-        labels.seed_results(results, labels.read_labels(table_path))
-    check_results_match(results, baseline.backend)
-    baseline.backend.check(configs)
-    done = read_results(results)
-    # a cached row without forces (e.g. seeded from an energy-only table) is recomputed
-    if any(r.get("status") == keys.STATUS_OK and r.get("forces") is None for r in done.values()):
-        labels.rewrite_results(
-            results, lambda r: r.get("status") == keys.STATUS_OK and r.get("forces") is None
-        )
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="pilip-baseline-") as scratch:
-        baseline.backend.run(
-            configs,
-            results,
-            threads=int(torch.get_num_threads()),
-            gradients=True,
-            scratch=Path(scratch),
-            retry_options=baseline.spec.get("retry_options"),
-            timeout_s=None,
-        )
-    done = read_results(results)
-    provenance = baseline.backend.provenance()
-    records = [
-        done.get(c["id"]) or labels.missing_record(c["id"], provenance, "no result written")
-        for c in configs
-    ]
-    labels.write_labels(
-        labels.labels_table(records, baseline.name),
-        table_path,
-        provenance={"command": "pilip train --baseline", **baseline.specification()},
-    )
-    return _labels_from_records(configs, {r["config_id"]: r for r in records}, str(table_path))
 
 
 def read_labels_for(

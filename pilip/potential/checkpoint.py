@@ -7,8 +7,8 @@ A checkpoint is one ``torch.save`` of plain containers, tensors and numbers, so 
     model           {"name": "painn", "hparams": {...}, "state_dict": {...}}
     meta            {"config": {...}, "cutoff": A, "elements": [Z, ...],
                      "energy_shifts": [[Z, eV], ...], "pilip_version": str,
-                     "baseline": {name, spec, program, program_version, method, options}
-                                 (Delta models only: the energy is baseline + model), ...}
+                     "recipes": [{"name": "delta", "baseline": {...}}, ...]
+                                 (how the run trained, pilip.potential.recipes), ...}
     train_state     (last.pt only) optimizer / scheduler / EMA / RNG state, epoch counters
 
 ``torch.save`` writes a zip archive with a CRC-32 per entry, which ``torch.load`` never checks:
@@ -16,9 +16,9 @@ a flipped bit in the weights loads as other weights (8 of 10 random flips in a s
 ``model.pt``). :func:`read_checkpoint` therefore verifies every entry's CRC first.
 
 ``load_model`` returns the model in eval mode and ``meta`` with ``format_version``, ``model``
-and ``hparams`` added; for a Delta model it is the total surface
-(``pilip.potential.baselines.DeltaModel``:
-baseline + network), so every user of a checkpoint gets baseline + model without a flag.
+and ``hparams`` added; each recipe of ``meta["recipes"]`` turns the network into the potential
+it stands for (a Delta model: baseline + network), so every user of a checkpoint gets it
+without a flag. Format 1 (before recipe records: ``baseline`` and ``init`` keys) still loads.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from pilip import __version__
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError, first_line
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: recipes as meta["baseline"] / meta["init"]
 
 
 def energy_shifts(model: nn.Module) -> list[list[float]]:
@@ -97,7 +98,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         ) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise PilipError(f"{path}: not a pilip checkpoint (no format_version)")
-    if payload["format_version"] != FORMAT_VERSION:
+    if payload["format_version"] not in READABLE_FORMATS:
         raise PilipError(
             f"{path}: checkpoint format {payload['format_version']} but this pilip reads "
             f"format {FORMAT_VERSION}; use the pilip version that wrote it"
@@ -130,20 +131,18 @@ def load_model(
 
     ``model(batch)`` gives per-structure energies in eV. ``meta`` holds ``config`` (the training
     configuration), ``format_version``, ``cutoff`` (A), ``elements``, ``energy_shifts`` and the
-    model's ``model`` name and ``hparams``. A checkpoint with a ``baseline`` comes back as
-    baseline + model; a one-line PilipError says what to install if its baseline cannot run.
+    model's ``model`` name and ``hparams``. Each of its recipes wraps the network (a Delta
+    checkpoint comes back as baseline + model; a one-line PilipError says what to install if
+    its baseline cannot run).
     """
+    from pilip.potential.recipes import inference_model, recipe_records
+
     payload = read_checkpoint(path, device)
     model = model_from_checkpoint(payload, device)
-    if payload["meta"].get("baseline"):
-        from pilip.potential.baselines import DeltaModel, baseline_from_specification
-
-        specification = payload["meta"]["baseline"]
-        baseline = baseline_from_specification(specification, str(path))
-        electrons = (specification.get("charge", 0), specification.get("multiplicity", 1))
-        model = DeltaModel(model, baseline, None, *electrons)
+    model = inference_model(model, payload["meta"], str(path))
     model.eval()
     meta = dict(payload["meta"])
+    meta["recipes"] = recipe_records(meta)
     meta["format_version"] = payload["format_version"]
     meta["model"] = payload["model"]["name"]
     meta["hparams"] = dict(payload["model"]["hparams"])

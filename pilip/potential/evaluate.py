@@ -266,17 +266,9 @@ def _finite_or_none(value: Any) -> Any:
 def recipe_of(meta: dict[str, Any]) -> str:
     """How the model came about: ``plain``, ``Delta over GFN2-xTB (tblite 0.4.0)``,
     ``fine-tuned from PATH`` (both can hold), or ``GFN2-xTB alone (...)``."""
-    from pilip.potential.baselines import describe
+    from pilip.potential.recipes import describe
 
-    baseline = meta.get("baseline")
-    if meta.get("recipe") == "baseline_only" and baseline:
-        return f"{describe(baseline)} alone"
-    parts = []
-    if baseline:
-        parts.append(f"Delta over {describe(baseline)}")
-    if meta.get("init"):
-        parts.append(f"fine-tuned from {meta['init']}")
-    return ", ".join(parts) or "plain"
+    return describe(meta)
 
 
 def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, Any]:

@@ -29,15 +29,16 @@ from pilip import keys
 from pilip.errors import PilipError
 from pilip.potential.forces import EnergyModel, ReferenceEnergy, energy_and_forces, energy_parts
 from pilip.potential.neighbors import segment_sum
-
-ENERGY = "energy"  # MSE of the energy (eV^2; (eV/atom)^2 per atom)
-FORCES = "forces"  # MSE of the force components (eV/A)^2, structures with force labels only
-PITC = "pitc"  # Taylor-expansion consistency (eV^2; (eV/atom)^2 per atom)
-PISC = "pisc"  # spatial (path-independence) consistency (eV^2; (eV/atom)^2 per atom)
-TERM_NAMES = (ENERGY, FORCES, PITC, PISC)
-WEAK_TERMS = (PITC, PISC)
-TOTAL = "total"
-MODES = ("auto", "fused", "three_calls")
+from pilip.potential.terms import (  # noqa: F401 - the names live in one registry
+    ENERGY,
+    FORCES,
+    PISC,
+    PITC,
+    TERM_NAMES,
+    TOTAL,
+    WEAK_TERMS,
+)
+from pilip.potential.terms import WEAK_MODES as MODES
 
 # model-input keys that the fused batch replicates three times
 _STRUCTURE_KEYS = (keys.CELL, keys.PBC)
@@ -52,8 +53,11 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class WeakLossOptions:
-    eps: float = 0.05  # Angstrom: half-width of the uniform perturbations
-    k: float = 0.0  # second-order factor in [0, 1]; 0.5 is the trapezoid rule
+    """How PITC and PISC perturb and call the model. No defaults for ``eps`` and ``k``: they are
+    declared once, in ``pilip.potential.train_config.TrainConfig`` (its ``weak_options()``)."""
+
+    eps: float  # Angstrom: half-width of the uniform perturbations
+    k: float  # second-order factor in [0, 1]; 0.5 is the trapezoid rule
     center: bool = True  # subtract each perturbation's mean over the structure's atoms
     # "fused": one model call on 3x the structures, one autograd call (fastest on a GPU, where
     # the step is bound by kernel launches); "three_calls": A and B with forces, C energy-only
@@ -352,9 +356,13 @@ def compute_losses(
     weight 0 are skipped, so their labels are not needed. The weak terms draw d1, d2 from
     ``generator`` (a CPU generator gives device-independent numbers). The graph for the
     parameter gradients is built when grad mode is on; under ``torch.no_grad()`` the values are
-    still computed (forces need a local autograd pass).
+    still computed (forces need a local autograd pass). ``options`` None: the weak-loss
+    settings' declared defaults.
     """
-    options = options or WeakLossOptions()
+    if options is None:
+        from pilip.potential.train_config import TrainConfig
+
+        options = TrainConfig().weak_options()
     check_terms(terms, options)
     active = [t for t in terms if t.weight > 0]
     names = {t.name for t in active}

@@ -1,4 +1,5 @@
-"""Delta-learning baselines: resolving, labelling with a cache, the total surface as a model."""
+"""Delta-learning baselines: resolving, labelling (pilip label's code path) with a cache, the
+total surface as a model."""
 
 import json
 
@@ -9,15 +10,12 @@ from ase import Atoms
 from ase.build import molecule
 from model_batches import molecules, to_batch
 
-from pilip import keys
+from pilip import keys, tables
 from pilip.errors import PilipError
 from pilip.potential.baselines import (
-    CACHE_RESULTS,
-    CACHE_TABLE,
     BaselineCache,
     DeltaModel,
     cache_from_labels,
-    compute_labels,
     read_labels_for,
     resolve_baseline,
 )
@@ -25,10 +23,32 @@ from pilip.potential.calculator import PilipCalculator
 from pilip.potential.checkpoint import load_model, save_checkpoint
 from pilip.potential.forces import energy_and_forces
 from pilip.potential.models import build_model
+from pilip.potential.recipes.delta import LABELS_FILE as CACHE_TABLE
+from pilip.potential.recipes.delta import baseline_labels_of
+from pilip.reference.labelling import read_configs
 from pilip.reference.labels import read_labels
 
 pytest.importorskip("tblite")
 torch.set_num_threads(1)
+CACHE_RESULTS = "baseline.results.jsonl"
+
+
+def compute_labels(baseline, configs, run_dir):
+    """(labels, configs as the table holds them): the Delta recipe labels ``configs`` as
+    ``pilip label`` would, into ``run_dir``."""
+    table = tables.configurations_table(
+        [np.asarray(c["numbers"]) for c in configs],
+        [np.asarray(c["positions"]) for c in configs],
+        system="t",
+        generator="import",
+    )
+    path = tables.write_table(table, run_dir / "configs.parquet", "configurations", {})
+    configs = read_configs(path)
+    labels = baseline_labels_of(
+        baseline, {"train": (path, configs)}, run_dir=run_dir, config_path=None,
+        labels_paths=None, log=lambda message: None,
+    )  # fmt: skip
+    return labels, configs
 
 
 def config_of(atoms: Atoms, config_id: str) -> dict:
@@ -98,7 +118,7 @@ def test_labels_equal_tblite_and_a_second_run_reuses_the_cache(tmp_path, monkeyp
     atoms = [molecule("H2O"), molecule("CH4")]
     configs = [config_of(a, f"c{i}") for i, a in enumerate(atoms)]
     baseline = resolve_baseline("gfn2-xtb")
-    labels = compute_labels(baseline, configs, tmp_path)
+    labels, configs = compute_labels(baseline, configs, tmp_path)
     for i, a in enumerate(atoms):
         energy, forces = xtb_reference(a)
         assert labels.energy[i] == pytest.approx(energy, abs=1e-8)
@@ -110,28 +130,29 @@ def test_labels_equal_tblite_and_a_second_run_reuses_the_cache(tmp_path, monkeyp
         raise AssertionError("the cached baseline was computed again")
 
     monkeypatch.setattr(type(baseline.backend), "_single_point", no_calculation)
-    again = compute_labels(resolve_baseline("gfn2-xtb"), configs, tmp_path)
+    again, _ = compute_labels(resolve_baseline("gfn2-xtb"), configs, tmp_path)
     np.testing.assert_array_equal(again.energy, labels.energy)
     # the labels table alone (results JSONL lost) is enough to resume too
     (tmp_path / CACHE_RESULTS).unlink()
-    again = compute_labels(resolve_baseline("gfn2-xtb"), configs, tmp_path)
+    again, _ = compute_labels(resolve_baseline("gfn2-xtb"), configs, tmp_path)
     np.testing.assert_array_equal(again.energy, labels.energy)
 
 
 def test_a_failed_structure_is_a_row_with_its_error_not_a_crash(tmp_path):
     good = config_of(molecule("H2O"), "good")
     bad = dict(good, id="bad", positions=[[0.0, 0.0, 0.0]] * 3)  # atoms on top of each other
-    labels = compute_labels(resolve_baseline("gfn2-xtb"), [good, bad], tmp_path)
+    labels, (_, bad) = compute_labels(resolve_baseline("gfn2-xtb"), [good, bad], tmp_path)
     assert labels.ok.tolist() == [True, False]
-    assert "bad" in labels.errors and labels.errors["bad"]
+    assert labels.errors[bad["id"]]
     table = read_labels(tmp_path / CACHE_TABLE)
     rows = {r[keys.CONFIG_ID]: r for r in table.to_pylist()}
-    assert rows["bad"][keys.STATUS] == keys.STATUS_FAILED and rows["bad"][keys.ERROR]
+    assert rows[bad["id"]][keys.STATUS] == keys.STATUS_FAILED and rows[bad["id"]][keys.ERROR]
 
 
 def test_labels_read_from_a_table_must_come_from_the_same_method(tmp_path):
-    configs = [config_of(molecule("H2O"), "w")]
-    compute_labels(resolve_baseline("gfn1-xtb"), configs, tmp_path)
+    _, configs = compute_labels(
+        resolve_baseline("gfn1-xtb"), [config_of(molecule("H2O"), "w")], tmp_path
+    )
     with pytest.raises(PilipError, match="same method"):
         read_labels_for(tmp_path / CACHE_TABLE, configs, resolve_baseline("gfn2-xtb"))
     got = read_labels_for(tmp_path / CACHE_TABLE, configs, resolve_baseline("gfn1-xtb"))
@@ -181,8 +202,9 @@ def test_delta_forces_are_finite_differences_of_delta_energies():
 
 def test_the_cache_serves_known_structures_and_the_rest_is_computed(tmp_path):
     atoms = molecule("H2O")
-    configs = [config_of(atoms, "w")]
-    labels = compute_labels(resolve_baseline("gfn2-xtb"), configs, tmp_path)
+    labels, configs = compute_labels(
+        resolve_baseline("gfn2-xtb"), [config_of(atoms, "w")], tmp_path
+    )
     cache = cache_from_labels(labels, configs, torch.float32, BaselineCache())
     delta = DeltaModel(small_painn("float32"), resolve_baseline("gfn2-xtb"), cache)
     batch = to_batch([atoms], dtype=torch.float32)

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from pilip.errors import PilipError
+from pilip.potential.checkpoint import read_checkpoint as init_checkpoint
 from pilip.potential.checkpoint import save_checkpoint
-from pilip.potential.finetune import check_compatible, init_checkpoint, init_weights
 from pilip.potential.models import build_model
+from pilip.potential.recipes.base import state_dict_in
+from pilip.potential.recipes.finetune import check_compatible
 
 torch.set_num_threads(1)
 
@@ -26,7 +28,7 @@ def checkpoint(tmp_path):
 
 def test_init_weights_are_the_checkpoints_in_the_runs_dtype(checkpoint):
     path, original = checkpoint
-    weights = init_weights(init_checkpoint(path), "float32")
+    weights = state_dict_in(init_checkpoint(path)["model"]["state_dict"], "float32")
     for key, value in original.state_dict().items():
         assert weights[key].dtype == (torch.float32 if value.is_floating_point() else value.dtype)
         torch.testing.assert_close(weights[key].double(), value.double(), atol=1e-6, rtol=1e-6)

@@ -23,6 +23,8 @@ from pilip.potential.losses import (
 from pilip.potential.models import MODELS, build_model
 from pilip.potential.neighbors import molecular_pairs, segment_sum
 
+PAPER = {"eps": 0.05, "k": 0.0}  # the paper's weak-loss settings, which these tests use
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -82,7 +84,7 @@ def _harmonic_setup(eps: float = 0.05, seed: int = 3):
 def test_first_order_residuals_are_the_curvature_term_per_structure(mode):
     batch, model, d1, d2 = _harmonic_setup()
     losses = compute_losses(
-        model, batch, WEAK, torch.Generator().manual_seed(3), WeakLossOptions(mode=mode)
+        model, batch, WEAK, torch.Generator().manual_seed(3), WeakLossOptions(**PAPER, mode=mode)
     )
     losses = {name: value.detach() for name, value in losses.items()}
     # by hand: E(C) - E(A) + F(A).d1 = 0.5 d1^T H d1 ; E(C) - E(B) + F(B).(d1-d2) = 0.5 D^T H D
@@ -105,7 +107,9 @@ def test_first_order_residuals_are_the_curvature_term_per_structure(mode):
 def test_per_atom_normalised_weak_losses():
     batch, model, d1, _ = _harmonic_setup()
     terms = [LossTerm("pitc", 1.0, per_atom=True)]
-    losses = compute_losses(model, batch, terms, torch.Generator().manual_seed(3))
+    losses = compute_losses(
+        model, batch, terms, torch.Generator().manual_seed(3), WeakLossOptions(**PAPER)
+    )
     n = batch[keys.N_ATOMS].double()
     expected = float(((model.curvature(d1) / n) ** 2).mean())
     assert float(losses["pitc"].detach()) == pytest.approx(expected)
@@ -117,7 +121,11 @@ def test_second_order_factor_one_half_removes_the_quadratic_residual(mode):
     options = WeakLossOptions(eps=0.2, k=0.5, mode=mode)
     losses = compute_losses(model, batch, WEAK, torch.Generator().manual_seed(3), options)
     first_order = compute_losses(
-        model, batch, WEAK, torch.Generator().manual_seed(3), WeakLossOptions(eps=0.2, mode=mode)
+        model,
+        batch,
+        WEAK,
+        torch.Generator().manual_seed(3),
+        WeakLossOptions(eps=0.2, k=0.0, mode=mode),
     )
     assert float(first_order["pitc"].detach()) > 1e-2
     assert float(losses["pitc"].detach()) < 1e-20 and float(losses["pisc"].detach()) < 1e-20
@@ -152,7 +160,11 @@ def test_fused_equals_three_calls_in_float32(name, k):
     results = {}
     for mode in ("fused", "three_calls"):
         losses = compute_losses(
-            model, batch, terms, torch.Generator().manual_seed(11), WeakLossOptions(k=k, mode=mode)
+            model,
+            batch,
+            terms,
+            torch.Generator().manual_seed(11),
+            WeakLossOptions(eps=0.05, k=k, mode=mode),
         )
         grads = torch.autograd.grad(losses["total"], list(model.parameters()))
         results[mode] = (losses, grads)
@@ -200,16 +212,20 @@ def test_supervised_terms_by_hand_with_missing_labels():
 def test_zero_force_weight_needs_no_force_labels_and_weak_losses_need_no_labels():
     batch = to_batch(molecules(("CH3CH2OH", "H2O")))
     model = build_model("painn", cutoff=4.0, n_features=16, n_rbf=8, dtype="float64")
-    weak_only = compute_losses(model, batch, WEAK, torch.Generator().manual_seed(0))
+    weak_only = compute_losses(
+        model, batch, WEAK, torch.Generator().manual_seed(0), WeakLossOptions(**PAPER)
+    )
     assert set(weak_only) == {"pitc", "pisc", "total"}
     batch[keys.ENERGY] = torch.zeros(2, dtype=torch.float64)
     terms = [LossTerm("energy", 1.0), LossTerm("forces", 0.0), *WEAK]
-    losses = compute_losses(model, batch, terms, torch.Generator().manual_seed(0))
+    losses = compute_losses(
+        model, batch, terms, torch.Generator().manual_seed(0), WeakLossOptions(**PAPER)
+    )
     assert "forces" not in losses and float(losses["total"].detach()) > 0
     with pytest.raises(PilipError, match="forces"):
         compute_losses(model, batch, [LossTerm("forces", 1.0)])
     with pytest.raises(PilipError, match="Generator"):
-        compute_losses(model, batch, WEAK)
+        compute_losses(model, batch, WEAK, options=WeakLossOptions(**PAPER))
 
 
 @pytest.mark.parametrize("mode", ["fused", "three_calls"])
@@ -218,7 +234,7 @@ def test_losses_under_no_grad_give_the_same_values(mode):
     model = build_model("painn", cutoff=4.0, n_features=16, n_rbf=8, dtype="float64")
     terms = [LossTerm("forces"), *WEAK]
     batch[keys.FORCES] = torch.zeros_like(batch[keys.POSITIONS])
-    options = WeakLossOptions(mode=mode)
+    options = WeakLossOptions(**PAPER, mode=mode)
     with_grad = compute_losses(model, batch, terms, torch.Generator().manual_seed(0), options)
     with torch.no_grad():
         without = compute_losses(model, batch, terms, torch.Generator().manual_seed(0), options)
@@ -248,9 +264,9 @@ def test_terms_from_names_and_bad_specifications():
     batch = to_batch(molecules(("H2O",)))
     model = build_model("schnet", dtype="float64")
     for options, message in (
-        (WeakLossOptions(k=1.5), r"\[0, 1\]"),
-        (WeakLossOptions(eps=0.0), "eps"),
-        (WeakLossOptions(mode="two"), "mode"),
+        (WeakLossOptions(eps=0.05, k=1.5), r"\[0, 1\]"),
+        (WeakLossOptions(eps=0.0, k=0.0), "eps"),
+        (WeakLossOptions(**PAPER, mode="two"), "mode"),
     ):
         with pytest.raises(PilipError, match=message):
             compute_losses(model, batch, WEAK, torch.Generator(), options)
@@ -283,7 +299,9 @@ def test_training_step_with_precomputed_pairs_has_no_host_sync(name):
     batch[keys.ENERGY] = torch.zeros(2)
     generator = torch.Generator().manual_seed(0)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        losses = compute_losses(model, batch, [LossTerm("energy"), *WEAK], generator)
+        losses = compute_losses(
+            model, batch, [LossTerm("energy"), *WEAK], generator, WeakLossOptions(**PAPER)
+        )
         losses["total"].backward()  # (AdamW(capturable=True) makes the optimizer step safe)
     names = {event.name for event in prof.events()}
     assert "aten::index_select" in names  # the profile saw the step
@@ -291,7 +309,7 @@ def test_training_step_with_precomputed_pairs_has_no_host_sync(name):
     # without precomputed pairs, the model builds (and prunes) them: that syncs
     del batch[keys.EDGE_INDEX]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        compute_losses(model, batch, WEAK, generator)
+        compute_losses(model, batch, WEAK, generator, WeakLossOptions(**PAPER))
     assert {event.name for event in prof.events()} & SYNCING_OPS
 
 
@@ -300,7 +318,11 @@ def test_auto_mode_gives_the_same_losses_as_both_explicit_modes():
     model = build_model("schnet", cutoff=4.0, n_features=16, n_rbf=8, dtype="float64")
     values = {
         mode: compute_losses(
-            model, batch, WEAK, torch.Generator().manual_seed(0), WeakLossOptions(mode=mode)
+            model,
+            batch,
+            WEAK,
+            torch.Generator().manual_seed(0),
+            WeakLossOptions(**PAPER, mode=mode),
         )["total"].detach()
         for mode in ("auto", "fused", "three_calls")
     }

@@ -1,4 +1,5 @@
-"""pilip train's preparation for --baseline and --init: labels, failures, compatibility."""
+"""The Delta and fine-tune recipes' preparation (--baseline, --init): labels, failures,
+compatibility."""
 
 import numpy as np
 import pytest
@@ -6,11 +7,15 @@ import torch
 
 from pilip import tables
 from pilip.errors import PilipError
-from pilip.potential.baselines import CACHE_TABLE, resolve_baseline
-from pilip.potential.checkpoint import save_checkpoint
+from pilip.potential.baselines import resolve_baseline
+from pilip.potential.checkpoint import read_checkpoint, save_checkpoint
 from pilip.potential.data import TRAIN, VAL, load_dataset
 from pilip.potential.models import build_model
-from pilip.potential.multifidelity import check_init_baseline, init_model, prepare_baseline
+from pilip.potential.recipes import RunPlan
+from pilip.potential.recipes.delta import LABELS_FILE as CACHE_TABLE
+from pilip.potential.recipes.delta import Delta, baseline_targets
+from pilip.potential.recipes.finetune import Finetune
+from pilip.potential.train_config import TrainConfig
 from pilip.reference.labels import read_labels
 
 pytest.importorskip("tblite")
@@ -41,6 +46,10 @@ def write_water(path, n_train=6, n_val=3, broken_train=0, numbers=(8, 1, 1), n_t
     return path
 
 
+def prepare_baseline(name, data, **kwargs):
+    return baseline_targets(resolve_baseline(name), data, **kwargs)
+
+
 def xtb_energy(positions):
     return resolve_baseline("gfn2-xtb").energy_and_forces(np.array([8, 1, 1]), positions)[0]
 
@@ -57,7 +66,7 @@ def test_targets_are_reference_minus_baseline_and_cached(tmp_path, monkeypatch):
             expected = float(s.energy[i]) - xtb_energy(atoms)
             assert float(shifted[split].energy[i]) == pytest.approx(expected, abs=1e-8)
     assert read_labels(run / CACHE_TABLE).num_rows == 9
-    assert setup.meta()["baseline"]["method"] == "GFN2-xTB"
+    assert setup.record()["baseline"]["method"] == "GFN2-xTB"
     # resumed: nothing is computed again
     backend_cls = type(setup.baseline.backend)
 
@@ -96,34 +105,54 @@ def pretrained(tmp_path, baseline=None):
     model = build_model("painn", n_features=8, n_rbf=6, n_interactions=1, dtype="float64")
     meta = {"config": {}, "elements": [1, 8]}
     if baseline:
-        meta["baseline"] = resolve_baseline(baseline).specification()
+        meta["recipes"] = [
+            {"name": "delta", "baseline": resolve_baseline(baseline).specification()}
+        ]
     path = tmp_path / f"init-{baseline}.pt"
     save_checkpoint(path, model=model, model_name="painn", meta=meta)
     return path
 
 
-def test_init_and_baseline_must_agree(tmp_path):
-    from pilip.potential.finetune import init_checkpoint
+def finetune_plan(tmp_path, init, baseline):
+    """A run plan checked by the recipes of ``--init init [--baseline baseline]``."""
+    data = load_dataset(write_water(tmp_path / "w.parquet"))
+    plan = RunPlan(TrainConfig(), data, tmp_path / "w.parquet", tmp_path / "run", elements=[1, 8])
+    recipes = ([Delta({"baseline": baseline})] if baseline else []) + [Finetune({"init": init})]
+    for recipe in recipes:
+        recipe.check(plan)
+    return plan, recipes
 
-    gfn2 = resolve_baseline("gfn2-xtb")
+
+def test_init_and_baseline_must_agree(tmp_path):
     plain, over_gfn2, over_gfn1 = (pretrained(tmp_path, b) for b in (None, "gfn2-xtb", "gfn1-xtb"))
-    check_init_baseline(init_checkpoint(plain), plain, None)
-    check_init_baseline(init_checkpoint(over_gfn2), over_gfn2, gfn2)
+    finetune_plan(tmp_path, plain, None)
+    finetune_plan(tmp_path, over_gfn2, "gfn2-xtb")
     for init, given, words in (
-        (plain, gfn2, "has no baseline"),
+        (plain, "gfn2-xtb", "has no baseline"),
         (over_gfn2, None, "add --baseline gfn2-xtb"),
-        (over_gfn1, gfn2, "use the same baseline"),
+        (over_gfn1, "gfn2-xtb", "use the same baseline"),
     ):
         with pytest.raises(PilipError) as info:
-            check_init_baseline(init_checkpoint(init), init, given)
+            finetune_plan(tmp_path, init, given)
         assert words in str(info.value) and "\n" not in str(info.value)
+    # a checkpoint of the format before recipe records (meta["baseline"]) reads the same
+    legacy = tmp_path / "legacy.pt"
+    payload = read_checkpoint(over_gfn1)
+    meta = {**payload["meta"], "baseline": payload["meta"].pop("recipes")[0]["baseline"]}
+    save_checkpoint(legacy, model=build_model("painn", n_features=8, n_rbf=6, n_interactions=1,
+                    dtype="float64"), model_name="painn", meta=meta)  # fmt: skip
+    with pytest.raises(PilipError, match="use the same baseline"):
+        finetune_plan(tmp_path, legacy, "gfn2-xtb")
 
 
-def test_init_model_hands_over_the_architecture_and_weights(tmp_path):
+def test_init_hands_over_the_architecture_and_weights(tmp_path):
     init = pretrained(tmp_path, None)
-    weights, arch = init_model(init, model=None, model_params={}, elements=[1, 8], dtype="float32")
-    assert arch == {"model": "painn", "model_params": {**arch["model_params"], "n_features": 8}}
+    plan, recipes = finetune_plan(tmp_path, init, None)
+    recipes[-1].prepare(plan)
+    assert plan.config.model == "painn" and plan.config.model_params["n_features"] == 8
+    weights = plan.init_weights
     assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    assert plan.records == [{"name": "finetune", "init": str(init)}]
 
 
 def test_baseline_model_is_the_cheap_level_plus_fitted_offsets(tmp_path):
@@ -155,8 +184,8 @@ def test_mixed_charge_states_are_refused_and_one_state_is_stored(tmp_path):
     setup, _, _ = prepare_baseline(
         "gfn2-xtb", load_dataset(path), dataset=path, run_dir=tmp_path / "r"
     )
-    assert setup.meta()["baseline"]["charge"] == 0
-    assert setup.meta()["baseline"]["multiplicity"] == 1
+    assert setup.record()["baseline"]["charge"] == 0
+    assert setup.record()["baseline"]["multiplicity"] == 1
     rng = np.random.default_rng(1)
     positions = [BASE + rng.normal(scale=0.05, size=(3, 3)) for _ in range(6)]
     configs = tables.configurations_table(

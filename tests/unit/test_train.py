@@ -15,7 +15,7 @@ import torch
 from pilip import keys, tables
 from pilip.cli import main
 from pilip.errors import PilipError
-from pilip.potential.checkpoint import load_model, read_checkpoint
+from pilip.potential.checkpoint import FORMAT_VERSION, load_model, read_checkpoint
 from pilip.potential.data import TRAIN, VAL, load_dataset, load_unlabelled, subsample_indices
 from pilip.potential.evaluate import predict
 from pilip.potential.metrics import energy_metrics
@@ -401,7 +401,7 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
 
     # weights_only load (load_model uses it; a plain torch.load must work too)
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format_version"] == 1
+    assert payload["format_version"] == FORMAT_VERSION == 2
     model, meta = load_model(out / "model.pt")
     assert meta["model"] == "painn" and meta["elements"] == [1, 8]
     assert meta["cutoff"] == TINY["cutoff"] and meta["config"]["lr"] == 2e-2
@@ -464,7 +464,7 @@ def test_static_shapes_train_the_same_numbers_as_plain_batches(dataset, tmp_path
     rows = read_metrics(tmp_path / "weak" / "metrics.csv")
     assert float(rows[-1]["val_energy_rmse"]) < float(rows[0]["val_energy_rmse"])
     assert all(float(r["train_pitc"]) > 0 for r in rows)
-    with pytest.raises(PilipError, match="static_shapes 'on'"):
+    with pytest.raises(PilipError, match="static-shapes 'on'"):
         config(static_shapes="on").validate()
 
 

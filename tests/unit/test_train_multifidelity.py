@@ -9,7 +9,7 @@ import torch
 from test_multifidelity import write_water
 
 from pilip.cli import main
-from pilip.potential.baselines import CACHE_RESULTS, DeltaModel, resolve_baseline
+from pilip.potential.baselines import DeltaModel, resolve_baseline
 from pilip.potential.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pilip.potential.data import VAL, load_dataset
 from pilip.potential.evaluate import predict
@@ -18,6 +18,7 @@ from pilip.potential.models import build_model
 from pilip.reference.backends.xtb_backend import XTBBackend
 
 pytest.importorskip("tblite")
+CACHE_RESULTS = "baseline.results.jsonl"  # pilip label's results file beside baseline.parquet
 torch.set_num_threads(1)
 
 TINY = ["--n-features", "8", "--n-interactions", "1", "--cutoff", "4.0", "--no-progress"]
@@ -59,8 +60,9 @@ def count_xtb(monkeypatch):
 def test_delta_model_is_saved_with_its_baseline_and_selected_on_the_total(dataset, tmp_path):
     run = tmp_path / "delta"
     assert pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "3") == 0
-    meta = read_checkpoint(run / "model.pt")["meta"]
-    assert meta["baseline"]["method"] == "GFN2-xTB" and meta["baseline"]["program"] == "tblite"
+    (record,) = read_checkpoint(run / "model.pt")["meta"]["recipes"]
+    assert record["name"] == "delta" and record["baseline"]["method"] == "GFN2-xTB"
+    assert record["baseline"]["program"] == "tblite"
     model, _ = load_model(run / "model.pt")
     assert isinstance(model, DeltaModel)
     # baseline + model against the reference labels reproduces the selection's best RMSE
@@ -107,7 +109,7 @@ def test_fine_tuning_starts_exactly_at_the_checkpoint(dataset, tmp_path):
     assert main(["train", str(dataset), "--out", str(fine), "--no-progress", *args]) == 0
     assert val_rmse_rows(fine)[0] == pytest.approx(best, rel=1e-6)
     meta = read_checkpoint(fine / "model.pt")["meta"]
-    assert meta["init"] == str(pre / "model.pt")
+    assert meta["recipes"] == [{"name": "finetune", "init": str(pre / "model.pt")}]
     assert meta["config"]["model_params"]["n_features"] == 8  # the checkpoint's architecture
 
 
@@ -140,7 +142,7 @@ def test_bad_multifidelity_input_is_one_line_before_training(
     model = build_model("painn", n_features=8, n_interactions=1, cutoff=4.0)
     save_checkpoint(pre, model=model, model_name="painn", meta={"config": {}, "elements": [1, 8]})
     spec = resolve_baseline("gfn2-xtb").specification()
-    meta = {"config": {}, "elements": [1, 8], "baseline": spec}
+    meta = {"config": {}, "elements": [1, 8], "recipes": [{"name": "delta", "baseline": spec}]}
     save_checkpoint(delta, model=model, model_name="painn", meta=meta)
     extra = [e.format(pre=pre, delta=delta) for e in extra]
     run = tmp_path / "run"

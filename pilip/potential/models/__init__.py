@@ -4,30 +4,40 @@ Every model is an ``nn.Module`` from a batch dict to per-structure energies (n_s
 (per-element shifts included) that builds its own neighbour list from the positions; forces
 come from ``pilip.potential.forces.energy_and_forces``. Each model file holds a ``@dataclass`` of
 hyper-parameters and the module.
+
+:data:`MODELS` is the one registry of architectures: the CLI's ``--model`` choices, the config
+schema's ``training.model`` and every check read it. It names each model's classes by import
+path, so reading the names imports no torch (the config schema is loaded by every command and
+by the Snakefile). A new architecture is one file here and one line in :data:`MODELS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-from torch import nn
+import importlib
+from typing import Any
 
 from pilip.errors import PilipError
-from pilip.potential.models.painn import PaiNN, PaiNNConfig
-from pilip.potential.models.schnet import SchNet, SchNetConfig
 
-# name -> (config dataclass, module class)
-MODELS: dict[str, tuple[type, type[nn.Module]]] = {
-    "schnet": (SchNetConfig, SchNet),
-    "painn": (PaiNNConfig, PaiNN),
+# name -> "module:ConfigDataclass:Module"
+MODELS: dict[str, str] = {
+    "painn": "pilip.potential.models.painn:PaiNNConfig:PaiNN",
+    "schnet": "pilip.potential.models.schnet:SchNetConfig:SchNet",
 }
+
+
+def model_classes(name: str) -> tuple[type, type]:
+    """(hyper-parameter dataclass, module class) of model ``name``."""
+    if name not in MODELS:
+        raise PilipError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
+    module, config_name, model_name = MODELS[name].split(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, config_name), getattr(loaded, model_name)
 
 
 def model_config(name: str, **hparams: object) -> object:
     """The hyper-parameter dataclass of model ``name`` with ``hparams`` overriding defaults."""
-    if name not in MODELS:
-        raise PilipError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
-    config_cls, _ = MODELS[name]
+    config_cls, _ = model_classes(name)
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(hparams) - known)
     if unknown:
@@ -40,18 +50,18 @@ def model_config(name: str, **hparams: object) -> object:
     return config_cls(**hparams)
 
 
-def build_model(name: str, **hparams: object) -> nn.Module:
-    """A freshly initialised model ``name`` ("schnet" | "painn"); see its config dataclass."""
+def build_model(name: str, **hparams: object) -> Any:
+    """A freshly initialised model ``name`` (a key of :data:`MODELS`); see its dataclass."""
     config = model_config(name, **hparams)
-    return MODELS[name][1](config)
+    return model_classes(name)[1](config)
 
 
-__all__ = [
-    "MODELS",
-    "PaiNN",
-    "PaiNNConfig",
-    "SchNet",
-    "SchNetConfig",
-    "build_model",
-    "model_config",
-]
+def __getattr__(name: str) -> Any:  # the classes, imported on first use
+    for spec in MODELS.values():
+        module, config_name, model_name = spec.split(":")
+        if name in (config_name, model_name):
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MODELS", "build_model", "model_classes", "model_config"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from pilip.errors import PilipError
 from pilip.reference.backends.base import Backend
+from pilip.reference.backends.xtb_backend import METHODS as XTB_METHODS
 
 ENTRY_POINT_GROUP = "pilip.backends"
 
@@ -83,7 +84,8 @@ REFERENCE_KEYS: tuple[tuple[tuple[str, ...], str | None, bool], ...] = (
     (("training", "baseline"), None, True),
     (("cheap_level", "reference"), "enabled", True),
 )
-INLINE_REFERENCES = ("gfn2-xtb", "gfn1-xtb", "ipea1-xtb")  # what pilip label/train run inline
+# inline tight-binding names (pilip label/train run them without a config): xtb's own table
+INLINE_REFERENCES = tuple(XTB_METHODS)
 
 
 def check_reference_names(
