@@ -71,13 +71,23 @@ def scaled_recipe(monkeypatch):
     monkeypatch.setitem(recipes.RECIPES, "scaled", Scaled)
 
 
-def test_a_recipe_registered_in_a_test_trains_saves_loads_and_evaluates(
-    tmp_path, scaled_recipe
-):
+def test_a_recipe_registered_in_a_test_trains_saves_loads_and_evaluates(tmp_path, scaled_recipe):
     dataset = tmp_path / "water.parquet"
     write_dataset(dataset)
     run = tmp_path / "run"
-    args = ["train", str(dataset), "--out", str(run), *TINY, "--epochs", "3", "--dtype", "float64", "--scaled", "4"]
+    args = [
+        "train",
+        str(dataset),
+        "--out",
+        str(run),
+        *TINY,
+        "--epochs",
+        "3",
+        "--dtype",
+        "float64",
+        "--scaled",
+        "4",
+    ]
     assert main(args) == 0
     meta = read_checkpoint(run / "model.pt")["meta"]
     assert meta["recipes"] == [{"name": "scaled", "factor": 4.0}]
