@@ -4,8 +4,8 @@ Only ``status == ok`` labels become dataset rows; every row gets a split from it
 (``pilip.splits``), except rows whose configuration comes from a *dataset* table given as
 configurations (cheap labels of an imported dataset): those keep that dataset's split.
 Force-validation labels (analytic gradients at an affordable level) put their forces, in eV/A,
-on the matching rows with ``force_validation = true``: those forces are for evaluation only,
-and :func:`training_forces` hides them from training code.
+on the matching rows with ``force_validation = true``: those forces are for evaluation only
+(``pilip.rows`` decides which rows each stage may read).
 """
 
 from __future__ import annotations
@@ -356,13 +356,6 @@ def force_validation_subset(
         )
         chosen.extend(i for _, i in rows[:per_system])
     return configurations.take(pa.array(sorted(chosen), pa.int64()))
-
-
-def training_forces(table: pa.Table) -> pa.ChunkedArray:
-    """The forces column with force-validation rows nulled: what training may see."""
-    hidden = pc.fill_null(table.column(keys.FORCE_VALIDATION), False)
-    forces = table.column(keys.FORCES)
-    return pc.if_else(hidden, pa.scalar(None, forces.type), forces)
 
 
 def dataset_provenance(collected: Collected, fractions: Sequence[float], **extra: Any) -> dict:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
+from pilip.potential.terms import ENERGY, WEAK_TERMS
 
 METRICS_FILE = "metrics.json"
 MD_FILE = "md.json"
@@ -76,7 +77,7 @@ def choose_baseline(variants: list[Variant], name: str | None = None) -> Variant
         names = ", ".join(v.name for v in variants)
         raise PilipError(f"--baseline {name!r}: not among the variants ({names})")
     for variant in variants:
-        if variant.losses == ["energy"] and variant.metrics.get("recipe", "plain") == "plain":
+        if variant.losses == [ENERGY] and variant.metrics.get("recipe", "plain") == "plain":
             return variant
     return variants[0]
 
@@ -121,10 +122,10 @@ def _losses_cell(metrics: dict[str, Any]) -> str:
     parts = []
     for name in losses:
         weight = weights.get(name)
-        weak = name not in ("energy", "forces") and weight is not None
+        weak = name in WEAK_TERMS and weight is not None
         parts.append(f"{name} x{weight:g}" if weak else name)
     cell = ", ".join(parts)
-    if {"pitc", "pisc"} & set(losses) and metrics.get("weak_eps") is not None:
+    if set(WEAK_TERMS) & set(losses) and metrics.get("weak_eps") is not None:
         cell += f" (eps {metrics['weak_eps']:g} A, k {metrics.get('weak_k', 0):g})"
     return cell
 

@@ -371,33 +371,6 @@ def concat_batches(
     return out
 
 
-def subtract_baseline(
-    structures: Structures, energy: torch.Tensor, forces: torch.Tensor | None = None
-) -> Structures:
-    """The same structures labelled reference - baseline (Delta-learning's targets).
-
-    ``energy`` (n_structures,) eV and ``forces`` (n_atoms_total, 3) eV/A are the baseline's, in
-    the structures' order; forces are subtracted only where the structures carry forces.
-    """
-    if structures.energy is None:
-        raise PilipError("subtract_baseline: the structures carry no energies")
-    energy = torch.as_tensor(energy, dtype=structures.energy.dtype)
-    if energy.shape != structures.energy.shape:
-        raise PilipError(
-            f"baseline energies {tuple(energy.shape)} do not match {len(structures)} structures"
-        )
-    shifted_forces = structures.forces
-    if structures.forces is not None and forces is not None:
-        forces = torch.as_tensor(forces, dtype=structures.forces.dtype)
-        if forces.shape != structures.forces.shape:
-            raise PilipError(
-                f"baseline forces {tuple(forces.shape)} do not match "
-                f"{tuple(structures.forces.shape)}"
-            )
-        shifted_forces = structures.forces - forces
-    return replace(structures, energy=structures.energy - energy, forces=shifted_forces)
-
-
 class UnlabelledStream:
     """Endless batches of ``batch_size`` unlabelled structures for the weak losses.
 

@@ -12,9 +12,10 @@ import yaml
 from pilip import keys, splits, tables
 from pilip.chunks import write_chunks
 from pilip.cli import main
-from pilip.collect import collect, force_validation_subset, summary_text, training_forces
+from pilip.collect import collect, force_validation_subset, summary_text
 from pilip.errors import PilipError
 from pilip.reference import labels
+from pilip.rows import FIT, SELECT, RowFlags, stage_rows
 
 
 def configurations(system: str, n: int, seed: int) -> pa.Table:
@@ -188,7 +189,11 @@ def test_force_validation_subset_and_flags(study, tmp_path):
     )
     # the energy stays the training reference's, not the force-validation level's
     assert table.column(keys.ENERGY)[row].as_py() != -1.0
-    assert training_forces(table).null_count == table.num_rows
+    # training and model selection never read a force-validation row (pilip.rows)
+    split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
+    fv = np.asarray(table.column(keys.FORCE_VALIDATION).to_pylist(), dtype=bool)
+    used = np.concatenate([stage_rows(s, RowFlags(split, fv)) for s in (FIT, SELECT)])
+    assert not fv[used].any() and fv.sum() == len(ok_chosen)
     assert collected.force_validation_rows == len(ok_chosen)
     assert "force validation: " in summary_text(collected, "d.parquet")
 
