@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     values, unlabelled_path = training_values(study, args.variant, given, args.config or "")
     config, options = split_values(values, args.config or "pilip train")
     chosen = recipes.select(options)
-    config.validate()
+    config.validate()  # before reading any data (check_inputs adds the data's checks)
     resolve_device(config.device)
     if args.threads is not None:
         if args.threads < 1:
