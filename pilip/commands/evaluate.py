@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--title", default=None, help="plot title prefix (default: the model's folder name)"
     )
+    parser.add_argument(
+        "--baseline-labels",
+        nargs="+",
+        help="labels tables of a Delta model's baseline for the dataset's structures (needed "
+        "when the baseline cannot run in process, e.g. a Psi4 DFT level)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if log is None and (args.model.parent / "metrics.csv").is_file():
         log = args.model.parent / "metrics.csv"
     device = resolve_device(args.device)
-    model, meta = load_model(args.model, device)
+    inputs = {}
+    if args.baseline_labels:
+        inputs = {"baseline_labels": args.baseline_labels, "structures": args.dataset}
+    model, meta = load_model(args.model, device, **inputs)
+    if args.baseline_labels and not hasattr(model, "baseline"):
+        raise PilipError(f"--baseline-labels: {args.model} is not a Delta model; drop them")
     metrics = write_evaluation(
         model,
         meta,

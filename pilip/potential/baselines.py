@@ -42,11 +42,17 @@ INSTALL_HINTS = {"xtb": "pip install 'pilip[xtb]' (tblite)", "pyscf": "pip insta
 
 @dataclasses.dataclass
 class Baseline:
-    """A resolved baseline: its name, config entry and (in-process) backend."""
+    """A resolved baseline: its name, config entry and backend. A backend that runs in process
+    (tblite) computes any structure; one that does not (Psi4) is a *tabled* baseline: its
+    values come from labels tables only (:class:`TabledValues`)."""
 
     name: str
     spec: dict[str, Any]
     backend: Backend
+
+    @property
+    def in_process(self) -> bool:
+        return bool(self.backend.in_process)
 
     def specification(self) -> dict[str, Any]:
         """name, spec, program, program_version, method, options (JSON; checkpoints store it)."""
@@ -67,25 +73,31 @@ class Baseline:
         return float(energy), np.asarray(forces, dtype=np.float64).reshape(-1, 3)
 
 
-def _in_process_backend(name: str, spec: dict[str, Any], where: str) -> Backend:
+def _backend(name: str, spec: dict[str, Any], where: str, tabled: bool) -> Backend:
+    """The backend of a baseline; one that cannot run in process only when ``tabled``."""
     if "backend" not in spec:
         raise PilipError(f"{where}: reference {name!r} has no backend; set references.{name}")
     cls = get_backend(str(spec["backend"]))
-    if not cls.in_process:
+    if not cls.in_process and not tabled:
         raise PilipError(
-            f"--baseline {name}: backend {cls.name!r} does not run in process, so it cannot be "
-            "added back at inference; label a dataset with it, pretrain on that "
-            "(--losses energy,forces) and fine-tune with --init MODEL.pt instead"
+            f"--baseline {name}: backend {cls.name!r} does not run in process, so pilip "
+            f"cannot compute it during training or inference; pass its labels of every "
+            f"structure with --baseline-labels T (pilip label DATA --reference {name} --forces "
+            "-o T) and distill the Delta model into a standalone one, or pretrain on its labels "
+            "(--losses energy,forces) and fine-tune with --init MODEL.pt"
         )
     return make_backend(name, spec)
 
 
-def resolve_baseline(name: str, config: dict[str, Any] | None = None, where: str = "") -> Baseline:
+def resolve_baseline(
+    name: str, config: dict[str, Any] | None = None, where: str = "", *, tabled: bool = False
+) -> Baseline:
     """The baseline called ``name``: a ``references:`` entry of ``config`` or an inline name
-    (resolved as ``pilip label --reference`` resolves it).
+    (resolved as ``pilip label --reference`` resolves it: ``gfn2-xtb``, ``b3lyp/def2-svp``).
 
-    One-line PilipError for an unknown name, a backend that cannot run in process (Psi4: use
-    ``--init``) or a missing program (tblite).
+    ``tabled``: its labels will come from tables, so a level that cannot run in process (Psi4)
+    is accepted. One-line PilipError for an unknown name, such a level without ``tabled``, or
+    a missing program (tblite).
     """
     from pilip.reference.labelling import resolve_reference
 
@@ -93,8 +105,9 @@ def resolve_baseline(name: str, config: dict[str, Any] | None = None, where: str
         reference = resolve_reference(name, config, where or "--config")
     except PilipError as exc:
         raise PilipError(f"--baseline {name!r}: unknown baseline ({exc})") from None
-    backend = _in_process_backend(reference.name, reference.spec, where or "--baseline")
-    backend.check([])  # the program is importable (structures are checked when labelled)
+    backend = _backend(reference.name, reference.spec, where or "--baseline", tabled)
+    if backend.in_process:
+        backend.check([])  # the program is importable (structures are checked when labelled)
     return Baseline(reference.name, reference.spec, backend)
 
 
@@ -106,7 +119,7 @@ def baseline_from_specification(specification: dict[str, Any], source: str) -> B
         str(spec.get("backend")), f"the package of backend {spec.get('backend')!r}"
     )
     try:
-        backend = _in_process_backend(name, spec, source)
+        backend = _backend(name, spec, source, tabled=False)
         backend.check([])
     except PilipError as exc:
         raise PilipError(
@@ -146,24 +159,26 @@ class BaselineLabels:
 
 
 def _labels_from_records(
-    configs: list[dict[str, Any]], records: dict[str, dict[str, Any]], source: str
+    configs: list[dict[str, Any]], records: dict[str, dict[str, Any]], source: str, name: str
 ) -> BaselineLabels:
+    missing = [c["id"] for c in configs if c["id"] not in records]
+    if missing:
+        raise PilipError(
+            f"{source} has no row for {len(missing)} of the {len(configs)} structures (e.g. "
+            f"configuration {missing[0]}); label them: pilip label TABLE --reference {name} "
+            "--forces -o LABELS, and pass LABELS too"
+        )
     energy = np.full(len(configs), np.nan)
     forces: list[np.ndarray | None] = [None] * len(configs)
     errors: dict[str, str] = {}
     for i, config in enumerate(configs):
-        record = records.get(config["id"])
-        if record is None:
-            raise PilipError(
-                f"{source} has no row for configuration {config['id']}; label every structure "
-                "of the dataset (pilip label DATASET --reference NAME --gradients)"
-            )
+        record = records[config["id"]]
         if record.get("status") != keys.STATUS_OK or record.get("energy") is None:
             errors[config["id"]] = str(record.get("error") or record.get("status"))
             continue
         if record.get("forces") is None:
             raise PilipError(
-                f"{source}: configuration {config['id']} has no forces; relabel with --gradients"
+                f"{source}: configuration {config['id']} has no forces; relabel with --forces"
             )
         energy[i] = float(record["energy"])
         forces[i] = np.asarray(record["forces"], dtype=np.float64).reshape(-1, 3)
@@ -193,7 +208,7 @@ def read_labels_for(
                 f"{want['options']}; pass labels of the same method"
             )
         break
-    return _labels_from_records(configs, records, str(path))
+    return _labels_from_records(configs, records, str(path), baseline.name)
 
 
 def configs_of_table(path: str | Path) -> list[dict[str, Any]]:
@@ -306,6 +321,8 @@ class DeltaModel(ShiftedEnergyModel):
                     found = self.baseline.energy_and_forces(
                         numbers[a:b], positions[a:b], self.charge, self.multiplicity
                     )
+                except PilipError:
+                    raise
                 except Exception as exc:
                     raise PilipError(
                         f"baseline {self.baseline.name} failed on a structure of "
@@ -348,6 +365,55 @@ def cache_from_labels(
         if labels.ok[i]:
             positions = np.asarray(config["positions"], dtype=np.float64).astype(np_dtype)
             cache.add(np.asarray(config["numbers"]), positions, labels.energy[i], labels.forces[i])
+    return cache
+
+
+class TabledValues:
+    """The baseline of a Delta model over a level that cannot run in process: its energies and
+    forces of known structures only (a :class:`BaselineCache` filled from labels tables); any
+    other structure is a one-line PilipError. Stands in for :class:`Baseline` in DeltaModel."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name, self.source = name, source
+
+    def energy_and_forces(
+        self, numbers: np.ndarray, positions: np.ndarray, charge: int = 0, multiplicity: int = 1
+    ) -> tuple[float, np.ndarray]:
+        raise PilipError(
+            f"baseline {self.name}: a structure of {len(numbers)} atoms is not in {self.source}; "
+            f"label it (pilip label DATA --reference {self.name} --forces -o T) and pass T"
+        )
+
+
+def tabled_cache(
+    paths: list[str | Path], structures: str | Path, specification: dict[str, Any],
+    dtype: torch.dtype,
+) -> BaselineCache:  # fmt: skip
+    """The baseline values of every structure of the table ``structures`` that the labels
+    tables ``paths`` hold an ok row for, keyed for batches in ``dtype``; labels of another
+    program, method or options than ``specification`` are refused in one line."""
+    from pilip.reference import labels
+
+    table = labels.merge_labels([labels.read_labels(p) for p in paths])
+    source = ", ".join(str(p) for p in paths)
+    records = {r["config_id"]: r for r in labels.records_from_table(table)}
+    want = (specification["program"], specification["method"], specification.get("options") or {})
+    for record in records.values():
+        got = (record.get("program"), record.get("method"), record.get("options") or {})
+        if record.get("status") == keys.STATUS_OK and got != want:
+            raise PilipError(
+                f"{source}: labels by {got[0]} {got[1]!r} options {got[2]}, but the model's "
+                f"baseline is {describe(specification)}; pass labels of the same method"
+            )
+    cache = BaselineCache()
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    for config in configs_of_table(structures):
+        record = records.get(config["id"])
+        if record is None or record.get("status") != keys.STATUS_OK or not record.get("forces"):
+            continue
+        positions = np.asarray(config["positions"], dtype=np.float64).astype(np_dtype)
+        forces = np.asarray(record["forces"], dtype=np.float64).reshape(-1, 3)
+        cache.add(np.asarray(config["numbers"]), positions, float(record["energy"]), forces)
     return cache
 
 

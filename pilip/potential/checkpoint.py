@@ -125,7 +125,7 @@ def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device) -
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", **inputs: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on ``device``, meta) from a checkpoint written by ``pilip train``.
 
@@ -133,13 +133,15 @@ def load_model(
     configuration), ``format_version``, ``cutoff`` (A), ``elements``, ``energy_shifts`` and the
     model's ``model`` name and ``hparams``. Each of its recipes wraps the network (a Delta
     checkpoint comes back as baseline + model; a one-line PilipError says what to install if
-    its baseline cannot run).
+    its baseline cannot run). ``inputs`` go to the recipes (``baseline_labels`` = labels
+    tables and ``structures`` = the table of the structures to evaluate, for a Delta model whose
+    baseline runs only from tables).
     """
     from pilip.potential.recipes import inference_model, recipe_records
 
     payload = read_checkpoint(path, device)
     model = model_from_checkpoint(payload, device)
-    model = inference_model(model, payload["meta"], str(path))
+    model = inference_model(model, payload["meta"], str(path), **inputs)
     model.eval()
     meta = dict(payload["meta"])
     meta["recipes"] = recipe_records(meta)

@@ -157,7 +157,7 @@ def test_labels_read_from_a_table_must_come_from_the_same_method(tmp_path):
         read_labels_for(tmp_path / CACHE_TABLE, configs, resolve_baseline("gfn2-xtb"))
     got = read_labels_for(tmp_path / CACHE_TABLE, configs, resolve_baseline("gfn1-xtb"))
     assert got.ok.all()
-    with pytest.raises(PilipError, match="no row for configuration"):
+    with pytest.raises(PilipError, match="no row for 1 of the 1 structures"):
         read_labels_for(
             tmp_path / CACHE_TABLE, [dict(configs[0], id="other")], resolve_baseline("gfn1-xtb")
         )

@@ -78,10 +78,11 @@ def recipe_records(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return records or [{"name": "plain"}]
 
 
-def inference_model(model: Any, meta: dict[str, Any], source: str) -> Any:
-    """The potential a checkpoint stands for: its network wrapped by each recipe, in order."""
+def inference_model(model: Any, meta: dict[str, Any], source: str, **inputs: Any) -> Any:
+    """The potential a checkpoint stands for: its network wrapped by each recipe, in order
+    (``inputs``: see ``Recipe.inference_model``)."""
     for record in recipe_records(meta):
-        model = recipe_class(record["name"]).inference_model(model, record, source)
+        model = recipe_class(record["name"]).inference_model(model, record, source, **inputs)
     return model
 
 

@@ -85,8 +85,12 @@ class Recipe:
         leave this recipe's record in ``plan.records``."""
 
     @classmethod
-    def inference_model(cls, model: nn.Module, record: dict[str, Any], source: str) -> nn.Module:
-        """The potential a checkpoint of this recipe stands for, given its network."""
+    def inference_model(
+        cls, model: nn.Module, record: dict[str, Any], source: str, **inputs: Any
+    ) -> nn.Module:
+        """The potential a checkpoint of this recipe stands for, given its network. ``inputs``:
+        what a command passes to ``load_model`` for the recipes that need more than the
+        checkpoint (``baseline_labels`` and ``structures`` for a tabled Delta baseline)."""
         return model
 
     @classmethod

@@ -66,7 +66,15 @@ class Delta(Recipe):
 
         if not self.options.get("baseline"):
             raise PilipError("--baseline-labels needs --baseline NAME (the method they come from)")
-        self.baseline = resolve_baseline(self.options["baseline"], plan.study, plan.config_path)
+        tabled = bool(self.options.get("baseline_labels"))
+        self.baseline = resolve_baseline(
+            self.options["baseline"], plan.study, plan.config_path, tabled=tabled
+        )
+        if not self.baseline.in_process and plan.config.weak:
+            raise PilipError(
+                f"--baseline {self.baseline.name} runs only from labels tables, but PITC and "
+                "PISC need it at perturbed geometries: drop pitc and pisc from --losses"
+            )
         plan.records.append({"name": self.name, "baseline": self.baseline.specification()})
 
     def prepare(self, plan: RunPlan) -> None:
@@ -77,17 +85,56 @@ class Delta(Recipe):
             log=plan.log,
         )  # fmt: skip
         plan.record_of(self.name).update(setup.record())
+        if not self.baseline.in_process:
+            plan.record_of(self.name)["tabled"] = True
+            plan.log(
+                f"the baseline {self.baseline.name} runs only from labels tables: evaluate the "
+                "model with --baseline-labels; distill it for MD and the calculator"
+            )
         if plan.config.weak:  # PITC and PISC act on baseline + network
             plan.surface = DeltaSurface(setup)
 
     @classmethod
-    def inference_model(cls, model: nn.Module, record: dict[str, Any], source: str) -> DeltaModel:
-        from pilip.potential.baselines import DeltaModel, baseline_from_specification
+    def inference_model(
+        cls,
+        model: nn.Module,
+        record: dict[str, Any],
+        source: str,
+        baseline_labels: list[str] | None = None,
+        structures: str | Path | None = None,
+        **inputs: Any,
+    ) -> DeltaModel:
+        """baseline + network. A baseline that runs in process is computed for any structure
+        (from ``baseline_labels`` where they hold it); a tabled one only from
+        ``baseline_labels`` for the structures of the table ``structures``."""
+        from pilip.potential.baselines import (
+            DeltaModel,
+            TabledValues,
+            baseline_from_specification,
+            describe,
+            tabled_cache,
+        )
 
         specification = record["baseline"]
-        baseline = baseline_from_specification(specification, source)
         electrons = (specification.get("charge", 0), specification.get("multiplicity", 1))
-        return DeltaModel(model, baseline, None, *electrons)
+        cache = None
+        if baseline_labels:
+            if structures is None:
+                raise PilipError(f"{source}: baseline labels need the table of the structures")
+            dtype = next(model.parameters()).dtype
+            cache = tabled_cache(baseline_labels, structures, specification, dtype)
+        if record.get("tabled"):
+            if cache is None:
+                raise PilipError(
+                    f"{source} is a Delta model over {describe(specification)}, which runs only "
+                    "from labels tables: evaluate it with `pilip evaluate MODEL DATASET "
+                    "--baseline-labels T`; for MD and the ASE calculator distill it into a "
+                    "standalone model"
+                )
+            name = ", ".join(str(p) for p in baseline_labels)
+            return DeltaModel(model, TabledValues(specification["name"], name), cache, *electrons)
+        baseline = baseline_from_specification(specification, source)
+        return DeltaModel(model, baseline, cache, *electrons)
 
     @classmethod
     def describe(cls, record: dict[str, Any]) -> str:
@@ -290,7 +337,8 @@ def baseline_targets(
             f"multiplicities {electrons}; train one Delta model per charge state"
         )
     try:
-        baseline.backend.check(unique)
+        if baseline.in_process:  # a tabled baseline's labels were checked when computed
+            baseline.backend.check(unique)
     except PilipError as exc:
         raise PilipError(f"--baseline {baseline.name}: {exc}") from None
     all_labels = baseline_labels_of(
