@@ -82,8 +82,11 @@ def test_a_delta_model_over_a_tabled_level_trains_and_evaluates_as_baseline_plus
     val = load_dataset(dataset)[VAL]
     predicted, _ = predict(model, val, torch.device("cpu"))
     network, _ = predict(model.model, val, torch.device("cpu"))
-    offsets = val.offsets.numpy()
-    baseline = [fake_dft(val.positions[a:b].numpy())[0] for a, b in zip(offsets, offsets[1:])]
+    bounds = val.offsets.numpy()
+    baseline = [
+        fake_dft(val.positions[a:b].numpy())[0]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     np.testing.assert_allclose(predicted, network + np.array(baseline), rtol=0, atol=1e-8)
     best = read_checkpoint(run / "model.pt")["meta"]["val_energy_rmse"]
     rmse = float(np.sqrt(np.mean((predicted - val.energy.numpy()) ** 2)))
