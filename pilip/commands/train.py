@@ -69,6 +69,21 @@ def given_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    return train_run(args, args.dataset, given_options(args))
+
+
+def train_run(
+    args: argparse.Namespace,
+    dataset: str,
+    given: dict,
+    *,
+    extra: list | None = None,
+    defaults: dict | None = None,
+) -> int:
+    """Train on ``dataset`` with the settings ``given`` as options (over ``defaults``, then
+    ``--config``/``--variant``); ``extra`` recipes join those the options select (``pilip
+    distill`` adds its own). ``args``: ``out``, ``config``, ``variant``, ``threads``,
+    ``no_resume``, ``restart_if_changed``, ``no_progress``."""
     from pathlib import Path
 
     import torch
@@ -86,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
         from pilip.config import load_config
 
         study = load_config(args.config)
-    given = given_options(args)
     values, unlabelled_path = training_values(study, args.variant, given, args.config or "")
-    config, options = split_values(values, args.config or "pilip train")
+    values.update({k: v for k, v in (defaults or {}).items() if k not in given})
+    config, options = split_values(values, args.config or f"pilip {args.command}")
     chosen = recipes.select(options)
+    if extra:  # plain only when no recipe at all is chosen
+        chosen = [r for r in chosen if r.name != "plain"] + extra
     config.validate()  # before reading any data (check_inputs adds the data's checks)
     resolve_device(config.device)
     if args.threads is not None:
@@ -100,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise PilipError(f"--out {out}: exists and is not a folder; choose a folder")
     data = load_dataset(
-        args.dataset, forces=FORCES in config.losses, n_train=config.n_train, seed=config.seed
+        dataset, forces=FORCES in config.losses, n_train=config.n_train, seed=config.seed
     )
     unlabelled = load_unlabelled(unlabelled_path) if unlabelled_path else None
     check_inputs(config, data["train"], unlabelled)
@@ -108,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
         set().union(*(s.elements() for s in (*data.values(), unlabelled) if s is not None))
     )
     plan = recipes.RunPlan(
-        config=config, data=data, dataset=Path(args.dataset), out_dir=out,
+        config=config, data=data, dataset=Path(dataset), out_dir=out,
         unlabelled=unlabelled, unlabelled_path=Path(unlabelled_path) if unlabelled_path else None,
         study=study, config_path=args.config, elements=elements, given=given,
-        meta={"dataset": str(args.dataset), "reference": training_references(args.dataset)},
+        meta={"dataset": str(dataset), "reference": training_references(dataset)},
     )  # fmt: skip
     for recipe in chosen:  # every check before any baseline calculation or training
         recipe.check(plan)
@@ -120,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     with open(out / "train.log", "a", encoding="utf-8") as log_file:
 
         def log(message: str) -> None:
-            print(f"pilip train: {message}", file=sys.stderr)
+            print(f"pilip {args.command}: {message}", file=sys.stderr)
             print(message, file=log_file, flush=True)
 
         plan.log = log
@@ -128,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             recipe.prepare(plan)
         plan.meta["recipes"] = plan.records
         log(
-            f"{args.dataset}: {len(plan.data['train'])} training, {len(plan.data['val'])} "
+            f"{dataset}: {len(plan.data['train'])} training, {len(plan.data['val'])} "
             "validation structures"
             + (f", {len(plan.unlabelled)} unlabelled" if plan.unlabelled else "")
             + f"; model {plan.config.model}, losses {','.join(plan.config.losses)}; "
@@ -147,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             log(f"interrupted by {stop}")
             return 128 + stop.signum
     print(
-        f"pilip train: best epoch {result.best_epoch}, validation energy RMSE "
+        f"pilip {args.command}: best epoch {result.best_epoch}, validation energy RMSE "
         f"{1000 * result.best_val_energy_rmse:.2f} meV -> {out / 'model.pt'}",
         file=sys.stderr,
     )

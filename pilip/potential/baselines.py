@@ -386,10 +386,10 @@ class TabledValues:
 
 
 def tabled_cache(
-    paths: list[str | Path], structures: str | Path, specification: dict[str, Any],
-    dtype: torch.dtype,
+    paths: list[str | Path], structures: str | Path | list[str | Path],
+    specification: dict[str, Any], dtype: torch.dtype,
 ) -> BaselineCache:  # fmt: skip
-    """The baseline values of every structure of the table ``structures`` that the labels
+    """The baseline values of every structure of the table(s) ``structures`` that the labels
     tables ``paths`` hold an ok row for, keyed for batches in ``dtype``; labels of another
     program, method or options than ``specification`` are refused in one line."""
     from pilip.reference import labels
@@ -407,7 +407,8 @@ def tabled_cache(
             )
     cache = BaselineCache()
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    for config in configs_of_table(structures):
+    many = [structures] if isinstance(structures, (str, Path)) else list(structures)
+    for config in (c for table in many for c in configs_of_table(table)):
         record = records.get(config["id"])
         if record is None or record.get("status") != keys.STATUS_OK or not record.get("forces"):
             continue

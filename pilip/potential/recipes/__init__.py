@@ -22,6 +22,7 @@ RECIPES: dict[str, str | type[Recipe]] = {
     "plain": "pilip.potential.recipes.plain:Plain",
     "delta": "pilip.potential.recipes.delta:Delta",
     "finetune": "pilip.potential.recipes.finetune:Finetune",
+    "distilled": "pilip.potential.recipes.distilled:Distilled",
 }
 
 

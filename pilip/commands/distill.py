@@ -1,0 +1,114 @@
+"""``pilip distill``: a teacher labels a pool with energies and forces; a standalone student
+learns them (pilip.potential.distill)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "label a pool with a teacher model's energies and forces and train a student on them"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pilip.commands.train import MODEL_OPTIONS
+    from pilip.potential.train_config import add_train_options
+
+    parser.add_argument("teacher", help="the teacher's checkpoint (any pilip model.pt)")
+    parser.add_argument(
+        "pool", nargs="+", help="configurations or dataset tables the teacher labels"
+    )
+    parser.add_argument("--out", required=True, help="the student's run folder (+ pool.parquet)")
+    parser.add_argument(
+        "--baseline-labels",
+        nargs="+",
+        help="labels tables of the teacher's baseline for the pool (a baseline that cannot run "
+        "in process, e.g. a Psi4 DFT level)",
+    )
+    parser.add_argument("--config", help="config.yaml whose `training` section gives settings")
+    parser.add_argument("--variant", help="a name under training.variants in --config")
+    parser.add_argument(
+        "--teacher-device", default="auto", help="device the teacher labels on (auto, cpu, cuda)"
+    )
+    parser.add_argument(
+        "--teacher-batch-size", type=int, default=64, help="structures per teacher call"
+    )
+    add_train_options(parser)
+    for name, (kind, text) in MODEL_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--restart-if-changed", action="store_true",
+                        help="start the student afresh when its last.pt does not fit")  # fmt: skip
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pilip.commands.train import MODEL_OPTIONS, train_run
+    from pilip.errors import PilipError
+    from pilip.potential import distill
+    from pilip.potential.checkpoint import load_model, read_checkpoint
+    from pilip.potential.devices import resolve_device
+    from pilip.potential.recipes import describe
+    from pilip.potential.recipes.distilled import Distilled
+    from pilip.potential.train_config import TrainConfig, option_values
+
+    def log(message: str) -> None:
+        print(f"pilip distill: {message}", file=sys.stderr)
+
+    teacher_path, out = Path(args.teacher), Path(args.out)
+    if (out / "model.pt").resolve() == teacher_path.resolve() or (
+        out / "last.pt"
+    ).resolve() == teacher_path.resolve():
+        raise PilipError(
+            f"--out {out} holds the teacher {teacher_path}: a student cannot distil from "
+            "itself; choose another --out"
+        )
+    if args.teacher_batch_size < 1:
+        raise PilipError(f"--teacher-batch-size {args.teacher_batch_size}: must be >= 1")
+    meta = read_checkpoint(teacher_path)["meta"]
+    pool, split = distill.read_pool(args.pool, log)
+    distill.check_pool(pool, split, meta, str(teacher_path))
+    distill.check_tabled_coverage(meta, pool, args.baseline_labels, str(teacher_path))
+    teacher = {
+        "path": str(teacher_path),
+        "sha256": distill.file_sha256(teacher_path),
+        "recipe": describe(meta),
+        "pool": [str(p) for p in args.pool],
+    }
+    given = option_values(args, TrainConfig)
+    params = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    if params:
+        given["model_params"] = params
+    # train_run checks every student setting before the teacher labels anything
+    from pilip.potential.train_config import split_values, training_values
+
+    study = None
+    if args.config:
+        from pilip.config import load_config
+
+        study = load_config(args.config)
+    values, _ = training_values(study, args.variant, given, args.config or "")
+    split_values({**values, "losses": given.get("losses", ["energy", "forces"])},
+                 "pilip distill")[0].validate()  # fmt: skip
+
+    dataset = out / distill.POOL_FILE
+    if distill.pool_is_current(dataset, teacher):
+        log(f"{dataset}: the teacher's labels of the pool, from an earlier run")
+    else:
+        device = resolve_device(args.teacher_device)
+        inputs = {}
+        if args.baseline_labels:
+            inputs = {"baseline_labels": args.baseline_labels, "structures": args.pool}
+        model, _ = load_model(teacher_path, device, **inputs)
+        log(f"the teacher ({teacher['recipe']}) labels {pool.num_rows} pool structures")
+        energy, forces = distill.label_pool(model, pool, device, args.teacher_batch_size)
+        out.mkdir(parents=True, exist_ok=True)
+        distill.write_pool_dataset(pool, split, energy, forces, dataset, teacher)
+    record = {"teacher": {k: teacher[k] for k in ("path", "sha256", "recipe")},
+              "pool": teacher["pool"]}  # fmt: skip
+    return train_run(
+        args, str(dataset), given, extra=[Distilled(record)],
+        defaults={"losses": ["energy", "forces"]},
+    )  # fmt: skip
