@@ -1,16 +1,6 @@
 # Labelling: a checkpoint splits each system's configurations into chunks, one label job per
 # chunk. `pilip label` keeps a results JSONL beside its output, so a rerun after a crash
 # recomputes no finished geometry.
-LABELLING = config["labelling"]
-TRAIN_REFERENCE = LABELLING["reference"]
-
-
-wildcard_constraints:
-    system="[A-Za-z][A-Za-z0-9_-]*",
-    reference="[A-Za-z][A-Za-z0-9_-]*",
-    chunk=r"\d\d\d\d+",
-
-
 checkpoint chunk:
     input:
         "configurations/{system}.parquet",
