@@ -124,8 +124,11 @@ def unlabelled_input(wildcards):
     if "unlabelled" in variant:
         path = variant["unlabelled"]
     else:  # training.unlabelled feeds the variants with weak losses only
+        # imported here, not at the top: it imports torch, which only planning train jobs needs
+        from pilip.potential.losses import WEAK_TERMS
+
         losses = variant.get("losses", TRAINING["losses"])
-        weak = "pitc" in losses or "pisc" in losses
+        weak = any(term in losses for term in WEAK_TERMS)
         path = TRAINING["unlabelled"] if weak else None
     return [path] if path else []
 
