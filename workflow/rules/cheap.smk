@@ -33,6 +33,8 @@ rule label_cheap:
         "cheap/{system}.{pool}.labels.parquet",
     log:
         "logs/cheap/label/{system}.{pool}.log",
+    benchmark:
+        "logs/benchmarks/cheap/label/{system}.{pool}.tsv"
     conda:
         PILIP_ENV
     threads: 1
@@ -76,6 +78,8 @@ rule pretrain:
         metrics="models/pretrain/metrics.csv",
     log:
         "logs/train/pretrain.log",
+    benchmark:
+        "logs/benchmarks/train/pretrain.tsv"
     conda:
         PILIP_ENV
     threads: TRAINING["threads"]

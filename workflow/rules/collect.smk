@@ -27,6 +27,8 @@ rule label_force_validation:
         "labels/{reference}/force_validation.parquet",
     log:
         "logs/label/{reference}/force_validation.log",
+    benchmark:
+        "logs/benchmarks/label/{reference}/force_validation.tsv"
     conda:
         PILIP_ENV
     threads: LABELLING["threads"]

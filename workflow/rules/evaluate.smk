@@ -27,6 +27,8 @@ rule evaluate:
         ),
     log:
         "logs/evaluate/{run}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{run}.tsv"
     conda:
         PILIP_ENV
     threads: 1
@@ -62,3 +64,5 @@ use rule evaluate as evaluate_cheap_level with:
         parity_forces=f"results/{CHEAP_RUN}/parity_forces.png",
     log:
         f"logs/evaluate/{CHEAP_RUN}.log",
+    benchmark:
+        f"logs/benchmarks/evaluate/{CHEAP_RUN}.tsv"

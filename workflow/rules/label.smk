@@ -23,6 +23,8 @@ rule label:
         "labels/{reference}/{system}/chunk-{chunk}.parquet",
     log:
         "logs/label/{reference}/{system}/chunk-{chunk}.log",
+    benchmark:
+        "logs/benchmarks/label/{reference}/{system}/chunk-{chunk}.tsv"
     conda:
         PILIP_ENV
     threads: LABELLING["threads"]

@@ -13,6 +13,8 @@ rule train:
         metrics="models/{run}/metrics.csv",
     log:
         "logs/train/{run}.log",
+    benchmark:
+        "logs/benchmarks/train/{run}.tsv"
     wildcard_constraints:
         # the training variants (models/cheap_level comes from rule baseline_model)
         run="|".join(RUNS),
