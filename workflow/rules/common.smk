@@ -122,15 +122,16 @@ def unlabelled_input(wildcards):
     """The unlabelled configurations table of a run, if its variant (or training) names one."""
     variant = TRAINING["variants"][wildcards.run]
     if "unlabelled" in variant:
-        path = variant["unlabelled"]
-    else:  # training.unlabelled feeds the variants with weak losses only
-        # imported here, not at the top: it imports torch, which only planning train jobs needs
-        from pilip.potential.losses import WEAK_TERMS
+        return [variant["unlabelled"]] if variant["unlabelled"] else []
+    if not TRAINING["unlabelled"]:
+        return []
+    # training.unlabelled feeds the variants with weak losses only. Imported here, not at the
+    # top: the module imports torch (1.5 s), which planning needs only in this case.
+    from pilip.potential.losses import WEAK_TERMS
 
-        losses = variant.get("losses", TRAINING["losses"])
-        weak = any(term in losses for term in WEAK_TERMS)
-        path = TRAINING["unlabelled"] if weak else None
-    return [path] if path else []
+    losses = variant.get("losses", TRAINING["losses"])
+    weak = any(term in losses for term in WEAK_TERMS)
+    return [TRAINING["unlabelled"]] if weak else []
 
 
 # --- the cheap level's helpers ---------------------------------------------------------------
