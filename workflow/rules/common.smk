@@ -41,7 +41,6 @@ FORCE_VALIDATION_PLANNED = (
     and FORCE_VALIDATION["reference"] in config["references"]
 )
 TRAINING = config["training"]
-EVALUATION = config["evaluation"]
 
 # --- the cheap level (multi-fidelity; workflow/rules/cheap.smk) ------------------------------
 CHEAP = config["cheap_level"]

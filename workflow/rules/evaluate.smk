@@ -1,5 +1,8 @@
 # Evaluation: every run on the held-out rows of the training reference's dataset (energies:
 # test split; forces: force-validation rows, never used in training).
+EVALUATION = config["evaluation"]
+
+
 rule evaluate:
     input:
         model="models/{run}/model.pt",
