@@ -3,9 +3,12 @@
 import copy
 import os
 import shlex
+import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, update_config
 
 from pilip.config import (
@@ -60,9 +63,40 @@ try:
         .replace("{", "{{")
         .replace("}", "}}")
     )
-    shell.prefix(f"set -euo pipefail; export PILIP_WORKFLOW_CONFIG={exported}; ")
+    prefix = f"set -euo pipefail; export PILIP_WORKFLOW_CONFIG={exported}; "
 except PilipError as error:
     sys.exit(f"pilip: error: {error}")
+
+
+# The jobs run the `pilip` command of the environment that runs Snakemake (the one this
+# Snakefile imported pilip from), activated or not: its folder goes first on the jobs' PATH
+# (cluster jobs too: they run this Snakefile with the same interpreter). Not with --use-conda
+# (--software-deployment-method conda): the prefix runs inside each job's activated conda
+# environment then, whose own pilip must win.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    # beside the interpreter (a venv's or conda env's bin/), else where its installs put scripts
+    PILIP_BIN = next(
+        (
+            folder
+            for folder in (
+                os.path.dirname(sys.executable),
+                sysconfig.get_path("scripts"),
+                sysconfig.get_path("scripts", f"{os.name}_user"),
+            )
+            if os.access(os.path.join(folder, "pilip"), os.X_OK)
+        ),
+        None,
+    )
+    if PILIP_BIN:
+        quoted = shlex.quote(PILIP_BIN).replace("{", "{{").replace("}", "}}")
+        prefix += f'export PATH={quoted}:"$PATH"; '
+    elif not shutil.which("pilip"):
+        sys.exit(
+            f"pilip: error: no `pilip` command beside {sys.executable} (the Python running"
+            f" Snakemake) nor on PATH; install pilip there: {sys.executable} -m pip install"
+            f" {shlex.quote(workflow.basedir)}"
+        )
+shell.prefix(prefix)
 
 
 include: "workflow/rules/common.smk"
@@ -97,4 +131,7 @@ onstart:
     if problem and workflow.local_exec:
         sys.exit(f"pilip: error: {problem}")
     if problem:
-        print(f"pilip: warning: {problem} (here; the jobs' machines may have it)", file=sys.stderr)
+        print(
+            f"pilip: warning: {problem} (here; the jobs' machines may have it)",
+            file=sys.stderr,
+        )

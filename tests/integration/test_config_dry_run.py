@@ -34,3 +34,45 @@ def test_dry_run_refuses_a_misspelt_reference(tmp_path, old, new, message):
     assert done.returncode != 0
     assert f"pilip: error: {tmp_path / 'bad.yaml'}: {message}" in done.stderr
     assert "Job stats" not in done.stdout + done.stderr  # nothing was planned
+
+
+def test_training_unlabelled_feeds_the_weak_variants_only(tmp_path):
+    """training.unlabelled is an input of the variants with a weak loss (pitc, pisc), not of
+    the others; a variant's own `unlabelled` is its input whatever its losses."""
+    from workflow_helpers import snakemake, write_config
+
+    for name in ("pool.parquet", "own.parquet"):
+        (tmp_path / name).touch()
+    write_config(
+        tmp_path,
+        {
+            "systems": {"water": {"seed": "H2O"}},
+            "references": {"xtb": {"backend": "xtb", "method": "GFN2-xTB"}},
+            "labelling": {"reference": "xtb"},
+            "force_validation": {"enabled": False},
+            "cheap_level": {"enabled": False},
+            "training": {
+                "unlabelled": "pool.parquet",
+                "variants": {
+                    "energy": {"losses": ["energy"]},
+                    "weak": {"losses": ["energy", "pisc"]},
+                    "own": {"losses": ["energy"], "unlabelled": "own.parquet"},
+                },
+            },
+        },
+    )
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", "config.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inputs, job = {}, None  # run -> the "input:" line of its train job
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if line.endswith(":") and " " in line and line.split()[0] in ("rule", "localrule"):
+            job = {} if line == "rule train:" else None
+        elif job is not None and line.startswith(("input:", "wildcards:")):
+            job[line.split(":")[0]] = line
+            if "wildcards" in job:
+                inputs[job["wildcards"].split("run=")[1]] = job.get("input", "")
+    assert inputs.keys() == {"energy", "weak", "own"}, proc.stdout[-3000:]
+    assert "pool.parquet" in inputs["weak"] and "own.parquet" not in inputs["weak"]
+    assert "pool.parquet" not in inputs["energy"] and "own.parquet" not in inputs["energy"]
+    assert "own.parquet" in inputs["own"] and "pool.parquet" not in inputs["own"]

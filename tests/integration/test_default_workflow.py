@@ -87,6 +87,11 @@ def test_every_variant_and_the_cheap_level_evaluated(study):
             assert (study / "results" / run / png).stat().st_size > 1000
         md = json.loads((study / "results" / run / "md.json").read_text())
         assert md["runs"]
+        # each job's time and memory (Snakemake's benchmark: tables), under logs/benchmarks/
+        stages = ("evaluate", "md") + (("train",) if run != "cheap_level" else ())
+        for stage in stages:
+            table = (study / "logs" / "benchmarks" / stage / f"{run}.tsv").read_text()
+            assert table.startswith("s\th:m:s\tmax_rss")
 
 
 def test_summary_compares_the_variants(study):

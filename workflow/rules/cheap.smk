@@ -33,6 +33,8 @@ rule label_cheap:
         "cheap/{system}.{pool}.labels.parquet",
     log:
         "logs/cheap/label/{system}.{pool}.log",
+    benchmark:
+        "logs/benchmarks/cheap/label/{system}.{pool}.tsv"
     conda:
         PILIP_ENV
     threads: 1
@@ -76,6 +78,8 @@ rule pretrain:
         metrics="models/pretrain/metrics.csv",
     log:
         "logs/train/pretrain.log",
+    benchmark:
+        "logs/benchmarks/train/pretrain.tsv"
     conda:
         PILIP_ENV
     threads: TRAINING["threads"]
@@ -117,34 +121,3 @@ rule baseline_model:
         "OMP_NUM_THREADS={threads} pilip baseline-model {input.dataset}"
         ' --baseline {params.reference} --config "$PILIP_WORKFLOW_CONFIG"'
         " --baseline-labels {input.labels} --out {params.out} > {log} 2>&1"
-
-
-rule evaluate_cheap_level:
-    input:
-        model=f"models/{CHEAP_RUN}/model.pt",
-        dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
-    output:
-        metrics=f"results/{CHEAP_RUN}/metrics.json",
-        parity_energy=f"results/{CHEAP_RUN}/parity_energy.png",
-        parity_forces=f"results/{CHEAP_RUN}/parity_forces.png",
-    log:
-        f"logs/evaluate/{CHEAP_RUN}.log",
-    conda:
-        PILIP_ENV
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    params:
-        device=EVALUATION["device"],
-        batch_size=EVALUATION["batch_size"],
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
-    shell:
-        "OMP_NUM_THREADS={threads} pilip evaluate {input.model} {input.dataset}"
-        " --out {params.out} --device {params.device}"
-        " --batch-size {params.batch_size} > {log} 2>&1"
-
-
-# models/cheap_level and results/cheap_level come from the rules above, not train/evaluate
-ruleorder: baseline_model > train
-ruleorder: evaluate_cheap_level > evaluate

@@ -1,14 +1,5 @@
 # Collect: configurations + ok labels -> datasets/{reference}.parquet with splits and a
 # summary; force-validation forces (analytic gradients, evaluation only) joined in.
-FORCE_VALIDATION = config["force_validation"]
-# Planned when enabled and its reference is defined: a config that never names one (labelling
-# only) is not made to compute the default study's mp2_dz.
-FORCE_VALIDATION_PLANNED = (
-    FORCE_VALIDATION["enabled"]
-    and FORCE_VALIDATION["reference"] in config["references"]
-)
-
-
 rule force_validation_subset:
     input:
         expand("configurations/{system}.parquet", system=SYSTEMS),
@@ -36,6 +27,8 @@ rule label_force_validation:
         "labels/{reference}/force_validation.parquet",
     log:
         "logs/label/{reference}/force_validation.log",
+    benchmark:
+        "logs/benchmarks/label/{reference}/force_validation.tsv"
     conda:
         PILIP_ENV
     threads: LABELLING["threads"]

@@ -1,4 +1,6 @@
-# Names and helpers shared by the rules. Keep logic in the pilip package.
+# Names and helpers shared by the rules: every name that more than one file reads is defined
+# here (included first), so no rule file depends on the order of the others. A name that one
+# rule file alone reads lives in that file. Keep logic in the pilip package.
 from pilip.config import SAFE_NAME, check_labelling_reference, seed_file, settings_json
 
 # The config's systems; a config without `systems:` (labelling only) works on the
@@ -26,6 +28,39 @@ if SYSTEMS:  # the DAG labels with labelling.reference: it must exist, default o
 PILIP_ENV = "../../envs/pilip.yaml"
 # Keys that place a job (where and how fast it runs) but do not change what it computes.
 PLACEMENT = ("threads", "mem_mb", "runtime", "gpus", "device", "checkpoint_interval_s")
+
+# The config sections read by several rule files.
+LABELLING = config["labelling"]
+# the reference whose energies every run is trained and tested on
+TRAIN_REFERENCE = LABELLING["reference"]
+FORCE_VALIDATION = config["force_validation"]
+# Planned when enabled and its reference is defined: a config that never names one (labelling
+# only) is not made to compute the default study's mp2_dz.
+FORCE_VALIDATION_PLANNED = (
+    FORCE_VALIDATION["enabled"]
+    and FORCE_VALIDATION["reference"] in config["references"]
+)
+TRAINING = config["training"]
+
+# --- the cheap level (multi-fidelity; workflow/rules/cheap.smk) ------------------------------
+CHEAP = config["cheap_level"]
+CHEAP_ON = bool(CHEAP["enabled"] and SYSTEMS)
+CHEAP_RUN = "cheap_level"  # the cheap level alone, reported beside the trained runs
+PRETRAIN_MODEL = "models/pretrain/model.pt"
+CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
+
+# The runs: one per training variant (rule train), and the cheap level alone (rule
+# baseline_model). Each is evaluated (rule evaluate), run in MD and reported.
+RUNS = sorted(TRAINING["variants"])
+REPORTED = RUNS + ([CHEAP_RUN] if CHEAP_ON else [])
+
+
+wildcard_constraints:
+    system="[A-Za-z][A-Za-z0-9_-]*",
+    reference="[A-Za-z][A-Za-z0-9_-]*",
+    chunk=r"\d\d\d\d+",
+    run="|".join(REPORTED),
+    pool="sampled|extra",
 
 
 def settings(*paths, exclude=()):
@@ -86,26 +121,19 @@ def unlabelled_input(wildcards):
     """The unlabelled configurations table of a run, if its variant (or training) names one."""
     variant = TRAINING["variants"][wildcards.run]
     if "unlabelled" in variant:
-        path = variant["unlabelled"]
-    else:  # training.unlabelled feeds the variants with weak losses only
-        losses = variant.get("losses", TRAINING["losses"])
-        weak = "pitc" in losses or "pisc" in losses
-        path = TRAINING["unlabelled"] if weak else None
-    return [path] if path else []
+        return [variant["unlabelled"]] if variant["unlabelled"] else []
+    if not TRAINING["unlabelled"]:
+        return []
+    # training.unlabelled feeds the variants with weak losses only. Imported here, not at the
+    # top: the module imports torch (1.5 s), which planning needs only in this case.
+    from pilip.potential.losses import WEAK_TERMS
+
+    losses = variant.get("losses", TRAINING["losses"])
+    weak = any(term in losses for term in WEAK_TERMS)
+    return [TRAINING["unlabelled"]] if weak else []
 
 
-# --- the cheap level (multi-fidelity; workflow/rules/cheap.smk) ------------------------------
-CHEAP = config["cheap_level"]
-CHEAP_ON = bool(CHEAP["enabled"] and SYSTEMS)
-CHEAP_RUN = "cheap_level"  # the cheap level alone, reported beside the trained runs
-PRETRAIN_MODEL = "models/pretrain/model.pt"
-CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
-
-
-wildcard_constraints:
-    pool="sampled|extra",
-
-
+# --- the cheap level's helpers ---------------------------------------------------------------
 def cheap_configurations(wildcards):
     if wildcards.pool == "extra":
         return f"cheap/{wildcards.system}.extra.parquet"

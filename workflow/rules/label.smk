@@ -1,16 +1,6 @@
 # Labelling: a checkpoint splits each system's configurations into chunks, one label job per
 # chunk. `pilip label` keeps a results JSONL beside its output, so a rerun after a crash
 # recomputes no finished geometry.
-LABELLING = config["labelling"]
-TRAIN_REFERENCE = LABELLING["reference"]
-
-
-wildcard_constraints:
-    system="[A-Za-z][A-Za-z0-9_-]*",
-    reference="[A-Za-z][A-Za-z0-9_-]*",
-    chunk=r"\d\d\d\d+",
-
-
 checkpoint chunk:
     input:
         "configurations/{system}.parquet",
@@ -33,6 +23,8 @@ rule label:
         "labels/{reference}/{system}/chunk-{chunk}.parquet",
     log:
         "logs/label/{reference}/{system}/chunk-{chunk}.log",
+    benchmark:
+        "logs/benchmarks/label/{reference}/{system}/chunk-{chunk}.tsv"
     conda:
         PILIP_ENV
     threads: LABELLING["threads"]

@@ -21,6 +21,8 @@ rule md:
         trajectory="results/{run}/md.extxyz",
     log:
         "logs/md/{run}.log",
+    benchmark:
+        "logs/benchmarks/md/{run}.tsv"
     conda:
         PILIP_ENV
     threads: 1

@@ -2,20 +2,7 @@
 # `weak` with PITC + PISC), each on the dataset of the training reference. `pilip train`
 # resumes from models/<run>/last.pt after an interruption, and starts afresh when the config
 # changed (--restart-if-changed).
-TRAINING = config["training"]
-RUNS = sorted(TRAINING["variants"])
-REPORTED = RUNS + ([CHEAP_RUN] if CHEAP_ON else [])  # + the cheap level alone
-
-
-wildcard_constraints:
-    run="|".join(REPORTED),
-
-
 rule train:
-    wildcard_constraints:
-        # the variants only: models/cheap_level comes from baseline_model (otherwise Snakemake
-        # also tries this rule for it, and prints its input function's KeyError on every run)
-        run="|".join(RUNS),
     input:
         dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
         unlabelled=unlabelled_input,
@@ -26,6 +13,11 @@ rule train:
         metrics="models/{run}/metrics.csv",
     log:
         "logs/train/{run}.log",
+    benchmark:
+        "logs/benchmarks/train/{run}.tsv"
+    wildcard_constraints:
+        # the training variants (models/cheap_level comes from rule baseline_model)
+        run="|".join(RUNS),
     conda:
         PILIP_ENV
     threads: TRAINING["threads"]
