@@ -126,7 +126,8 @@ def _losses_cell(metrics: dict[str, Any]) -> str:
         parts.append(f"{name} x{weight:g}" if weak else name)
     cell = ", ".join(parts)
     if set(WEAK_TERMS) & set(losses) and metrics.get("weak_eps") is not None:
-        cell += f" (eps {metrics['weak_eps']:g} A, k {metrics.get('weak_k', 0):g})"
+        k = metrics.get("weak_k")
+        cell += f" (eps {metrics['weak_eps']:g} A" + (f", k {k:g})" if k is not None else ")")
     return cell
 
 
@@ -234,7 +235,8 @@ def render_summary(
         plots = v.metrics.get("plots") or {}
         cells = []
         for key, label in PLOTS:
-            file = plots.get(key)
+            trained = plots.get(f"{key}_trained", True)  # an untrained run's curve: a placeholder
+            file = plots.get(key) if trained else None
             cells.append(
                 f"![{v.name} {label}]({_link(v.directory / file, out_path)})" if file else "n/a"
             )

@@ -29,7 +29,12 @@ from pilip.errors import PilipError
 from pilip.potential.data import Structures, structures_from_arrays
 from pilip.potential.forces import energy_and_forces, total_energy
 from pilip.potential.metrics import energy_metrics, force_metrics, rmse
-from pilip.potential.plots import plot_energy_parity, plot_force_parity, plot_learning_curve
+from pilip.potential.plots import (
+    plot_energy_parity,
+    plot_force_parity,
+    plot_learning_curve,
+    plot_untrained,
+)
 from pilip.rows import TEST_ENERGY, TEST_FORCES, RowFlags, stage_rows
 from pilip.tables import field_unit, read_table, rows_of, table_provenance
 
@@ -332,8 +337,9 @@ def write_evaluation(
 ) -> dict[str, Any]:
     """Evaluate, then write ``out_dir``/metrics.json and the PNG plots; returns the metrics.
 
-    ``training_log`` (a training ``metrics.csv``) gives the learning curves; without it no
-    learning-curve file is written and ``plots.learning_curve`` is null. metrics.json is
+    ``training_log`` (a training ``metrics.csv``) gives the learning curves; without it the
+    learning-curve file says that there is none (every evaluated run has the same files) and
+    ``plots.learning_curve_trained`` is false. metrics.json is
     written last, so its presence means the evaluation finished. ``warn`` gets one line when
     the test energies are of another reference than the model's training energies
     (``model_reference`` in metrics.json, from the checkpoint).
@@ -355,11 +361,12 @@ def write_evaluation(
     plots = {"parity_energy": PARITY_ENERGY_FILE, "parity_forces": PARITY_FORCES_FILE}
     plot_energy_parity(predictions, out_dir / PARITY_ENERGY_FILE, title and f"{title}: energies")
     plot_force_parity(predictions, out_dir / PARITY_FORCES_FILE, title and f"{title}: forces")
+    plots["learning_curve"] = LEARNING_CURVE_FILE
+    plots["learning_curve_trained"] = log_path is not None
     if log_path is not None:
         plot_learning_curve(log_path, out_dir / LEARNING_CURVE_FILE, title)
-        plots["learning_curve"] = LEARNING_CURVE_FILE
     else:
-        plots["learning_curve"] = None
+        plot_untrained(out_dir / LEARNING_CURVE_FILE, recipe_of(meta), title)
 
     metrics["units"] = UNITS
     metrics.update(training_summary(meta, log_path))

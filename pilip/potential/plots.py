@@ -92,6 +92,20 @@ def plot_force_parity(predictions: dict[str, np.ndarray], path: Path, title: str
     plt.close(fig)
 
 
+def plot_untrained(path: Path, recipe: str, title: str = "") -> None:
+    """The learning-curve figure of a model that was not trained (the cheap level alone, an
+    imported model): a panel that says so, so that every evaluated run has the same files."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
+    ax.text(0.5, 0.5, f"no learning curve: {recipe}\n(no training log)", ha="center",
+            va="center", fontsize=12, transform=ax.transAxes)  # fmt: skip
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_learning_curve(log_path: Path, path: Path, title: str = "") -> None:
     """Training loss terms (left) and validation energy errors (right) per epoch.
 

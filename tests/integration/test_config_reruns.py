@@ -41,7 +41,7 @@ TRAINED = {f"{rule}[run={run}]" for rule in ("train", "evaluate", "md") for run 
     "report"
 }
 # the cheap level alone (cheap_level is on by default): rebuilt from the dataset and its labels
-CHEAP_ROW = {"baseline_model", "evaluate_cheap_level", "md[run=cheap_level]"}
+CHEAP_ROW = {"baseline_model", "evaluate[run=cheap_level]", "md[run=cheap_level]"}
 COLLECTED = {"collect[reference=xtb]"} | TRAINED | CHEAP_ROW
 FORCE_VALIDATED = {"force_validation_subset", "label_force_validation[reference=xtb]"} | COLLECTED
 

@@ -357,8 +357,7 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
         "collect": 1,
         "label_cheap": 1,
         "baseline_model": 1,
-        "evaluate": 2,
-        "evaluate_cheap_level": 1,
+        "evaluate": 3,
         "md": 3,
         "report": 1,
     }

@@ -188,3 +188,21 @@ def test_energies_of_another_reference_than_the_training_data_are_flagged(
         assert "mp2/cbs" in err[0] and "compare different references" in err[0]
     else:
         assert err == []
+
+
+def test_a_model_without_training_log_gets_a_figure_that_says_so(files, tmp_path):
+    """Every evaluated run has the same files (the workflow's one evaluate rule relies on it);
+    an untrained model's learning-curve figure says there is none, and the report shows n/a."""
+    from pilip.report import write_summary
+
+    out = tmp_path / "untrained"
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "model.pt").write_bytes(files["checkpoint"].read_bytes())  # no metrics.csv
+    args = ["evaluate", str(model_dir / "model.pt"), str(files["dataset"]), "--out", str(out)]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert metrics["plots"]["learning_curve_trained"] is False
+    summary = write_summary([out], tmp_path / "summary.md")
+    assert "learning curve](" not in summary and "| n/a |" in summary

@@ -2,6 +2,7 @@
 # here (included first), so no rule file depends on the order of the others. A name that one
 # rule file alone reads lives in that file. Keep logic in the pilip package.
 from pilip.config import SAFE_NAME, check_labelling_reference, seed_file, settings_json
+from pilip.potential.terms import WEAK_TERMS  # the loss terms' registry (no torch)
 
 # The config's systems; a config without `systems:` (labelling only) works on the
 # configurations tables already in configurations/ (e.g. written by `pilip import`).
@@ -124,13 +125,15 @@ def unlabelled_input(wildcards):
         return [variant["unlabelled"]] if variant["unlabelled"] else []
     if not TRAINING["unlabelled"]:
         return []
-    # training.unlabelled feeds the variants with weak losses only. Imported here, not at the
-    # top: the module imports torch (1.5 s), which planning needs only in this case.
-    from pilip.potential.losses import WEAK_TERMS
-
+    # training.unlabelled feeds the variants with weak losses only
     losses = variant.get("losses", TRAINING["losses"])
     weak = any(term in losses for term in WEAK_TERMS)
     return [TRAINING["unlabelled"]] if weak else []
+
+
+def training_log_of(wildcards):
+    """A trained run's metrics.csv (its learning curves); the cheap level alone has none."""
+    return [] if wildcards.run == CHEAP_RUN else f"models/{wildcards.run}/metrics.csv"
 
 
 # --- the cheap level's helpers ---------------------------------------------------------------
