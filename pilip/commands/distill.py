@@ -10,8 +10,7 @@ HELP = "label a pool with a teacher model's energies and forces and train a stud
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pilip.commands.train import MODEL_OPTIONS
-    from pilip.potential.train_config import add_train_options
+    from pilip.commands.train import add_run_options
 
     parser.add_argument("teacher", help="the teacher's checkpoint (any pilip model.pt)")
     parser.add_argument(
@@ -32,27 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher-batch-size", type=int, default=64, help="structures per teacher call"
     )
-    add_train_options(parser)
-    for name, (kind, text) in MODEL_OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--restart-if-changed", action="store_true",
-                        help="start the student afresh when its last.pt does not fit")  # fmt: skip
-    parser.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pilip.commands.train import MODEL_OPTIONS, train_run
+    from pilip.commands.train import given_options, train_run
     from pilip.errors import PilipError
     from pilip.potential import distill
     from pilip.potential.checkpoint import load_model, read_checkpoint
     from pilip.potential.devices import resolve_device
     from pilip.potential.recipes import describe
     from pilip.potential.recipes.distilled import Distilled
-    from pilip.potential.train_config import TrainConfig, option_values
 
     def log(message: str) -> None:
         print(f"pilip distill: {message}", file=sys.stderr)
@@ -77,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "recipe": describe(meta),
         "pool": [str(p) for p in args.pool],
     }
-    given = option_values(args, TrainConfig)
-    params = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
-    if params:
-        given["model_params"] = params
+    given = given_options(args, recipes=False)
     # train_run checks every student setting before the teacher labels anything
     from pilip.potential.train_config import split_values, training_values
 

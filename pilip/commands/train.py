@@ -36,9 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unlabelled", help="configurations table (Parquet) fed to the weak losses only"
     )
-    add_train_options(parser)
     for settings in recipe_settings():
         add_train_options(parser, settings)
+    add_run_options(parser)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Every training setting, the model size options and how the run folder is used (shared
+    by ``pilip train`` and ``pilip distill``)."""
+    from pilip.potential.train_config import add_train_options
+
+    add_train_options(parser)
     for name, (kind, text) in MODEL_OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -52,18 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def given_options(args: argparse.Namespace) -> dict:
-    """The settings given as options (TrainConfig's, the recipes', model hyper-parameters)."""
+def given_options(args: argparse.Namespace, recipes: bool = True) -> dict:
+    """The settings given as options (TrainConfig's, the recipes' unless ``recipes`` is
+    False, model hyper-parameters)."""
     from pilip.potential.recipes import recipe_settings
     from pilip.potential.train_config import TrainConfig, option_values
 
     given = option_values(args, TrainConfig)
-    for settings in recipe_settings():
+    for settings in recipe_settings() if recipes else []:
         given.update(option_values(args, settings))
     params = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     if params:
         given["model_params"] = params
-    if args.unlabelled is not None:
+    if getattr(args, "unlabelled", None) is not None:
         given["unlabelled"] = args.unlabelled
     return given
 
