@@ -82,6 +82,34 @@ def choose_baseline(variants: list[Variant], name: str | None = None) -> Variant
     return variants[0]
 
 
+def cheap_level_alone(variants: list[Variant]) -> Variant | None:
+    """The variant that is a cheap level alone (``pilip baseline-model``), if any."""
+    for variant in variants:
+        if any(r.get("alone") for r in variant.metrics.get("recipes") or []):
+            return variant
+    return None
+
+
+def worse_than_cheap_level(variants: list[Variant]) -> list[str]:
+    """A sentence for every trained variant whose forces are worse than the cheap level's
+    alone: its recipe did not even reach what the cheap level gives without training."""
+    cheap = cheap_level_alone(variants)
+    if cheap is None or cheap.metrics.get("force_rmse") is None:
+        return []
+    limit = cheap.metrics["force_rmse"]
+    lines = []
+    for v in variants:
+        rmse = v.metrics.get("force_rmse")
+        if v is cheap or rmse is None or round(rmse, 3) <= round(limit, 3):
+            continue
+        lines.append(
+            f"- **{v.name}**'s forces ({_num(rmse)} eV/A) are worse than the cheap level alone "
+            f"(**{cheap.name}**, {_num(limit)} eV/A): on this data its recipe does not reach "
+            "what the cheap level gives without training."
+        )
+    return lines
+
+
 def force_rmse_ratio(baseline: Variant, variant: Variant) -> float | None:
     """Baseline force RMSE / variant force RMSE (> 1: the variant's forces are better)."""
     base, other = baseline.metrics.get("force_rmse"), variant.metrics.get("force_rmse")
@@ -173,6 +201,7 @@ def render_summary(
     if len(set(names)) != len(names):
         raise PilipError(f"--results: two folders share a name ({', '.join(names)}); rename one")
     base = choose_baseline(variants, baseline)
+    variants = [base] + [v for v in variants if v is not base]  # the reference run first
     first = variants[0].metrics
     lines = [f"# {title or 'pilip results'}", ""]
     lines.append(
@@ -224,6 +253,9 @@ def render_summary(
     if others:
         lines += ["", "## What each recipe bought", ""]
         lines += [_ratio_sentence(base, v) for v in others]
+        worse = worse_than_cheap_level(variants)
+        if worse:
+            lines += ["", *worse]
         lines += [
             "",
             "One training run (one seed) per variant: small differences may be seed-to-seed "

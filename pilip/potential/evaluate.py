@@ -276,6 +276,12 @@ def recipe_of(meta: dict[str, Any]) -> str:
     return describe(meta)
 
 
+def _recipe_records(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    from pilip.potential.recipes import recipe_records
+
+    return recipe_records(meta)
+
+
 def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
     """What the report shows about training: model, losses, weights, epochs, wall time (s).
 
@@ -297,6 +303,7 @@ def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, A
         "epochs": None,
         "train_time_s": None,
         "recipe": recipe_of(meta),
+        "recipes": _recipe_records(meta),
     }
     if log_path is not None:
         import pandas as pd

@@ -146,3 +146,24 @@ def test_recipes_are_named_and_the_plain_energy_run_is_the_baseline(results, tmp
     assert _row(text, "xtb").split("|")[-2].strip() == "GFN2-xTB (tblite 0.4.0) alone"
     assert _row(text, "energy").split("|")[-2].strip() == "plain"
     assert "ratio energy/delta = **4.00**" in text
+
+
+def test_the_reference_run_comes_first_and_a_recipe_worse_than_its_cheap_level_is_named(
+    results, tmp_path
+):
+    cheap = metrics(0.44, 9.0, [])
+    cheap["recipes"] = [{"name": "delta", "alone": True, "baseline": {}}]
+    cheap["recipe"] = "GFN2-xTB (tblite 0.8.0) alone"
+    delta = {**metrics(0.52, 3.0, ["energy"]), "recipe": "Delta over GFN2-xTB"}
+    folders = [
+        results("delta", delta),
+        results("energy", metrics(1.90, 18.0, ["energy"])),
+        results("finetune", metrics(0.35, 4.0, ["energy"])),
+        results("cheap_level", cheap),
+    ]
+    text = write_summary(folders, tmp_path / "summary.md")
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    # the reference run first, the rest in the order given (the config's, in the workflow)
+    assert rows[1:5] == ["energy", "delta", "finetune", "cheap_level"]
+    assert "**delta**'s forces (0.520 eV/A) are worse than the cheap level alone" in text
+    assert "**finetune**'s forces" not in text and "**energy**'s forces (1.900" in text
