@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"pilip.commands.{module_name}")
-        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        cmd = sub.add_parser(
+            name, help=module.HELP, description=module.HELP, epilog=getattr(module, "EPILOG", None)
+        )
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser

@@ -11,6 +11,10 @@ import argparse
 import sys
 
 HELP = "train an energy model on a dataset's energies (a recipe; optionally + PITC/PISC)"
+EPILOG = (
+    "The defaults shown are pilip's own; a --config file's training section (and its "
+    "--variant) override them, and options override both."
+)
 
 # model hyper-parameters with an option of their own (the rest: model_params in a --config)
 MODEL_OPTIONS = {

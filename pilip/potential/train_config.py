@@ -312,7 +312,7 @@ def add_train_options(parser: argparse.ArgumentParser, cls: type = TrainConfig) 
             continue
         default = default_of(spec)
         shown = ",".join(default) if isinstance(default, list) else default
-        help_text = f"{meta.get('help', '')} (default: {shown})"
+        help_text = f"{meta.get('help', '')} (default: {'none' if shown is None else shown})"
         kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": help_text}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

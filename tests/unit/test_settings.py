@@ -38,6 +38,7 @@ def test_every_cli_setting_is_an_option_whose_help_shows_its_default():
         option = "--" + spec.name.replace("_", "-")
         default = default_of(spec)
         shown = ",".join(default) if isinstance(default, list) else str(default)
+        shown = "none" if default is None else shown
         assert re.search(rf"{option}\b.*?\(default: {re.escape(shown)}\)", text), option
     for settings in recipe_settings():
         for spec in dataclasses.fields(settings):

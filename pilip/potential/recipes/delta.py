@@ -42,8 +42,9 @@ class DeltaSettings:
     baseline: str | None = setting(
         None,
         "Delta-learning: learn reference minus this cheap level (gfn2-xtb, gfn1-xtb, "
-        "ipea1-xtb or a --config reference that runs in process); evaluate, md and the "
-        "calculator add it back",
+        "ipea1-xtb or a --config reference that runs in process: evaluate, md and the "
+        "calculator add it back; or, with --baseline-labels, a level that cannot, such as "
+        "b3lyp/def2-svp: a teacher to distil)",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
         metavar="NAME",
     )
