@@ -78,15 +78,24 @@ def pilip(*argv: str, threads: int = 1) -> Finished:
 # --- tables ----------------------------------------------------------------------------------
 
 
-def import_tables(data: Path, out: Path) -> tuple[Path, Path]:
-    """``pilip import`` of the training pool and the test frames (once; cached in out)."""
+def import_tables(
+    data: Path, out: Path, n_pool: int | None = None, n_test: int | None = None
+) -> tuple[Path, Path]:
+    """``pilip import`` of the training pool and the test frames (once; cached in out), or of
+    their first ``n_pool`` / ``n_test`` frames (smoke runs)."""
     paths = []
-    for name, split in ((TRAIN_FILE, "train"), (TEST_FILE, "test")):
+    for name, split, first in ((TRAIN_FILE, "train", n_pool), (TEST_FILE, "test", n_test)):
         path = out / "tables" / f"{Path(name).stem}.parquet"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             pilip("import", str(data / name), "-o", str(path), "--reference", "dft",
                   "--split", split)  # fmt: skip
+        if first is not None:
+            part = path.with_name(f"{path.stem}-first{first}.parquet")
+            if not part.is_file():
+                table = tables.read_table(path).slice(0, first)
+                tables.write_table(table, part, "dataset", {"command": "benchmarks/acac.py"})
+            path = part
         paths.append(path)
     return paths[0], paths[1]
 

@@ -88,16 +88,14 @@ GRIDS = {
 }
 
 
-SMOKE = {"sizes": "8", "seeds": "0", "variants": "energy,weak_unl", "epochs": 2, "n_test": 8}
+SMOKE = {"sizes": "8", "seeds": "0", "variants": "energy,weak_unl", "epochs": 2, "n_pool": 60,
+         "n_test": 8}  # fmt: skip
 
 
 def run_one(spec: dict) -> dict:
     """``pilip train`` one (variant, size, seed), then ``pilip evaluate`` it on the test set."""
     out = Path(spec["out"])
-    pool = tables.read_table(out / "tables" / "train_300K.parquet")
-    test = tables.read_table(out / "tables" / "test_MD_300K.parquet")
-    if spec["n_test"] is not None:
-        test = test.slice(0, spec["n_test"])
+    pool, test = tables.read_table(spec["pool"]), tables.read_table(spec["test"])
     val_idx, order = acac.split_indices(pool.num_rows, spec["seed"])
     size, seed = spec["size"], spec["seed"]
     dataset = out / "datasets" / f"n{size}-s{seed}.parquet"
@@ -169,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--minutes-per-run", type=float, default=None)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
     p.add_argument("--n-test", type=int, help="the first N test frames only (default: all 650)")
     p.add_argument(
         "--set",
@@ -208,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         common[key] = json.loads(value)
     args.out.mkdir(parents=True, exist_ok=True)
-    acac.import_tables(args.data, args.out)
+    pool, test = acac.import_tables(args.data, args.out, args.n_pool, args.n_test)
+    n_pool = tables.read_table(pool).num_rows
     acac.study_config(args.out / "study.yaml", {**TRAINING, **common},
                       {name: table[name] for name in names})  # fmt: skip
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -218,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for name in names:
                 unlabelled = table[name].get("_unlabelled", False)
-                if unlabelled and size >= 500 - acac.N_VAL:
+                if unlabelled and size >= n_pool - acac.N_VAL:
                     continue  # no unlabelled structures left
                 specs.append({
                     "variant": name, "size": size, "seed": seed, "unlabelled": unlabelled,
                     "energy_only": table[name].get("losses") == ["energy"],
                     "out": str(args.out), "device": args.device, "epochs": args.epochs,
-                    "minutes": args.minutes_per_run, "n_test": args.n_test,
+                    "minutes": args.minutes_per_run, "pool": str(pool), "test": str(test),
                 })  # fmt: skip
     # longest runs first, so that parallel jobs finish together
     specs.sort(key=lambda s: (-s["size"], s["energy_only"]))

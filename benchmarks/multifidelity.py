@@ -90,20 +90,18 @@ DEFAULT_VARIANTS = [
     "energy", "ceiling", "delta", "finetune", "weak", "delta_weak", "finetune_weak",
 ]  # fmt: skip
 SMOKE = {"sizes": "8", "seeds": "0", "variants": "energy,delta,finetune", "cpu_s": 0.5,
-         "pretrain_cpu_s": 0.5, "n_test": 8}  # fmt: skip
+         "pretrain_cpu_s": 0.5, "n_pool": 60, "n_test": 8}  # fmt: skip
 
 
 class Grid:
     """The tables, study config and datasets of one ``--out`` folder."""
 
-    def __init__(self, data: Path, out: Path, n_test: int | None) -> None:
+    def __init__(self, data: Path, out: Path, n_pool: int | None, n_test: int | None) -> None:
         self.out = out
-        train, test = acac.import_tables(data, out)
+        train, test = acac.import_tables(data, out, n_pool, n_test)
         self.xtb = acac.xtb_tables(train, test, out)
         self.pool = tables.read_table(train)
         self.test = tables.read_table(test)
-        if n_test is not None:
-            self.test = self.test.slice(0, n_test)
         self.config = acac.study_config(
             out / "study.yaml", TRAINING, {"pretrain": PRETRAIN, **{n: s for n, (_, s) in
                                                                  VARIANTS.items()}}
@@ -135,7 +133,7 @@ class Grid:
         recipe, settings = ("pretrain", PRETRAIN) if variant == "pretrain" else VARIANTS[variant]
         cpu_s = settings.get("_cpu_s", cpu_s)
         dataset = self.dataset(size, seed)
-        n_train = acac.N_VAL * 9 if size is None else size
+        n_train = self.pool.num_rows - acac.N_VAL if size is None else size
         extra = ["--seed", str(seed), "--batch-size", "16" if n_train <= 100 else "32",
                  "--cpu-minutes", repr(cpu_s / 60.0)]  # fmt: skip
         if recipe == "delta":
@@ -226,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--cpu-s", type=float, default=40.0, help="CPU seconds per training run")
     p.add_argument("--pretrain-cpu-s", type=float, default=150.0)
+    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
     p.add_argument("--n-test", type=int, help="the first N test frames only (default: all 650)")
     p.add_argument("--smoke", action="store_true", help="a tiny grid in seconds (tests): " +
                    ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    grid = Grid(args.data, args.out, args.n_test)
+    grid = Grid(args.data, args.out, args.n_pool, args.n_test)
     rows = acac.load_rows(args.out)
     if args.rescore:
         for r in rows:
