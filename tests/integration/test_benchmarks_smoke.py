@@ -131,4 +131,5 @@ def test_acac_data_efficiency(tmp_path):
         assert RUN_KEYS | {"n_unlabelled", "train_s", "config"} <= set(row)
         assert row["epochs"] == 2 and row["stop_reason"] == "epochs"
     unl = next(r for r in rows if r["variant"] == "weak_unl")
-    assert unl["n_unlabelled"] == 60 - 50 - 8 and unl["config"]["losses"] == ["energy", "pitc", "pisc"]
+    assert unl["n_unlabelled"] == 60 - 50 - 8  # the smoke pool: 60 frames, 50 of them val
+    assert unl["config"]["losses"] == ["energy", "pitc", "pisc"]
