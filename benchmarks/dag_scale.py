@@ -1,6 +1,7 @@
 """How large a study Snakemake can plan: `snakemake -n` time and SLURM job count vs. size.
 
-    .venv/bin/python benchmarks/dag_scale.py [--sizes 10000,100000] [--systems 10]
+    .venv/bin/python -m benchmarks.dag_scale [--sizes 10000,100000] [--systems 10]
+    .venv/bin/python -m benchmarks.dag_scale --smoke --out DIR     # seconds (tests)
 
 For each size N: N water configurations spread over `--systems` systems are synthesised
 (random rattles, no QM; real pilip configuration tables), split into chunks by pilip's own
@@ -15,12 +16,13 @@ The dry run is made without the profile: Snakemake 9.27's dry run of grouped job
 checkpoint prints the same group jobs thousands of times (minutes for 1,000 chunks), a
 dry-run-only defect; the DAG is the same with and without the profile.
 
-Prints a Markdown table.
+Prints a Markdown table (``--out DIR``: also ``DIR/dag_scale.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -82,12 +84,16 @@ def dry_run(root: Path, per_group: int) -> dict[str, float | int]:
             "groups": groups, "slurm_jobs": slurm_jobs}  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000", help="configurations per study")
     parser.add_argument("--systems", type=int, default=10, help="systems per study")
     parser.add_argument("--chunk-size", type=int, help="default: labelling.chunk_size")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="also write DIR/dag_scale.json")
+    parser.add_argument("--smoke", action="store_true", help="20 configurations, 2 systems")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.systems = "20", 2
     chunk_size = (
         args.chunk_size
         or yaml.safe_load((REPO / "config.yaml").read_text())["labelling"]["chunk_size"]
@@ -99,13 +105,18 @@ def main() -> None:
     print("| configurations | systems | chunks = label jobs | jobs in DAG | SLURM jobs |"
           " synthesis + chunking | `snakemake -n` |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="pilip-dag-") as tmp:
             made = synthesise(Path(tmp), n, args.systems, chunk_size)
             r = dry_run(Path(tmp), per_group)
+        rows.append({"configurations": n, "systems": args.systems, "synthesis_s": made, **r})
         print(f"| {n:,} | {args.systems} | {r['label']:,} | {r['jobs']:,} | {r['slurm_jobs']:,} "
               f"({r['groups']:,} label groups) | {made:.0f} s | {r['seconds']:.1f} s |",
               flush=True)  # fmt: skip
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "dag_scale.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

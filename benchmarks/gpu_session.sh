@@ -33,16 +33,16 @@ cp /tmp/acac_eval/metrics.json "$OUT/cuda_eval_metrics.json" 2>/dev/null
 cp /tmp/acac_run/metrics.csv "$OUT/cuda_train_metrics.csv" 2>/dev/null
 
 # 2. step time, PaiNN and SchNet, batches 6/32/128
-timeout ${STEP_SECONDS:-130} python3 benchmarks/step_time.py --device cuda --out "$OUT/step_time" \
+timeout ${STEP_SECONDS:-130} python3 -m benchmarks.step_time --device cuda --out "$OUT/step_time" \
     2>&1 | tail -40
 
 # 2b. pilip train itself: three calls vs fused vs fused + static shapes (CUDA graph)
-timeout ${THROUGHPUT_SECONDS:-150} python3 benchmarks/train_throughput.py --device cuda \
+timeout ${THROUGHPUT_SECONDS:-150} python3 -m benchmarks.train_throughput --device cuda \
     --data "$ACAC" --out "$OUT/train_throughput" 2>&1 | tail -8
 
 # 3. data efficiency on acac (energy-only labels; forces for evaluation only); GRID_SECONDS=0
 # skips it
-[ "${GRID_SECONDS:-270}" = 0 ] || timeout ${GRID_SECONDS:-270} python3 benchmarks/acac_data_efficiency.py --device cuda \
+[ "${GRID_SECONDS:-270}" = 0 ] || timeout ${GRID_SECONDS:-270} python3 -m benchmarks.acac_data_efficiency --device cuda \
     --data "$ACAC" --variants "${GRID_VARIANTS:-energy,weak,weak_unl,paper}" --jobs "${GRID_JOBS:-11}" \
     --minutes-per-run "${GRID_RUN_MINUTES:-1.2}" --out "$OUT/acac" 2>&1 | tail -45
 ls -R "$OUT" | head -30

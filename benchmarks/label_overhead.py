@@ -1,6 +1,7 @@
 """Labelling overhead and 2-core throughput of pilip's Psi4 backend.
 
-    .venv/bin/python benchmarks/label_overhead.py [--repeats 3] [--n 20] [--method mp2/cc-pv[dt]z]
+    .venv/bin/python -m benchmarks.label_overhead [--repeats 3] [--n 20] [--method mp2/cc-pv[dt]z]
+    .venv/bin/python -m benchmarks.label_overhead --smoke --out DIR   # seconds (tests)
 
 1. Overhead: a chunk of ``n`` rattled water geometries labelled through pilip
    (``Psi4Backend.run``: worker process start-up, psi4 import, JSON request and results,
@@ -11,7 +12,8 @@
    two-thread chunk of ``n``.
 
 Runs alternate (bare, pilip, bare, pilip, ...) so that load drift from other users of the
-machine hits both; the load average is printed. Prints a Markdown table of medians.
+machine hits both; the load average is printed. Prints a Markdown table of medians;
+``--out DIR`` also writes every timing to ``DIR/label_overhead.json``.
 """
 
 from __future__ import annotations
@@ -167,12 +169,18 @@ def side_by_side(chunks: list[list[dict]], method: str, folder: Path) -> dict:
     return {"wall": time.perf_counter() - start, "cpu": cpu_seconds() - cpu}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--method", default="mp2/cc-pv[dt]z")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="also write DIR/label_overhead.json")
+    parser.add_argument(
+        "--smoke", action="store_true", help="--n 2 --repeats 1 --method scf/sto-3g (tests)"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.repeats, args.method = 2, 1, "scf/sto-3g"
     configs = geometries(args.n)
     halves = [configs[: args.n // 2], configs[args.n // 2 :]]
     psi4_python()  # found once, outside the timings
@@ -249,6 +257,12 @@ def main() -> None:
     print(f"\n1 x 2 threads / 2 x 1 thread wall: {med_wall['one_2t'] / med_wall['two_1t']:.2f}")
     print("\nper repeat, wall:", json.dumps({k: [round(x, 2) for x in v] for k, v in wall.items()}))
     print("per repeat, CPU:", json.dumps({k: [round(x, 2) for x in v] for k, v in cpu.items()}))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = {"method": args.method, "n": n, "repeats": args.repeats, "names": names,
+                  "median_wall_s": med_wall, "median_cpu_s": med_cpu, "wall_s": wall,
+                  "cpu_s": cpu, "pilip_main_cpu_s": statistics.median(main_cpu)}  # fmt: skip
+        (args.out / "label_overhead.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

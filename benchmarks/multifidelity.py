@@ -1,31 +1,33 @@
 """Multi-fidelity training on acetylacetone: reference energies plus a cheap level's forces.
 
 Reference = the DFT energies of ``train_300K.xyz`` (its DFT forces are read only by the
-``ceiling`` variant); cheap level = GFN2-xTB through tblite, computed here once and cached
-under ``--out`` (git-ignored ``benchmarks/out/``). Test = all 650 frames of
-``test_MD_300K.xyz``; their DFT forces are used for evaluation only. Per seed, 50 structures
-of ``train_300K`` are the validation set (reference energies only: model selection), the
-first n of the other 450 (in the seed's order) the training set.
+``ceiling`` variant); cheap level = GFN2-xTB, ``pilip label --reference gfn2-xtb --forces``
+once, cached under ``--out``. Test = all 650 frames of ``test_MD_300K.xyz``; their DFT forces
+are used for evaluation only. Per seed, 50 structures of ``train_300K`` are the validation
+set (reference energies only: model selection), the first n of the other 450 (in the seed's
+order) the training set (``benchmarks/acac.py``).
 
-Variants (PaiNN, the same CPU-time budget per run, 1 thread):
+Variants (PaiNN, ``pilip train --cpu-minutes``: the same CPU-time budget per run, 1 thread):
   energy         reference energies only
   weak           + PITC + PISC (pilip's defaults: eps 0.01 A, k 0.5, weights 1 / 0.01)
-  delta          the model learns E_ref - E_xTB; predictions are xTB + model
+  delta          --baseline gfn2-xtb: the model learns E_ref - E_xTB; predictions are
+                 xTB + model
   delta_weak     delta + PITC + PISC on the total surface (xTB at the perturbed geometries,
                  computed in-process inside the run's budget)
-  finetune       start from a model pretrained on xTB energies + forces of the 450 pool
-                 structures (per seed; its cost is reported apart), fine-tune on the n
+  finetune       --init a model pretrained on xTB energies + forces of the 450 pool
+                 structures (per seed; its cost is reported apart), fine-tuned on the n
                  reference energies (per-element energies refitted)
   finetune_weak  finetune + PITC + PISC
   *_paper        the weak variants at the paper's settings (eps 0.05 A, k 0, 1.2 / 0.01)
   ceiling        the n reference energies AND reference forces
 and GFN2-xTB alone (no training; its energy shifted by a constant fitted on the n training
-structures).
+structures). Every run is ``pilip train`` then ``pilip evaluate`` on the test frames.
 
-    python benchmarks/multifidelity.py --out benchmarks/out/multifidelity          # all
-    python benchmarks/multifidelity.py --out ... --sizes 100 --variants energy,delta
-    python benchmarks/multifidelity.py --out ... --table        # the tables from results.json
-    python benchmarks/multifidelity.py --out ... --rescore      # re-evaluate every model.pt
+    python -m benchmarks.multifidelity --out benchmarks/out/multifidelity          # all
+    python -m benchmarks.multifidelity --out ... --sizes 100 --variants energy,delta
+    python -m benchmarks.multifidelity --out ... --table        # the tables from results.json
+    python -m benchmarks.multifidelity --out ... --rescore      # re-evaluate every model.pt
+    python -m benchmarks.multifidelity --out DIR --smoke        # a tiny grid (tests)
 
 Every finished run is appended to ``--out/results.json`` at once, so an interrupted grid
 resumes where it stopped. Skips with exit code 0 when the data are absent.
@@ -34,27 +36,19 @@ resumes where it stopped. Skips with exit code 0 when the data are absent.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
+from benchmarks import acac
+from pilip import tables
 
-from acac_data_efficiency import read_extxyz, split_indices  # noqa: E402
-
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "acac"
 E_KEY, F_KEY = "test_energy_rmse_meV", "test_force_rmse_eV_per_A"
-BASELINE = "gfn2-xtb"
 
-BASE = {
+# every run's settings: the `training` section of the generated study config
+TRAINING = {
     "model": "painn",
     "model_params": {"n_features": 64, "n_interactions": 3, "cutoff": 5.0},
     "lr": 1e-3,
@@ -67,7 +61,8 @@ BASE = {
 }
 WEAK = {"losses": ["energy", "pitc", "pisc"]}
 PAPER = {**WEAK, "eps": 0.05, "k": 0.0, "w_pitc": 1.2, "w_pisc": 0.01}
-# name -> (recipe, TrainConfig overrides); recipe: plain | delta | finetune | ceiling
+# name -> (recipe, variant settings); recipe: plain | delta | finetune | ceiling; ``_cpu_s``
+# replaces --cpu-s for that variant
 VARIANTS: dict[str, tuple[str, dict]] = {
     "energy": ("plain", {"losses": ["energy"]}),
     "weak": ("plain", WEAK),
@@ -87,263 +82,96 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "delta_patient": ("delta", {"losses": ["energy"], "patience": 1000}),
     "delta_small": (
         "delta",
-        {"losses": ["energy"], "model_params": {**BASE["model_params"], "n_features": 32}},
+        {"losses": ["energy"], "model_params": {**TRAINING["model_params"], "n_features": 32}},
     ),
 }
+PRETRAIN = {"losses": ["energy", "forces"]}
 DEFAULT_VARIANTS = [
     "energy", "ceiling", "delta", "finetune", "weak", "delta_weak", "finetune_weak",
 ]  # fmt: skip
+SMOKE = {"sizes": "8", "seeds": "0", "variants": "energy,delta,finetune", "cpu_s": 0.5,
+         "pretrain_cpu_s": 0.5, "n_pool": 60, "n_test": 8}  # fmt: skip
 
 
-# --- data and the cheap level ----------------------------------------------------------------
+class Grid:
+    """The tables, study config and datasets of one ``--out`` folder."""
 
+    def __init__(self, data: Path, out: Path, n_pool: int | None, n_test: int | None) -> None:
+        self.out = out
+        train, test = acac.import_tables(data, out, n_pool, n_test)
+        self.xtb = acac.xtb_tables(train, test, out)
+        self.pool = tables.read_table(train)
+        self.test = tables.read_table(test)
+        self.config = acac.study_config(
+            out / "study.yaml", TRAINING, {"pretrain": PRETRAIN, **{n: s for n, (_, s) in
+                                                                 VARIANTS.items()}}
+        )  # fmt: skip
 
-def frames_of(data: Path) -> tuple[list[dict], list[dict]]:
-    return read_extxyz(data / "train_300K.xyz"), read_extxyz(data / "test_MD_300K.xyz")
+    def dataset(self, size: int | None, seed: int) -> Path:
+        """The run's dataset table (DFT labels; xTB labels for the pretraining, size None)."""
+        val_idx, pool = acac.split_indices(self.pool.num_rows, seed)
+        if size is None:
+            path = self.out / "datasets" / f"pretrain-s{seed}.parquet"
+            energy, forces = acac.xtb_arrays(self.xtb[0], self.pool)
+            labels = (energy, forces, acac.XTB)
+            train_idx = pool
+        else:
+            path = self.out / "datasets" / f"n{size}-s{seed}.parquet"
+            labels, train_idx = None, pool[:size]
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            acac.split_dataset(self.pool, self.test, train_idx, val_idx, path, labels)
+        return path
 
+    def run_dir(self, variant: str, size: int | None, seed: int) -> Path:
+        if variant == "pretrain":
+            return self.out / "runs" / f"pretrain-s{seed}"
+        return self.out / "runs" / f"{variant}-n{size}-s{seed}"
 
-def xtb_labels(data: Path, out: Path) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
-    """GFN2-xTB energies (eV) and forces (eV/A) of train_300K and test_MD_300K, computed once
-    through pilip.potential.baselines (cached, resumable: out/xtb/baseline.parquet)."""
-    from pilip.potential.baselines import compute_labels, resolve_baseline
+    def run_one(self, variant: str, size: int | None, seed: int, cpu_s: float) -> dict:
+        """``pilip train`` one (variant, size, seed), then ``pilip evaluate`` it."""
+        recipe, settings = ("pretrain", PRETRAIN) if variant == "pretrain" else VARIANTS[variant]
+        cpu_s = settings.get("_cpu_s", cpu_s)
+        dataset = self.dataset(size, seed)
+        n_train = self.pool.num_rows - acac.N_VAL if size is None else size
+        extra = ["--seed", str(seed), "--batch-size", "16" if n_train <= 100 else "32",
+                 "--cpu-minutes", repr(cpu_s / 60.0)]  # fmt: skip
+        if recipe == "delta":
+            extra += ["--baseline", acac.XTB, "--baseline-labels", *map(str, self.xtb)]
+        if recipe == "finetune":
+            extra += ["--init", str(self.run_dir("pretrain", None, seed) / "model.pt")]
+        run = self.run_dir(variant, size, seed)
+        row = {"variant": variant, "size": size, "seed": seed, "n_train": n_train,
+               **acac.train(dataset, run, self.config, variant, *extra)}  # fmt: skip
+        if recipe != "pretrain":
+            row.update(acac.evaluate(run / "model.pt", dataset, run / "test"))
+        return row
 
-    train, test = frames_of(data)
-    configs = []
-    for tag, frames in (("train", train), ("test", test)):
-        for i, f in enumerate(frames):
-            configs.append(
-                {
-                    "id": f"{tag}-{i:04d}",
-                    "numbers": f["numbers"].tolist(),
-                    "positions": f["positions"].tolist(),
-                    "charge": 0,
-                    "multiplicity": 1,
-                }
-            )
-    t0 = time.process_time()
-    labels = compute_labels(resolve_baseline(BASELINE), configs, out / "xtb")
-    if not labels.ok.all():
-        raise SystemExit(f"xTB failed on {sorted(labels.errors)}")
-    spent = time.process_time() - t0
-    if spent > 1:
-        print(f"GFN2-xTB on {len(configs)} structures: {spent:.0f} CPU s", flush=True)
-    n = len(train)
-    return {
-        "train": (labels.energy[:n], labels.forces[:n]),
-        "test": (labels.energy[n:], labels.forces[n:]),
-    }
-
-
-def structures(frames, idx, energy=None, forces=None):
-    from pilip.potential.data import structures_from_arrays
-
-    return structures_from_arrays(
-        [frames[i]["numbers"] for i in idx],
-        [frames[i]["positions"] for i in idx],
-        None if energy is None else np.asarray([energy[i] for i in idx]),
-        None if forces is None else [forces[i] for i in idx],
-    )
-
-
-# --- one run (in its own process) ------------------------------------------------------------
-
-
-class _CPUClock:
-    """Stands in for the ``time`` module inside pilip.potential.train: its monotonic clock becomes
-    this
-    process's CPU time, so ``minutes`` is a CPU-time budget that other users of the machine
-    cannot shorten."""
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    @staticmethod
-    def monotonic() -> float:
-        return time.process_time()
-
-
-def run_dir(spec: dict) -> Path:
-    if spec["variant"] == "pretrain":
-        return Path(spec["out"]) / "runs" / f"pretrain-s{spec['seed']}"
-    return Path(spec["out"]) / "runs" / f"{spec['variant']}-n{spec['size']}-s{spec['seed']}"
-
-
-def run_one(spec: dict) -> dict:
-    """Train one (variant, size, seed) run and evaluate it on the test frames."""
-    import torch
-
-    import pilip.potential.train as pilip_train
-    from pilip.potential.data import TRAIN, VAL
-    from pilip.potential.train import TrainConfig
-
-    torch.set_num_threads(1)
-    pilip_train.time = _CPUClock()
-    data, out = Path(spec["data"]), Path(spec["out"])
-    frames, test = frames_of(data)
-    xtb = xtb_labels(data, out)
-    e_ref = np.array([f["energy"] for f in frames])
-    f_ref = [f["forces"] for f in frames]
-    val_idx, pool = split_indices(len(frames), spec["seed"])
-    e_xtb, f_xtb = xtb["train"]
-
-    if spec["variant"] == "pretrain":
-        recipe, overrides = "pretrain", {"losses": ["energy", "forces"]}
-        train_idx = np.sort(pool)
-        train_s = structures(frames, train_idx, e_xtb, f_xtb)
-        val_s = structures(frames, val_idx, e_xtb)
-    else:
-        recipe, overrides = VARIANTS[spec["variant"]]
-        overrides = dict(overrides)
-        spec = {**spec, "cpu_s": overrides.pop("_cpu_s", spec["cpu_s"])}
-        train_idx = np.sort(pool[: spec["size"]])
-        target = e_ref - e_xtb if recipe == "delta" else e_ref
-        train_s = structures(frames, train_idx, target, f_ref if recipe == "ceiling" else None)
-        val_s = structures(frames, val_idx, target)
-    config = TrainConfig.from_dict(
-        {
-            **BASE,
-            "batch_size": 16 if len(train_idx) <= 100 else 32,
-            **overrides,
-            "seed": spec["seed"],
-            "minutes": spec["cpu_s"] / 60.0,
-        }
-    )
-    init_weights, total_surface, meta = None, None, {}
-    if recipe == "finetune":
-        from pilip.potential.finetune import init_checkpoint
-        from pilip.potential.finetune import init_weights as weights_of
-
-        pretrained = run_dir({**spec, "variant": "pretrain"}) / "model.pt"
-        init_weights = weights_of(init_checkpoint(pretrained), config.dtype)
-        meta["init"] = str(pretrained)
-    if recipe == "delta":
-        setup = delta_setup(frames, {TRAIN: train_idx, VAL: val_idx}, xtb["train"])
-        meta.update(setup.meta())
-        total_surface = setup if config.weak else None
-    surfaces = []  # the total surface the loop trains (delta + weak): its baseline's cost
-    if total_surface is not None:
-        make = total_surface.model
-        total_surface.model = lambda model, dtype: (
-            surfaces.append(make(model, dtype)) or surfaces[-1]
-        )
-    directory = run_dir(spec)
-    t_wall, t_cpu = time.perf_counter(), time.process_time()
-    result = pilip_train.train(
-        config, {TRAIN: train_s, VAL: val_s}, directory, init_weights=init_weights, meta=meta,
-        total_surface=total_surface, resume=False, progress=False,
-    )  # fmt: skip
-    cpu_s = time.process_time() - t_cpu
-    row = {
-        "variant": spec["variant"],
-        "size": spec.get("size"),
-        "seed": spec["seed"],
-        "n_train": len(train_idx),
-        "val_energy_rmse_meV": 1000 * result.best_val_energy_rmse,
-        "best_epoch": result.best_epoch,
-        "epochs": result.epochs,
-        "stop_reason": result.stop_reason,
-        "train_cpu_s": round(cpu_s, 1),
-        "train_wall_s": round(time.perf_counter() - t_wall, 1),
-        "config": config.to_dict(),
-    }
-    if surfaces:
-        row["baseline_calls"] = surfaces[0].calls
-        row["baseline_cpu_s"] = round(surfaces[0].seconds, 1)
-    if recipe != "pretrain":
-        row.update(test_metrics(directory / "model.pt", test, xtb["test"], recipe == "delta"))
-    return row
-
-
-def delta_setup(frames, splits: dict, xtb_train):
-    """The DeltaSetup pilip train builds for --baseline gfn2-xtb, from the cached labels."""
-    from pilip.potential.baselines import BaselineLabels, resolve_baseline
-    from pilip.potential.multifidelity import DeltaSetup
-
-    setup = DeltaSetup(resolve_baseline(BASELINE), {}, {}, {})
-    for split, idx in splits.items():
-        setup.configs[split] = [
-            {"id": f"train-{i:04d}", "numbers": frames[i]["numbers"].tolist(),
-             "positions": frames[i]["positions"].tolist(), "charge": 0, "multiplicity": 1}
-            for i in idx
-        ]  # fmt: skip
-        setup.labels[split] = BaselineLabels(
-            [c["id"] for c in setup.configs[split]],
-            xtb_train[0][idx],
-            [xtb_train[1][i] for i in idx],
-            {},
-        )
-        setup.dropped[split] = []
-    return setup
-
-
-def test_metrics(model_path: Path, test: list[dict], xtb_test, delta: bool) -> dict:
-    """Energy and force errors on the test frames (their forces: evaluation only). A Delta
-    model is evaluated as xTB + model, xTB read from the cache."""
-    import torch
-
-    from pilip.potential.baselines import BaselineCache, DeltaModel, resolve_baseline
-    from pilip.potential.checkpoint import load_model
-    from pilip.potential.data import structures_from_arrays
-    from pilip.potential.forces import energy_and_forces
-
-    model, meta = load_model(model_path, "cpu")
-    dtype = next(model.parameters()).dtype
-    test_s = structures_from_arrays(
-        [f["numbers"] for f in test],
-        [f["positions"] for f in test],
-        np.array([f["energy"] for f in test]),
-        [f["forces"] for f in test],
-    )
-    if delta:
-        if not isinstance(model, DeltaModel):
-            model = DeltaModel(model, resolve_baseline(BASELINE))
-        cache = BaselineCache()
-        for f, e, forces in zip(test, xtb_test[0], xtb_test[1], strict=True):
-            cache.add(f["numbers"], f["positions"].astype(np.dtype(str(dtype)[6:])), e, forces)
-        model.cache = cache
-    test_s = test_s.to("cpu", dtype)
-    e_pred, f_pred = [], []
-    for batch in test_s.batches(128):
-        e, f = energy_and_forces(model, batch)
-        e_pred.append(e.detach().double())
-        f_pred.append(f.detach().double())
-    f_pred = torch.cat(f_pred)
-    f_ref = test_s.forces.double()
-    e_err = torch.cat(e_pred) - test_s.energy.double()
-    return {
-        E_KEY: 1000 * float(e_err.square().mean().sqrt()),
-        F_KEY: float((f_pred - f_ref).square().mean().sqrt()),
-        "test_force_rms_pred_eV_per_A": float(f_pred.square().mean().sqrt()),
-    }
-
-
-def xtb_alone_rows(data: Path, out: Path, sizes: list[int], seeds: list[int]) -> list[dict]:
-    """GFN2-xTB alone against the test frames; energies shifted by the mean offset to the
-    reference over the n training structures (all a user with n reference energies can do)."""
-    frames, test = frames_of(data)
-    xtb = xtb_labels(data, out)
-    e_ref = np.array([f["energy"] for f in frames])
-    e_test = np.array([f["energy"] for f in test])
-    f_test = np.concatenate([f["forces"] for f in test])
-    f_xtb = np.concatenate(xtb["test"][1])
-    f_rmse = float(np.sqrt(np.mean((f_xtb - f_test) ** 2)))
-    rows = []
-    for size in sizes:
-        for seed in seeds:
-            _, pool = split_indices(len(frames), seed)
-            idx = pool[:size]
-            offset = float(np.mean(e_ref[idx] - xtb["train"][0][idx]))
-            err = xtb["test"][0] + offset - e_test
-            rows.append({
-                "variant": "xtb_alone", "size": size, "seed": seed,
-                E_KEY: 1000 * float(np.sqrt(np.mean(err**2))), F_KEY: f_rmse,
-                "test_force_rms_pred_eV_per_A": float(np.sqrt(np.mean(f_xtb**2))),
-                "train_cpu_s": 0.0, "epochs": 0,
-            })  # fmt: skip
-    return rows
-
-
-# --- the grid --------------------------------------------------------------------------------
+    def xtb_alone_rows(self, sizes: list[int], seeds: list[int]) -> list[dict]:
+        """GFN2-xTB alone against the test frames; energies shifted by the mean offset to the
+        reference over the n training structures (all a user with n reference energies can
+        do)."""
+        e_xtb, _ = acac.xtb_arrays(self.xtb[0], self.pool)
+        e_xtb_test, f_xtb_test = acac.xtb_arrays(self.xtb[1], self.test)
+        e_ref = np.asarray(self.pool.column("energy").to_pylist())
+        e_test = np.asarray(self.test.column("energy").to_pylist())
+        f_test = np.concatenate(tables.rows_of(self.test.column("forces")))
+        f_xtb = np.concatenate(f_xtb_test)
+        f_rmse = float(np.sqrt(np.mean((f_xtb - f_test) ** 2)))
+        rows = []
+        for size in sizes:
+            for seed in seeds:
+                _, pool = acac.split_indices(self.pool.num_rows, seed)
+                idx = pool[:size]
+                offset = float(np.mean(e_ref[idx] - e_xtb[idx]))
+                err = e_xtb_test + offset - e_test
+                rows.append({
+                    "variant": "xtb_alone", "size": size, "seed": seed,
+                    E_KEY: 1000 * float(np.sqrt(np.mean(err**2))), F_KEY: f_rmse,
+                    "test_force_rms_pred_eV_per_A": float(np.sqrt(np.mean(f_xtb**2))),
+                    "train_cpu_s": 0.0, "epochs": 0,
+                })  # fmt: skip
+        return rows
 
 
 def summarise(rows: list[dict]) -> str:
@@ -353,16 +181,7 @@ def summarise(rows: list[dict]) -> str:
         if r["variant"] != "pretrain":
             groups.setdefault((r["size"], r["variant"]), []).append(r)
     order = ["xtb_alone", *VARIANTS]
-
-    def stat(group, key, fmt):
-        v = np.array([r[key] for r in group if key in r])
-        if len(v) == 0:
-            return "–"
-        return f"{v.mean():{fmt}} ± {v.std():{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
-
-    def mean(group, key):
-        return float(np.mean([r[key] for r in group]))
-
+    stat, mean = acac.stat, acac.mean
     lines = [
         "| n | variant | seeds | test F RMSE (eV/Å) | test E RMSE (meV) | F: energy-only / this "
         "| E / energy-only | F / ceiling | predicted F RMS (eV/Å) | epochs | CPU s/run |",
@@ -389,63 +208,37 @@ def summarise(rows: list[dict]) -> str:
         lines.append("")
         lines.append(
             f"Pretraining (xTB energies + forces of the 450 pool structures, per seed): "
-            f"{len(pre)} runs, {np.mean([r['train_cpu_s'] for r in pre]):.0f} CPU s and "
-            f"{np.mean([r['epochs'] for r in pre]):.0f} epochs each, validation xTB energy RMSE "
-            f"{np.mean([r['val_energy_rmse_meV'] for r in pre]):.1f} meV."
+            f"{len(pre)} runs, {acac.mean(pre, 'train_cpu_s'):.0f} CPU s and "
+            f"{acac.mean(pre, 'epochs'):.0f} epochs each, validation xTB energy RMSE "
+            f"{acac.mean(pre, 'val_energy_rmse_meV'):.1f} meV."
         )
     return "\n".join(lines)
 
 
-def write_results(out: Path, rows: list[dict]) -> None:
-    """results.json (every run) and results.md (the table), each replaced atomically."""
-    from pilip.atomic_io import atomic_path
-
-    for name, text in (
-        ("results.json", json.dumps({"rows": rows}, indent=1)),
-        ("results.md", summarise(rows) + "\n"),
-    ):
-        with atomic_path(out / name) as tmp:
-            tmp.write_text(text)
-
-
-def rescore(out: Path, data: Path) -> None:
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    xtb = xtb_labels(data, out)
-    _, test = frames_of(data)
-    for r in rows:
-        if r["variant"] in ("pretrain", "xtb_alone"):
-            continue
-        recipe = VARIANTS[r["variant"]][0]
-        spec = {"out": str(out), **r}
-        r.update(test_metrics(run_dir(spec) / "model.pt", test, xtb["test"], recipe == "delta"))
-    write_results(out, rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "multifidelity")
+    p.add_argument("--data", type=Path, default=acac.DEFAULT_DATA)
+    p.add_argument("--out", type=Path, default=acac.REPO / "benchmarks" / "out" / "multifidelity")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--sizes", default="100,50,450")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--cpu-s", type=float, default=60.0, help="CPU seconds per training run")
-    p.add_argument("--pretrain-cpu-s", type=float, default=240.0)
+    p.add_argument("--cpu-s", type=float, default=40.0, help="CPU seconds per training run")
+    p.add_argument("--pretrain-cpu-s", type=float, default=150.0)
+    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
+    p.add_argument("--n-test", type=int, help="the first N test frames only (default: all 650)")
+    p.add_argument("--smoke", action="store_true", help="a tiny grid in seconds (tests): " +
+                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
     p.add_argument("--table", action="store_true", help="print the table of results.json")
     p.add_argument("--rescore", action="store_true", help="re-evaluate every run's model.pt")
-    p.add_argument("--_one", help=argparse.SUPPRESS)  # internal: one run spec (JSON)
     args = p.parse_args(argv)
-    if args._one:
-        print(json.dumps(run_one(json.loads(args._one))), flush=True)
+    if args.smoke:
+        vars(args).update(SMOKE)
+    if args.table:
+        print(summarise(acac.load_rows(args.out)))
         return 0
-    if not (args.data / "train_300K.xyz").is_file():
+    if not acac.available(args.data):
         print(f"skipped: no acac data at {args.data} (pass --data)")
         return 0
-    if args.rescore:
-        rescore(args.out, args.data)
-    if args.table or args.rescore:
-        print(summarise(json.loads((args.out / "results.json").read_text())["rows"]))
-        return 0
-
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -453,45 +246,38 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "results.json"
-    rows = json.loads(results_path.read_text())["rows"] if results_path.is_file() else []
+    grid = Grid(args.data, args.out, args.n_pool, args.n_test)
+    rows = acac.load_rows(args.out)
+    if args.rescore:
+        for r in rows:
+            if r["variant"] not in ("pretrain", "xtb_alone"):
+                run = grid.run_dir(r["variant"], r["size"], r["seed"])
+                dataset = grid.dataset(r["size"], r["seed"])
+                r.update(acac.evaluate(run / "model.pt", dataset, run / "test"))
+        acac.write_results(args.out, rows, summarise(rows))
+        print(summarise(rows))
+        return 0
     rows = [r for r in rows if r["variant"] != "xtb_alone"]
-    rows += xtb_alone_rows(args.data, args.out, sizes, seeds)
-    write_results(args.out, rows)
+    rows += grid.xtb_alone_rows(sizes, seeds)
+    acac.write_results(args.out, rows, summarise(rows))
 
-    common = {"data": str(args.data), "out": str(args.out)}
-    specs = []
+    specs: list[tuple[str, int | None, int, float]] = []
     if any(VARIANTS[n][0] == "finetune" for n in names):
-        specs += [
-            {**common, "variant": "pretrain", "size": None, "seed": s, "cpu_s": args.pretrain_cpu_s}
-            for s in seeds
-        ]
-    specs += [
-        {**common, "variant": n, "size": size, "seed": seed, "cpu_s": args.cpu_s}
-        for size in sizes
-        for seed in seeds
-        for n in names
-    ]
+        specs += [("pretrain", None, s, args.pretrain_cpu_s) for s in seeds]
+    specs += [(n, size, seed, args.cpu_s) for size in sizes for seed in seeds for n in names]
     done = {(r["variant"], r.get("size"), r["seed"]) for r in rows}
-    pending = [s for s in specs if (s["variant"], s["size"], s["seed"]) not in done]
+    pending = [s for s in specs if s[:3] not in done]
     print(f"{len(pending)} runs to do, {len(specs) - len(pending)} done", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    for spec in pending:
-        tag = f"{spec['variant']} n={spec['size']} seed={spec['seed']}"
-        proc = subprocess.run(
-            [sys.executable, __file__, "--_one", json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        output = proc.stdout.strip().splitlines()
-        if proc.returncode != 0 or not output:
-            print(f"FAILED {tag} (exit {proc.returncode})", flush=True)
+    for variant, size, seed, cpu_s in pending:
+        tag = f"{variant} n={size} seed={seed}"
+        try:
+            row = grid.run_one(variant, size, seed, cpu_s)
+        except RuntimeError as exc:
+            print(f"FAILED {tag}: {exc}", flush=True)
             continue
-        row = json.loads(output[-1])
         rows.append(row)
-        write_results(args.out, rows)  # after every run: an interrupted grid resumes
+        acac.write_results(args.out, rows, summarise(rows))  # an interrupted grid resumes
         print(
             f"[{time.perf_counter() - t0:6.0f} s] {tag}: F {row.get(F_KEY, float('nan')):.3f} "
             f"eV/A, E {row.get(E_KEY, float('nan')):.1f} meV, val E "

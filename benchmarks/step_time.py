@@ -12,8 +12,9 @@ shape on the CPU, the losses and backward pass captured once as a CUDA graph and
 AdamW eagerly. Gradient clipping and the EMA (a few foreach kernels in pilip train) are in
 no mode.
 
-    python benchmarks/step_time.py --device cuda --out benchmarks/out/step_time_cuda
-    python benchmarks/step_time.py --device cpu --batch-sizes 6,32 --repeats 3 --out DIR
+    python -m benchmarks.step_time --device cuda --out benchmarks/out/step_time_cuda
+    python -m benchmarks.step_time --device cpu --batch-sizes 6,32 --repeats 3 --out DIR
+    python -m benchmarks.step_time --device cpu --out DIR --smoke    # seconds (tests)
 
 Writes DIR/step_time.json and DIR/step_time.md. Needs torch and numpy (ase only for --xyz).
 """
@@ -31,12 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pilip import keys  # noqa: E402
-from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
-from pilip.potential.models import build_model  # noqa: E402
-from pilip.potential.static_step import StaticShape, StaticStep, pad_batch  # noqa: E402
+from pilip import keys
+from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses
+from pilip.potential.models import build_model
 
 MODES = {
     # name: (loss terms, weak-loss mode)
@@ -147,6 +145,8 @@ def time_steps(model_name, mode, batch_size, args, device) -> dict:
         # exactly pilip train's static step: the batch padded on the CPU, copied into the
         # static inputs, the captured losses + backward replayed, then AdamW eagerly; the
         # default CUDA generator is the one a graph capture registers
+        from pilip.potential.static_step import StaticShape, StaticStep, pad_batch
+
         host_batch = {k: v.cpu() for k, v in batch.items()}
         shape = StaticShape(batch_size, int(host_batch[keys.N_ATOMS].max()))
         generator = torch.cuda.default_generators[device.index or 0]
@@ -270,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--xyz", default=None, help="read molecules from this file (needs ase)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="batch 2, 1 warm-up step, 1 repeat (tests)"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.batch_sizes, args.warmup, args.repeats = "2", 1, 1
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no CUDA device")
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 Trains PaiNN (pilip's defaults: 128 features, 3 interactions) on the energies of acetylacetone
 (``train_300K.xyz``, 15 atoms) with energy + PITC + PISC for a fixed number of epochs, three
-ways, one after the other in one process:
+ways, one after the other, each in its own `pilip train` process:
 
   three_calls   --weak-mode three_calls --static-shapes never   (the paper's way)
   fused         --weak-mode fused       --static-shapes never   (one batch of 3x, eager)
@@ -12,8 +12,12 @@ and reports the median epoch time over the epochs after the first (which holds t
 training structures per second and the ratios. Epoch times come from ``metrics.csv`` and
 include the per-epoch validation pass (50 structures), as a user's run does.
 
-    python benchmarks/train_throughput.py --device cuda --out DIR
-    python benchmarks/train_throughput.py --device cpu --epochs 3 --n-train 64
+Each way is one ``pilip train`` process on a dataset table of the first ``--n-train``
+structures (split train) and the last 50 (split val) of ``train_300K`` (``benchmarks/acac.py``).
+
+    python -m benchmarks.train_throughput --device cuda --out DIR
+    python -m benchmarks.train_throughput --device cpu --epochs 3 --n-train 128 --out DIR
+    python -m benchmarks.train_throughput --device cpu --out DIR --smoke     # seconds (tests)
 
 Reads the data in place (``--data``); exits 0 with a message when it is absent.
 """
@@ -24,77 +28,73 @@ import argparse
 import csv
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from acac_data_efficiency import read_extxyz  # noqa: E402
-
-from pilip.potential.data import TRAIN, VAL, Structures, structures_from_arrays  # noqa: E402
-from pilip.potential.train import TrainConfig, train  # noqa: E402
+from benchmarks import acac
+from pilip import tables
 
 WAYS = {
-    "three_calls": {"weak_mode": "three_calls", "static_shapes": "never"},
-    "fused": {"weak_mode": "fused", "static_shapes": "never"},
-    "fused_static": {"weak_mode": "fused", "static_shapes": "always"},
+    "three_calls": ["--weak-mode", "three_calls", "--static-shapes", "never"],
+    "fused": ["--weak-mode", "fused", "--static-shapes", "never"],
+    "fused_static": ["--weak-mode", "fused", "--static-shapes", "always"],
 }
-
-
-def structures(frames: list[dict]) -> Structures:
-    return structures_from_arrays(
-        [f["numbers"] for f in frames],
-        [f["positions"] for f in frames],
-        np.array([f["energy"] for f in frames]),
-    )
+# the training section of the study config: no early stopping, no last.pt before the end
+TRAINING = {"model": "painn", "patience": 10**6, "checkpoint_interval_s": 1e9}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
-    parser.add_argument("--data", type=Path, default=default)
+    parser.add_argument("--data", type=Path, default=acac.DEFAULT_DATA)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n-train", type=int, default=448)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--ways", default=",".join(WAYS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--smoke", action="store_true", help="16 structures, batch 8, 2 epochs (tests)"
+    )
     args = parser.parse_args(argv)
-    path = args.data / "train_300K.xyz"
-    if not path.is_file():
-        print(f"skipped: {path} not found")
+    if args.smoke:
+        args.n_train, args.batch_size, args.epochs = 16, 8, 2
+    if not acac.available(args.data):
+        print(f"skipped: no acac data at {args.data}")
         return 0
-    if args.device == "cpu":
-        torch.set_num_threads(1)
-    frames = read_extxyz(path)
-    data = {TRAIN: structures(frames[: args.n_train]), VAL: structures(frames[-50:])}
     results = []
-    for way in args.ways.split(","):
-        config = TrainConfig(
-            model="painn", losses=["energy", "pitc", "pisc"], epochs=args.epochs,
-            batch_size=args.batch_size, device=args.device, patience=10**6,
-            checkpoint_interval_s=1e9, **WAYS[way],
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        train, test = acac.import_tables(args.data, work)
+        pool = tables.read_table(train)
+        n = pool.num_rows
+        dataset = acac.split_dataset(
+            pool, tables.read_table(test).slice(0, 0), np.arange(args.n_train),
+            np.arange(n - acac.N_VAL, n), work / "dataset.parquet",
         )  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            train(config, data, tmp, progress=False, resume=False)
-            with open(Path(tmp) / "metrics.csv", newline="") as handle:
+        config = acac.study_config(work / "study.yaml", TRAINING, {"weak": {}})
+        for way in args.ways.split(","):
+            run = work / way
+            acac.train(
+                dataset, run, config, "weak", "--losses", "energy,pitc,pisc",
+                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                "--device", args.device, *WAYS[way],
+            )  # fmt: skip
+            with open(run / "metrics.csv", newline="") as handle:
                 wall = [float(r["wall_time_s"]) for r in csv.DictReader(handle)]
-        epoch_times = np.diff([0.0, *wall])
-        median = statistics.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)
-        results.append(
-            {
-                "way": way,
-                "first_epoch_s": float(epoch_times[0]),
-                "median_epoch_s": median,
-                "structures_per_s": args.n_train / median,
-            }
-        )
-        print(f"{way}: median epoch {median:.3f} s", flush=True)
+            epoch_times = np.diff([0.0, *wall])
+            median = statistics.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)
+            results.append(
+                {
+                    "way": way,
+                    "first_epoch_s": float(epoch_times[0]),
+                    "median_epoch_s": median,
+                    "structures_per_s": args.n_train / median,
+                }
+            )
+            print(f"{way}: median epoch {median:.3f} s", flush=True)
     base = next((r for r in results if r["way"] == "three_calls"), results[0])
     lines = [
         f"pilip train, PaiNN defaults, {args.n_train} acac structures, batch {args.batch_size}, "

@@ -12,7 +12,7 @@ acetylacetone structures three ways, side by side, with the same perturbations:
                         (how pilip computed them before the split)
   float32, split        the model itself: pilip's way
 
-    python benchmarks/weak_precision.py [--data ../shared/data/acac] [--out DIR]
+    python -m benchmarks.weak_precision [--data ../shared/data/acac] [--out DIR]
 
 Reads ``train_300K.xyz`` in place; exits 0 with a message when the data are absent.
 """
@@ -21,29 +21,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from ase.io import read
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from acac_data_efficiency import read_extxyz  # noqa: E402
-
-from pilip import keys  # noqa: E402
-from pilip.potential.data import structures_from_arrays  # noqa: E402
-from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses  # noqa: E402
-from pilip.potential.models import build_model  # noqa: E402
+from pilip import keys
+from pilip.potential.losses import LossTerm, WeakLossOptions, compute_losses
+from pilip.potential.models import build_model
 
 GRID = [(0.002, 0.0), (0.002, 0.5), (0.01, 0.0), (0.01, 0.5), (0.05, 0.0), (0.05, 0.5)]
 
 
-def make_batch(frames: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    structures = structures_from_arrays(
-        [f["numbers"] for f in frames], [f["positions"] for f in frames]
-    ).to("cpu", dtype)
-    return structures.batch(torch.arange(len(frames)))
+def make_batch(frames: list, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The batch dict (pilip.keys names) of ASE ``frames``."""
+    n_atoms = torch.tensor([len(a) for a in frames])
+    return {
+        keys.NUMBERS: torch.from_numpy(np.concatenate([a.numbers for a in frames])).long(),
+        keys.POSITIONS: torch.from_numpy(np.concatenate([a.positions for a in frames])).to(dtype),
+        keys.BATCH: torch.repeat_interleave(torch.arange(len(frames)), n_atoms),
+        keys.N_ATOMS: n_atoms,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,17 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--structures", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="also write DIR/weak_precision.md")
+    parser.add_argument("--smoke", action="store_true", help="2 structures (tests)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.structures = 2
     path = args.data / "train_300K.xyz"
     if not path.is_file():
         print(f"skipped: {path} not found")
         return 0
     torch.set_num_threads(1)
-    frames = read_extxyz(path)[: args.structures]
+    frames = read(path, f":{args.structures}")
     torch.manual_seed(0)
     model32 = build_model("painn", n_features=64)
     batch32 = make_batch(frames, torch.float32)
-    energies = torch.tensor([f["energy"] for f in frames], dtype=torch.float64)
+    energies = torch.tensor([a.get_potential_energy() for a in frames], dtype=torch.float64)
     model32.energy_shift.fit(batch32[keys.NUMBERS], batch32[keys.BATCH], energies)
     # the float64 model carries exactly the float32 model's weights and shifts
     model64 = copy.deepcopy(model32).double()

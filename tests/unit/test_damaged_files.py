@@ -3,7 +3,7 @@ as other numbers and never a traceback.
 
 Truncated and bit-flipped Parquet tables, a results JSONL cut mid-line (the partial line is
 recomputed) or broken inside (refused), a checkpoint cut short, and a config with a wrong type
-in every section. benchmarks/fault_campaign.py runs the same kinds of damage on the files of a
+in every section. tools/fault_campaign runs the same kinds of damage on the files of a
 real DAG run and counts them.
 """
 

@@ -1,7 +1,7 @@
 """A full disk (issue 13 item 2): one line naming the file, nothing half-written left behind.
 
 Real ENOSPC, not mocked: /dev/full for an append, and a small tmpfs (needs root; skipped
-otherwise) for the atomic writers of tables and checkpoints. benchmarks/fault_campaign.py
+otherwise) for the atomic writers of tables and checkpoints. tools/fault_campaign
 runs whole labelling and training stages on such a filesystem and resumes them.
 """
 

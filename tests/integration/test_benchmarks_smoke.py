@@ -1,0 +1,135 @@
+"""Every benchmark runs, at a tiny size (``--smoke``), and writes its results file.
+
+Each is run as a user runs it, ``python -m benchmarks.NAME`` from the repository root in its
+own process, into ``tmp_path``; the numbers are not checked, only that the file is there with
+its keys. The acac benchmarks skip without ``../shared/data/acac``, the Psi4 one without a
+Psi4 interpreter; the GPU modes of step_time are not run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ACAC = REPO.parent / "shared" / "data" / "acac"
+needs_acac = pytest.mark.skipif(
+    not (ACAC / "train_300K.xyz").is_file(), reason=f"no acac data at {ACAC}"
+)
+
+
+def run(name: str, *argv: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_table_checksums(tmp_path):
+    run("table_checksums", "--smoke", "--out", str(tmp_path))
+    record = json.loads((tmp_path / "table_checksums.json").read_text())
+    assert record["rows"] == 100
+    assert set(record["median_s"]) == {
+        "write_table (checksums computed)", "read_table (page CRCs + checksums)",
+        "pq.read_table (page CRCs only)", "checksums alone",
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_step_time_cpu(tmp_path):
+    run("step_time", "--device", "cpu", "--smoke", "--out", str(tmp_path))
+    record = json.loads((tmp_path / "step_time.json").read_text())
+    assert not record["failures"]
+    modes = {(r["model"], r["mode"]) for r in record["results"]}
+    assert modes == {
+        (m, mode) for m in ("painn", "schnet")
+        for mode in ("energy", "energy+forces", "weak_three_calls", "weak_fused")
+    }  # fmt: skip
+    assert all(r["median_s"] > 0 and r["peak_memory_mb"] > 0 for r in record["results"])
+    assert "| painn | 2 | weak_fused |" in (tmp_path / "step_time.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_dag_scale(tmp_path):
+    run("dag_scale", "--smoke", "--out", str(tmp_path))
+    (row,) = json.loads((tmp_path / "dag_scale.json").read_text())["rows"]
+    assert row["configurations"] == 20 and row["label"] == 2
+    assert {"seconds", "jobs", "groups", "slurm_jobs", "synthesis_s"} <= set(row)
+
+
+@pytest.mark.slow
+@pytest.mark.psi4
+def test_label_overhead(tmp_path):
+    from pilip.errors import PilipError
+    from pilip.reference.psi4_env import find_psi4_python
+
+    try:
+        find_psi4_python()
+    except PilipError as exc:
+        pytest.skip(f"no Psi4 interpreter: {exc}")
+    run("label_overhead", "--smoke", "--out", str(tmp_path))
+    record = json.loads((tmp_path / "label_overhead.json").read_text())
+    assert record["method"] == "scf/sto-3g" and record["n"] == 2
+    assert set(record["median_wall_s"]) == {"bare", "bare_jobs", "pilip", "two_1t", "one_2t"}
+
+
+@needs_acac
+def test_weak_precision(tmp_path):
+    run("weak_precision", "--smoke", "--out", str(tmp_path))
+    text = (tmp_path / "weak_precision.md").read_text()
+    assert "2 acac structures" in text
+    assert text.count("\n| 0.") == 6  # the six (eps, k) rows
+
+
+@needs_acac
+@pytest.mark.slow
+def test_train_throughput(tmp_path):
+    run("train_throughput", "--device", "cpu", "--smoke", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert [r["way"] for r in results] == ["three_calls", "fused", "fused_static"]
+    assert all(r["structures_per_s"] > 0 for r in results)
+
+
+RUN_KEYS = {
+    "variant", "size", "seed", "test_energy_rmse_meV", "test_force_rmse_eV_per_A",
+    "test_force_rms_pred_eV_per_A", "test_force_cosine", "val_energy_rmse_meV", "best_epoch",
+    "epochs", "stop_reason", "train_cpu_s", "train_wall_s",
+}  # fmt: skip
+
+
+@needs_acac
+@pytest.mark.slow
+def test_multifidelity(tmp_path):
+    run("multifidelity", "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    by_variant = {r["variant"]: r for r in rows}
+    assert set(by_variant) == {"xtb_alone", "pretrain", "energy", "delta", "finetune"}
+    for variant in ("energy", "delta", "finetune"):
+        assert RUN_KEYS <= set(by_variant[variant]), variant
+        assert by_variant[variant]["stop_reason"] == "cpu_minutes"
+    assert "| 8 | delta | 1 |" in (tmp_path / "results.md").read_text()
+    # the tables come back from results.json alone
+    assert "| 8 | finetune | 1 |" in run("multifidelity", "--out", str(tmp_path), "--table")
+
+
+@needs_acac
+@pytest.mark.slow
+def test_acac_data_efficiency(tmp_path):
+    run("acac_data_efficiency", "--smoke", "--device", "cpu", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"energy", "weak_unl"}
+    for row in rows:
+        assert RUN_KEYS | {"n_unlabelled", "train_s", "config"} <= set(row)
+        assert row["epochs"] == 2 and row["stop_reason"] == "epochs"
+    unl = next(r for r in rows if r["variant"] == "weak_unl")
+    assert unl["n_unlabelled"] == 60 - 50 - 8  # the smoke pool: 60 frames, 50 of them val
+    assert unl["config"]["losses"] == ["energy", "pitc", "pisc"]
