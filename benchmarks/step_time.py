@@ -137,7 +137,7 @@ def time_steps(model_name, mode, batch_size, args, device) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     terms, weak_mode = MODES[base_mode]
-    options = WeakLossOptions(mode=weak_mode)
+    options = WeakLossOptions(eps=0.05, k=0.0, mode=weak_mode)  # the paper's settings, as published
     batch = make_batch(molecules(batch_size, args.xyz), device)
     cuda = device.type == "cuda"
 
