@@ -107,7 +107,8 @@ class RunFolder:
         self.out_dir, self.config, self.model = out_dir, config, model
         self.meta = {"config": config.to_dict(), **meta}
         self.loss_names = [t.name for t in config.terms() if t.weight > 0] + [TOTAL]
-        self.columns = ["epoch", "wall_time_s", "lr", *(f"train_{n}" for n in self.loss_names)]
+        self.columns = ["epoch", "wall_time_s", "cpu_time_s", "lr",
+                        *(f"train_{n}" for n in self.loss_names)]  # fmt: skip
         self.columns += [f"val_{k}" for k in VAL_KEYS] + ["best"]
 
     def restore(

@@ -185,7 +185,7 @@ def train(
             improved = state.record_validation(val["energy_rmse"], ema_weights)
             clock.record()
             run.append(state, {
-                "epoch": state.epoch, "wall_time_s": state.elapsed_s,
+                "epoch": state.epoch, "wall_time_s": state.elapsed_s, "cpu_time_s": state.cpu_s,
                 "lr": optimizer.param_groups[0]["lr"], **train_losses,
                 **{f"val_{k}": val[k] for k in VAL_KEYS}, "best": int(improved),
             })  # fmt: skip

@@ -96,6 +96,9 @@ def config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+TIMES = ("wall_time_s", "cpu_time_s")  # metrics.csv columns that differ between equal runs
+
+
 def read_metrics(path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -207,7 +210,7 @@ def test_same_seed_same_numbers(dataset, tmp_path):
     train(cfg, data, tmp_path / "b")
     train(config(losses="energy,pitc,pisc", epochs=3, seed=1), data, tmp_path / "c")
     a, b, c = (read_metrics(tmp_path / x / "metrics.csv") for x in "abc")
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMES} for r in rows]  # noqa: E731
     assert drop(a) == drop(b)
     assert drop(a) != drop(c)
     sa, sb = state(tmp_path / "a" / "model.pt"), state(tmp_path / "b" / "model.pt")
@@ -215,7 +218,7 @@ def test_same_seed_same_numbers(dataset, tmp_path):
 
 
 def without_wall_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
 
 
 def test_resume_after_interruption_matches_uninterrupted(dataset, tmp_path, monkeypatch):
