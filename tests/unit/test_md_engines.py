@@ -109,6 +109,7 @@ def test_a_delta_model_over_xtb_runs_in_openmm(tmp_path):
     spec = resolve_baseline("gfn2-xtb").specification()
     meta = {"config": {}, "elements": ELEMENTS, "recipes": [{"name": "delta", "baseline": spec}]}
     save_checkpoint(path, model=small_painn(), model_name="painn", meta=meta)
+    assert hasattr(PilipCalculator(path, device="cpu").model, "baseline")  # xtb + network
     run_and_compare(molecule("H2O"), path, steps=3)
 
 
