@@ -9,6 +9,10 @@ Ethanol (9 atoms) at 300 K, Langevin, 0.5 fs. Modes, each timed over ``--steps``
   openmm-cpu       the same on the CPU platform with Threads=1
   model-eager      PilipCalculator.calculate alone (one energy + forces), calls per second
   model-traced     the export_torchscript module's energy + autograd forces, calls per second
+  delta-openmm     openmm-reference with the same network as a Delta model over GFN2-xTB
+  delta-eager      model-eager for that Delta model (tblite runs at every call)
+
+The Delta modes run only where tblite is installed.
 
     OMP_NUM_THREADS=1 python benchmarks/md_engines.py --out benchmarks/out/md_engines
     OMP_NUM_THREADS=1 python benchmarks/md_engines.py --checkpoint models/weak/model.pt
@@ -53,15 +57,32 @@ TIMESTEP = 0.5  # fs
 FRICTION = 1.0  # 1/ps
 
 
-def untrained(path: Path, n_features: int, n_interactions: int) -> Path:
+def untrained(path: Path, n_features: int, n_interactions: int, recipes=None) -> Path:
     torch.manual_seed(0)
     model = build_model(
         "painn", n_features=n_features, n_interactions=n_interactions, dtype="float32"
     )
     for z, shift in ((1, -13.6), (6, -1029.0), (8, -2040.0)):
         model.energy_shift.shift[z] = shift
-    save_checkpoint(path, model=model, model_name="painn", meta={"elements": [1, 6, 8]})
+    meta = {"elements": [1, 6, 8], **({"recipes": recipes} if recipes else {})}
+    save_checkpoint(path, model=model, model_name="painn", meta=meta)
     return path
+
+
+def delta_over_xtb(path: Path) -> Path | None:
+    """The checkpoint at ``path`` as a Delta model over GFN2-xTB (None without tblite)."""
+    try:
+        import tblite  # noqa: F401
+    except ImportError:
+        return None
+    from pilip.potential.baselines import resolve_baseline
+
+    payload = torch.load(path, weights_only=True)
+    spec = resolve_baseline("gfn2-xtb").specification()
+    payload["meta"]["recipes"] = [{"name": "delta", "baseline": spec}]
+    delta = path.with_name(path.stem + "_delta.pt")
+    torch.save(payload, delta)
+    return delta
 
 
 def ase_md(checkpoint: Path):
@@ -104,6 +125,8 @@ def model_eager(checkpoint: Path):
 
     def calls(n: int) -> None:
         for _ in range(n):
+            # a new geometry every call, as in MD (a Delta model's baseline cache never hits)
+            atoms.positions[0, 0] += 1e-6
             calculator.calculate(atoms, ["energy", "forces"])
 
     return calls
@@ -153,6 +176,10 @@ def main() -> None:
             "model-eager": model_eager(checkpoint),
             "model-traced": model_traced(checkpoint, args.out),
         }
+        delta = delta_over_xtb(checkpoint)
+        if delta is not None:
+            modes["delta-openmm"] = openmm_md(delta, "Reference")
+            modes["delta-eager"] = model_eager(delta)
         for run in modes.values():
             run(WARMUP)
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
