@@ -133,3 +133,13 @@ def test_acac_data_efficiency(tmp_path):
     unl = next(r for r in rows if r["variant"] == "weak_unl")
     assert unl["n_unlabelled"] == 60 - 50 - 8  # the smoke pool: 60 frames, 50 of them val
     assert unl["config"]["losses"] == ["energy", "pitc", "pisc"]
+
+
+def test_md_engines(tmp_path):
+    pytest.importorskip("openmm")
+    pytest.importorskip("openmmml")
+    run("md_engines", "--smoke", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "md_engines.json").read_text())["steps_per_s"]
+    assert results and all(
+        {"ase", "openmm-reference", "model-traced"} <= set(modes) for modes in results.values()
+    )
