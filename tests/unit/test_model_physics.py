@@ -74,8 +74,8 @@ def test_registry_builds_every_model_with_its_dtype():
 
 
 def test_registry_rejects_unknown_models_and_hyper_parameters():
-    with pytest.raises(PilipError, match="unknown model 'mace'.*painn, schnet"):
-        build_model("mace")
+    with pytest.raises(PilipError, match="unknown model 'allegro'.*mace, painn, schnet"):
+        build_model("allegro")
     with pytest.raises(PilipError, match="n_feature.*valid ones are"):
         build_model("painn", n_feature=8)
     with pytest.raises(PilipError, match="float16"):

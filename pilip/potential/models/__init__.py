@@ -23,6 +23,7 @@ from pilip.errors import PilipError
 MODELS: dict[str, str] = {
     "painn": "pilip.potential.models.painn:PaiNNConfig:PaiNN",
     "schnet": "pilip.potential.models.schnet:SchNetConfig:SchNet",
+    "mace": "pilip.potential.models.mace:MACEConfig:MACE",  # needs the mace extra
 }
 
 
