@@ -155,12 +155,13 @@ class MACE(ShiftedEnergyModel):
         modules = import_mace()
         with _building():
             self.mace = modules.ScaleShiftMACE(**mace_arguments(cfg))
-        # Z -> column of the one-hot; Z = 0 (static_shapes' padding atoms): the zero row
-        # (no embedding, no energy); any other element: -1, refused in forward
+        # Z -> row of ``one_hot``: the element's one-hot; Z = 0 (static_shapes' padding atoms)
+        # the zero row (no embedding, no energy); any other element -1 (refused in forward)
         index = torch.full((N_ELEMENTS,), -1, dtype=torch.long)
         index[torch.tensor(elements)] = torch.arange(len(elements))
         index[0] = len(elements)
         self.register_buffer("element_index", index, persistent=False)
+        self.register_buffer("one_hot", torch.eye(len(elements) + 1)[:, :-1], persistent=False)
         self.energy_shift = EnergyShift()
         self.to(getattr(torch, cfg.dtype))
 
@@ -191,16 +192,16 @@ class MACE(ShiftedEnergyModel):
         dtype = self.energy_shift.scale.dtype
         positions = batch[keys.POSITIONS].to(dtype)
         numbers = batch[keys.NUMBERS]
-        column = self.element_index.index_select(0, numbers)
-        if not _capturing(positions):  # a host sync: the check is skipped inside a CUDA graph
-            if bool((column < 0).any()):
-                unknown = sorted(set(numbers[column < 0].tolist()))
-                raise PilipError(
-                    f"element(s) {unknown} are not among this MACE model's elements "
-                    f"{self.cfg.elements}; train on data with them"
-                )
-        n_columns = len(self.cfg.elements)
-        one_hot = torch.nn.functional.one_hot(column, n_columns + 1)[:, :n_columns].to(dtype)
+        row = self.element_index.index_select(0, numbers)
+        # a host sync: not with precomputed pairs (static shapes, CUDA graphs), whose batches
+        # come from training data of known elements
+        if keys.EDGE_INDEX not in batch and bool((row < 0).any()):
+            unknown = sorted(set(numbers[row < 0].tolist()))
+            raise PilipError(
+                f"element(s) {unknown} are not among this MACE model's elements "
+                f"{self.cfg.elements}; train on data with them"
+            )
+        one_hot = self.one_hot.index_select(0, row).to(dtype)
         edge_index, vectors = neighbor_list({**batch, keys.POSITIONS: positions}, self.cutoff)
         # pilip's [receiver i, sender j], vector r_j - r_i is mace's [sender, receiver] with
         # vector r_receiver - r_sender: the same (symmetric) graph. The periodic image part of
@@ -248,7 +249,3 @@ class MACE(ShiftedEnergyModel):
         atomic.copy_(shift.reshape(atomic.shape))
         exported.scale_shift.scale.fill_(float(self.energy_shift.scale))
         return exported.to(getattr(torch, dtype)).eval()
-
-
-def _capturing(t: Tensor) -> bool:
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
