@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "export": "export_xyz",
     "train": "train",
     "baseline-model": "baseline_model",
+    "export-model": "export_model",
 }
 
 
