@@ -7,7 +7,8 @@
 # Data (read in place from ../shared/data/acac): train_300K.xyz imported with hash splits
 # 0.9/0.1 (448 train, 52 val), --n-train of its train split; test_MD_300K.xyz (650) as the
 # test set. Recipes: energy (energies only), ceiling (reference energies and forces). Each
-# run: both models at their default size, float32, lr 1e-3, batch 16, stopped by
+# run: both models at their default size, float32, batch 16, lr 1e-3 for PaiNN and 1e-2 for
+# MACE (LR_PAINN, LR_MACE; MACE at 1e-3 learns forces ~4x slower per epoch), stopped by
 # --cpu-minutes (or early stopping), then pilip evaluate on the test set. Prints a table
 # (test energy RMSE meV, force RMSE eV/A, epochs) at the end; OUT/<recipe>_<model>_n<N>_s<S>/
 # holds each run and its evaluation.
@@ -29,11 +30,12 @@ mkdir -p "$out"
     --reference dft --split test --system acac
 
 one() {  # recipe model seed
-    local recipe=$1 model=$2 seed=$3 losses=energy
+    local recipe=$1 model=$2 seed=$3 losses=energy lr=${LR_PAINN:-1e-3}
+    [ "$model" = mace ] && lr=${LR_MACE:-1e-2}
     [ "$recipe" = ceiling ] && losses=energy,forces
     local run=$out/${recipe}_${model}_n${n}_s${seed}
     "$pilip" train "$out/train.parquet" --out "$run" --model "$model" --losses "$losses" \
-        --n-train "$n" --seed "$seed" --cpu-minutes "$minutes" --epochs 100000 --lr 1e-3 \
+        --n-train "$n" --seed "$seed" --cpu-minutes "$minutes" --epochs 100000 --lr "$lr" \
         --threads 1 --device cpu --no-progress 2> "$run.log" || { echo "FAILED $run"; return; }
     "$pilip" evaluate "$run/model.pt" "$out/test.parquet" --out "$run/eval" --device cpu \
         2>> "$run.log" >/dev/null
