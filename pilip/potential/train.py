@@ -266,13 +266,9 @@ def build_model(
     fitted to the training energies by least squares (with ``init_weights`` only the shifts:
     the output scale stays the initial model's)."""
     from pilip.potential.models import build_model as build
-    from pilip.potential.models import model_classes
+    from pilip.potential.models import data_hparams
 
-    params = {"dtype": config.dtype, **config.model_params}
-    module_class = model_classes(config.model)[1]
-    if hasattr(module_class, "data_defaults"):  # hyper-parameters read off the training data
-        params.update(module_class.data_defaults(params, train.numbers, train.n_atoms,
-                                                 train.positions))  # fmt: skip
+    params = data_hparams(config.model, {"dtype": config.dtype, **config.model_params}, train)
     model = build(config.model, **params)
     if init_weights is not None:
         try:

@@ -142,6 +142,12 @@ def test_delta_over_gfn2_xtb_trains_and_evaluates(runs, tmp_path):
     out = tmp_path / "eval"
     assert main(["evaluate", str(run / "model.pt"), str(runs["dataset"]), "--out", str(out),
                  "--device", "cpu"]) == 0  # fmt: skip
+    # the cheap level alone, with a (zero) MACE network built for the data's elements
+    alone = tmp_path / "xtb"
+    assert main(["baseline-model", str(runs["dataset"]), "--baseline", "gfn2-xtb", "--model",
+                 "mace", "--out", str(alone)]) == 0  # fmt: skip
+    _, meta = load_model(alone / "model.pt")
+    assert meta["hparams"]["elements"] == [1, 8]
 
 
 def test_elements_outside_the_model_are_refused_in_one_line():
