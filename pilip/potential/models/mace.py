@@ -17,10 +17,12 @@ correlation 2 (each product is up to 3-body; with 2 interactions the energy reac
 and beyond), spherical harmonics to l = 3, 8 Bessel functions and a 5 A cutoff (the whole
 molecule in one hop, as PaiNN's default). That is the size the planner measured on ethanol
 (0.046 eV/A force RMSE from 100 energies+forces in 10 CPU minutes); mace-torch's own default
-(128 channels, correlation 3) costs about 10x more per step on a CPU and gains little at
-n <= 1000. ``elements`` (the one-hot of the node attributes) and ``avg_num_neighbors`` (the
-message normalisation) come from the training data when unset (``data_defaults``, called by
-``pilip.potential.train.build_model``) and are recorded with the other hyper-parameters.
+(128 channels, correlation 3) costs 9-10x more per step on a CPU (``benchmarks/README.md``).
+Train it with ``--lr 1e-2``: at pilip's default lr it learns forces several times more
+slowly per epoch. ``elements`` (the one-hot of the node attributes) and
+``avg_num_neighbors`` (the message normalisation) come from the training data when unset
+(``data_defaults``, through ``pilip.potential.models.data_hparams``) and are recorded with
+the other hyper-parameters.
 """
 
 from __future__ import annotations
