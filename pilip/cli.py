@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "baseline-model": "baseline_model",
     "distill": "distill",
+    "export-model": "export_model",
 }
 
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pilip.potential.baselines import resolve_baseline
     from pilip.potential.checkpoint import save_checkpoint
     from pilip.potential.data import TRAIN, load_dataset
-    from pilip.potential.models import build_model
+    from pilip.potential.models import build_model, data_hparams
     from pilip.potential.recipes.delta import Delta, baseline_targets
 
     torch.set_num_threads(max(1, args.threads))
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         labels_paths=args.baseline_labels, log=lambda message: print(message, file=sys.stderr),
     )  # fmt: skip
     train = shifted[TRAIN]
-    model = build_model(args.model, dtype="float64")
+    model = build_model(args.model, **data_hparams(args.model, {"dtype": "float64"}, train))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()  # no network: energy = baseline + per-element energies

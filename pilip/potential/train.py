@@ -266,8 +266,10 @@ def build_model(
     fitted to the training energies by least squares (with ``init_weights`` only the shifts:
     the output scale stays the initial model's)."""
     from pilip.potential.models import build_model as build
+    from pilip.potential.models import data_hparams
 
-    model = build(config.model, **{"dtype": config.dtype, **config.model_params})
+    params = data_hparams(config.model, {"dtype": config.dtype, **config.model_params}, train)
+    model = build(config.model, **params)
     if init_weights is not None:
         try:
             model.load_state_dict(init_weights)

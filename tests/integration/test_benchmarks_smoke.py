@@ -143,3 +143,26 @@ def test_md_engines(tmp_path):
     assert results and all(
         {"ase", "openmm-reference", "model-traced"} <= set(modes) for modes in results.values()
     )
+
+
+@needs_acac
+def test_mace_step_time():
+    pytest.importorskip("mace")
+    xyz = str(ACAC / "train_300K.xyz")
+    out = run("mace_step_time", "--xyz", xyz, "--smoke")
+    assert out.count("| painn |") == 3 and out.count("| mace |") == 3  # the three modes
+
+
+@needs_acac
+@pytest.mark.slow
+def test_mace_acac(tmp_path):
+    pytest.importorskip("mace")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "mace_acac.sh"), str(tmp_path), "8", "0", "0.02",
+         "energy", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" not in proc.stdout
+    assert "| energy_painn_n8_s0 |" in proc.stdout and "| energy_mace_n8_s0 |" in proc.stdout

@@ -23,6 +23,7 @@ from pilip.errors import PilipError
 MODELS: dict[str, str] = {
     "painn": "pilip.potential.models.painn:PaiNNConfig:PaiNN",
     "schnet": "pilip.potential.models.schnet:SchNetConfig:SchNet",
+    "mace": "pilip.potential.models.mace:MACEConfig:MACE",  # needs the mace extra
 }
 
 
@@ -56,6 +57,19 @@ def build_model(name: str, **hparams: object) -> Any:
     return model_classes(name)[1](config)
 
 
+def data_hparams(name: str, hparams: dict[str, Any], structures: Any) -> dict[str, Any]:
+    """``hparams`` completed with those model ``name`` reads off its training ``structures``
+    (a ``pilip.potential.data.Structures``) where not given: MACE's ``elements`` and
+    ``avg_num_neighbors`` (the module's ``data_defaults``); other models take none."""
+    module_class = model_classes(name)[1]
+    if not hasattr(module_class, "data_defaults"):
+        return dict(hparams)
+    found = module_class.data_defaults(
+        hparams, structures.numbers, structures.n_atoms, structures.positions
+    )
+    return {**hparams, **found}
+
+
 def __getattr__(name: str) -> Any:  # the classes, imported on first use
     for spec in MODELS.values():
         module, config_name, model_name = spec.split(":")
@@ -64,4 +78,4 @@ def __getattr__(name: str) -> Any:  # the classes, imported on first use
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "build_model", "model_classes", "model_config"]
+__all__ = ["MODELS", "build_model", "data_hparams", "model_classes", "model_config"]
