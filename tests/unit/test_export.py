@@ -98,3 +98,23 @@ def test_a_delta_model_over_xtb_is_refused_with_the_way_out(tmp_path):
     path = checkpoint(tmp_path, meta=meta)
     with pytest.raises(PilipError, match="pilip distill"):
         export_torchscript(path, [8, 1, 1], tmp_path / "model.ts")
+
+
+def test_pilip_export_model_writes_the_torchscript_module(tmp_path, capsys):
+    from ase.io import write
+
+    from pilip.cli import main
+
+    path = checkpoint(tmp_path)
+    atoms = molecule("CH3CH2OH")
+    write(tmp_path / "ethanol.xyz", atoms)
+    out = tmp_path / "ethanol.pt"
+    args = ["export-model", str(path), "--format", "torchscript", "-o", str(out)]
+    assert main([*args, "--structure", str(tmp_path / "ethanol.xyz")]) == 0
+    module = torch.jit.load(str(out))
+    energy, _ = scripted_energy_and_forces(module, atoms.positions)
+    atoms.calc = PilipCalculator(path, device="cpu")
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+    capsys.readouterr()
+    assert main(args) == 2  # the molecule's atoms are needed
+    assert "needs --structure" in capsys.readouterr().err
