@@ -47,3 +47,16 @@ def random_rotation(seed: int) -> torch.Tensor:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return torch.from_numpy(q)
+
+
+def small_painn(dtype: str = "float64"):
+    """A small PaiNN (seed 0) with realistic per-element offsets (eV): totals of thousands of
+    eV, as in a trained model."""
+    from pilip.potential.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("painn", n_features=16, n_rbf=8, n_interactions=2, dtype=dtype)
+    model.energy_shift.shift[1] = -13.6
+    model.energy_shift.shift[6] = -1029.0
+    model.energy_shift.shift[8] = -2040.0
+    return model.eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
-from model_batches import molecules, to_batch
+from model_batches import molecules, small_painn, to_batch
 
 from pilip import keys, tables
 from pilip.errors import PilipError
@@ -22,7 +22,6 @@ from pilip.potential.baselines import (
 from pilip.potential.calculator import PilipCalculator
 from pilip.potential.checkpoint import load_model, save_checkpoint
 from pilip.potential.forces import energy_and_forces
-from pilip.potential.models import build_model
 from pilip.potential.recipes.delta import LABELS_FILE as CACHE_TABLE
 from pilip.potential.recipes.delta import baseline_labels_of
 from pilip.reference.labelling import read_configs
@@ -68,15 +67,6 @@ def xtb_reference(atoms: Atoms) -> tuple[float, np.ndarray]:
     atoms = atoms.copy()
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     return atoms.get_potential_energy(), atoms.get_forces()
-
-
-def small_painn(dtype: str = "float64"):
-    torch.manual_seed(0)
-    model = build_model("painn", n_features=16, n_rbf=8, n_interactions=2, dtype=dtype)
-    model.energy_shift.shift[1] = -13.6
-    model.energy_shift.shift[6] = -1029.0
-    model.energy_shift.shift[8] = -2040.0
-    return model.eval()
 
 
 def test_inline_names_resolve_with_a_full_specification():

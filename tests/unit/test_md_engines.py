@@ -6,11 +6,11 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
+from model_batches import small_painn
 
 from pilip.errors import PilipError
 from pilip.potential.calculator import PilipCalculator
 from pilip.potential.checkpoint import save_checkpoint
-from pilip.potential.models import build_model
 from pilip.units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 openmm = pytest.importorskip("openmm")
@@ -20,16 +20,6 @@ from openmmml import MLPotential  # noqa: E402
 
 torch.set_num_threads(1)
 ELEMENTS = [1, 6, 8]
-
-
-def small_painn(dtype: str = "float64"):
-    torch.manual_seed(0)
-    model = build_model("painn", n_features=16, n_rbf=8, n_interactions=2, dtype=dtype)
-    # realistic per-element offsets (eV): totals of thousands of eV, as in a trained model
-    model.energy_shift.shift[1] = -13.6
-    model.energy_shift.shift[6] = -1029.0
-    model.energy_shift.shift[8] = -2040.0
-    return model.eval()
 
 
 def topology_of(atoms: Atoms) -> app.Topology:
