@@ -185,30 +185,46 @@ def _labels_from_records(
     return BaselineLabels([c["id"] for c in configs], energy, forces, errors)
 
 
+def method_key(specification: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(program, method, options): what makes two baselines, or labels, the same level."""
+    return (
+        specification.get("program"),
+        specification.get("method"),
+        specification.get("options") or {},
+    )
+
+
+def labels_records(
+    paths: str | Path | list[str | Path], specification: dict[str, Any], whose: str
+) -> dict[str, dict[str, Any]]:
+    """Config id -> results record of the labels tables ``paths`` (several are merged); every
+    ok row must come from the level of ``specification`` (``whose`` names it in the one-line
+    PilipError otherwise)."""
+    from pilip.reference import labels
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    table = labels.merge_labels([labels.read_labels(p) for p in paths])
+    records = {r["config_id"]: r for r in labels.records_from_table(table)}
+    want = method_key(specification)
+    for record in records.values():
+        got = method_key(record)
+        if record.get("status") == keys.STATUS_OK and got != want:
+            raise PilipError(
+                f"{', '.join(map(str, paths))}: labels by {got[0]} {got[1]!r} options {got[2]}, "
+                f"but {whose} is {want[0]} {want[1]!r} options {want[2]}; pass labels of the "
+                "same method"
+            )
+    return records
+
+
 def read_labels_for(
     path: str | Path | list[str | Path], configs: list[dict[str, Any]], baseline: Baseline
 ) -> BaselineLabels:
     """Baseline labels of ``configs`` from labels tables (``--baseline-labels``; several are
     merged), checked to come from the same program, method and options as ``baseline``."""
-    from pilip.reference import labels
-
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    table = labels.merge_labels([labels.read_labels(p) for p in paths])
-    path = ", ".join(str(p) for p in paths)
-    want = baseline.backend.provenance()
-    records = {r["config_id"]: r for r in labels.records_from_table(table)}
-    for record in records.values():
-        if record.get("status") != keys.STATUS_OK:
-            continue
-        got = (record.get("program"), record.get("method"), record.get("options") or {})
-        if got != (want["program"], want["method"], want["options"]):
-            raise PilipError(
-                f"{path}: labels by {got[0]} {got[1]!r} options {got[2]}, but --baseline "
-                f"{baseline.name} is {want['program']} {want['method']!r} options "
-                f"{want['options']}; pass labels of the same method"
-            )
-        break
-    return _labels_from_records(configs, records, str(path), baseline.name)
+    records = labels_records(path, baseline.backend.provenance(), f"--baseline {baseline.name}")
+    source = ", ".join(map(str, [path] if isinstance(path, (str, Path)) else path))
+    return _labels_from_records(configs, records, source, baseline.name)
 
 
 def configs_of_table(path: str | Path) -> list[dict[str, Any]]:
@@ -392,19 +408,7 @@ def tabled_cache(
     """The baseline values of every structure of the table(s) ``structures`` that the labels
     tables ``paths`` hold an ok row for, keyed for batches in ``dtype``; labels of another
     program, method or options than ``specification`` are refused in one line."""
-    from pilip.reference import labels
-
-    table = labels.merge_labels([labels.read_labels(p) for p in paths])
-    source = ", ".join(str(p) for p in paths)
-    records = {r["config_id"]: r for r in labels.records_from_table(table)}
-    want = (specification["program"], specification["method"], specification.get("options") or {})
-    for record in records.values():
-        got = (record.get("program"), record.get("method"), record.get("options") or {})
-        if record.get("status") == keys.STATUS_OK and got != want:
-            raise PilipError(
-                f"{source}: labels by {got[0]} {got[1]!r} options {got[2]}, but the model's "
-                f"baseline is {describe(specification)}; pass labels of the same method"
-            )
+    records = labels_records(paths, specification, "the model's baseline")
     cache = BaselineCache()
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     many = [structures] if isinstance(structures, (str, Path)) else list(structures)

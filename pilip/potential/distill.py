@@ -92,8 +92,8 @@ def check_tabled_coverage(
     teacher_meta: dict[str, Any], pool: pa.Table, labels_paths: list[str] | None, source: str
 ) -> None:
     """For a teacher over a tabled baseline: every pool structure has an ok baseline label."""
+    from pilip.potential.baselines import labels_records
     from pilip.potential.recipes import recipe_records
-    from pilip.reference import labels
 
     delta = next((r for r in recipe_records(teacher_meta) if r["name"] == "delta"), None)
     if delta is None or not delta.get("tabled"):
@@ -105,12 +105,11 @@ def check_tabled_coverage(
             f"its labels of the pool with --baseline-labels (pilip label POOL --reference "
             f"{name} --forces -o T)"
         )
-    table = labels.merge_labels([labels.read_labels(p) for p in labels_paths])
+    records = labels_records(labels_paths, delta["baseline"], "the teacher's baseline")
     ok = {
-        r["config_id"]
-        for r in labels.records_from_table(table)
+        i for i, r in records.items()
         if r.get("status") == keys.STATUS_OK and r.get("forces") is not None
-    }
+    }  # fmt: skip
     ids = pool.column(keys.ID).to_pylist()
     missing = [i for i in ids if i not in ok]
     if missing:

@@ -149,7 +149,7 @@ class Delta(Recipe):
     def init_problem(
         cls, init: dict[str, Any] | None, run: dict[str, Any] | None, path: str
     ) -> str:
-        from pilip.potential.baselines import describe
+        from pilip.potential.baselines import describe, method_key
 
         if init is None and run is None:
             return ""
@@ -166,9 +166,7 @@ class Delta(Recipe):
                 "network predicts total energies, not corrections; drop --baseline or --init"
             )
         have = init["baseline"]
-        if (have["program"], have["method"], have.get("options") or {}) != (
-            want["program"], want["method"], want.get("options") or {},
-        ):  # fmt: skip
+        if method_key(have) != method_key(want):
             return (
                 f"--init {path} is a Delta model over {describe(have)}, but --baseline is "
                 f"{describe(want)}; use the same baseline"
