@@ -168,9 +168,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.losses, str):
-            self.losses = [s.strip() for s in self.losses.split(",") if s.strip()]
-        self.losses = [ALIASES.get(n.lower(), n.lower()) for n in self.losses]
+        self.losses = loss_names(self.losses)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,6 +210,14 @@ class TrainConfig:
             check_setting(spec, getattr(self, spec.name))
         if self.epochs is None and self.minutes is None and self.cpu_minutes is None:
             raise PilipError("no budget: give --epochs, --minutes and/or --cpu-minutes")
+
+
+def loss_names(losses: str | list[str]) -> list[str]:
+    """``--losses`` as written (``"energy,pitc"`` or a list) -> lower-case term names, aliases
+    resolved (``force`` -> ``forces``)."""
+    if isinstance(losses, str):
+        losses = [s.strip() for s in losses.split(",") if s.strip()]
+    return [ALIASES.get(str(n).lower(), str(n).lower()) for n in losses]
 
 
 # --- what is derived from the declarations ---------------------------------------------------
@@ -386,9 +392,7 @@ def training_values(
     model_params = {**values.get("model_params", {}), **options.pop("model_params", {})}
     values.update(options)
     values["model_params"] = model_params
-    losses = values.get("losses", default_of(_field("losses")))
-    weak = any(ALIASES.get(str(n).lower(), str(n).lower()) in WEAK_TERMS for n in (
-        losses.split(",") if isinstance(losses, str) else losses))  # fmt: skip
+    weak = set(WEAK_TERMS) & set(loss_names(values.get("losses", default_of(_field("losses")))))
     if shared_unlabelled and not weak:
         unlabelled = None
     return values, unlabelled
