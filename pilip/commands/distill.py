@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pilip.commands.train import given_options, train_run
+    from pilip.commands.train import given_options, resolve_settings, train_run
     from pilip.errors import PilipError
     from pilip.potential import distill
     from pilip.potential.checkpoint import load_model, read_checkpoint
@@ -69,17 +69,14 @@ def run(args: argparse.Namespace) -> int:
         "pool": [str(p) for p in args.pool],
     }
     given = given_options(args, recipes=False)
-    # train_run checks every student setting before the teacher labels anything
-    from pilip.potential.train_config import split_values, training_values
-
-    study = None
-    if args.config:
-        from pilip.config import load_config
-
-        study = load_config(args.config)
-    values, _ = training_values(study, args.variant, given, args.config or "")
-    split_values({**values, "losses": given.get("losses", ["energy", "forces"])},
-                 "pilip distill")[0].validate()  # fmt: skip
+    # every student setting is checked before the teacher labels anything
+    settings = resolve_settings(args, given, defaults={"losses": ["energy", "forces"]})
+    recipe_options = {k: v for k, v in settings[2].items() if v is not None}
+    if recipe_options:
+        raise PilipError(
+            f"the student takes no recipe settings, but --config/--variant give "
+            f"{', '.join(sorted(recipe_options))}; choose a variant without them"
+        )
 
     dataset = out / distill.POOL_FILE
     if distill.pool_is_current(dataset, teacher):
@@ -96,7 +93,4 @@ def run(args: argparse.Namespace) -> int:
         distill.write_pool_dataset(pool, split, energy, forces, dataset, teacher)
     record = {"teacher": {k: teacher[k] for k in ("path", "sha256", "recipe")},
               "pool": teacher["pool"]}  # fmt: skip
-    return train_run(
-        args, str(dataset), given, extra=[Distilled(record)],
-        defaults={"losses": ["energy", "forces"]},
-    )  # fmt: skip
+    return train_run(args, str(dataset), given, settings, extra=[Distilled(record)])

@@ -82,31 +82,14 @@ def given_options(args: argparse.Namespace, recipes: bool = True) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    return train_run(args, args.dataset, given_options(args))
+    given = given_options(args)
+    return train_run(args, args.dataset, given, resolve_settings(args, given))
 
 
-def train_run(
-    args: argparse.Namespace,
-    dataset: str,
-    given: dict,
-    *,
-    extra: list | None = None,
-    defaults: dict | None = None,
-) -> int:
-    """Train on ``dataset`` with the settings ``given`` as options (over ``defaults``, then
-    ``--config``/``--variant``); ``extra`` recipes join those the options select (``pilip
-    distill`` adds its own). ``args``: ``out``, ``config``, ``variant``, ``threads``,
-    ``no_resume``, ``restart_if_changed``, ``no_progress``."""
-    from pathlib import Path
-
-    import torch
-
-    from pilip.errors import PilipError
-    from pilip.potential import recipes
-    from pilip.potential.data import load_dataset, load_unlabelled, training_references
-    from pilip.potential.devices import resolve_device
-    from pilip.potential.terms import FORCES
-    from pilip.potential.train import TrainingInterrupted, check_inputs, train
+def resolve_settings(args: argparse.Namespace, given: dict, defaults: dict | None = None):
+    """(the validated --config or None, TrainConfig, the recipes' option values, unlabelled
+    table or None): the settings ``given`` as options over ``--config``/``--variant`` over
+    ``defaults`` over the declared ones, checked before any data are read."""
     from pilip.potential.train_config import split_values, training_values
 
     study = None
@@ -117,10 +100,37 @@ def train_run(
     values, unlabelled_path = training_values(study, args.variant, given, args.config or "")
     values.update({k: v for k, v in (defaults or {}).items() if k not in given})
     config, options = split_values(values, args.config or f"pilip {args.command}")
+    config.validate()  # before reading any data (check_inputs adds the data's checks)
+    return study, config, options, unlabelled_path
+
+
+def train_run(
+    args: argparse.Namespace,
+    dataset: str,
+    given: dict,
+    settings: tuple,
+    *,
+    extra: list | None = None,
+) -> int:
+    """Train on ``dataset`` with ``settings`` (from :func:`resolve_settings` of the options
+    ``given``); ``extra`` recipes join those the options select (``pilip distill`` adds its
+    own). ``args``: ``out``, ``config``, ``threads``, ``no_resume``, ``restart_if_changed``,
+    ``no_progress``."""
+    from pathlib import Path
+
+    import torch
+
+    from pilip.errors import PilipError
+    from pilip.potential import recipes
+    from pilip.potential.data import load_dataset, load_unlabelled, training_references
+    from pilip.potential.devices import resolve_device
+    from pilip.potential.terms import FORCES
+    from pilip.potential.train import TrainingInterrupted, check_inputs, train
+
+    study, config, options, unlabelled_path = settings
     chosen = recipes.select(options)
     if extra:  # plain only when no recipe at all is chosen
         chosen = [r for r in chosen if r.name != "plain"] + extra
-    config.validate()  # before reading any data (check_inputs adds the data's checks)
     resolve_device(config.device)
     if args.threads is not None:
         if args.threads < 1:

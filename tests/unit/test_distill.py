@@ -124,3 +124,16 @@ def test_bad_distillation_input_is_one_line_before_any_work(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert words in err
     assert not (out / POOL_FILE).exists()
+
+
+def test_a_variant_with_recipe_settings_is_refused_for_the_student(teacher, tmp_path, capsys):
+    dataset, teacher_path = teacher
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  variants:\n    d: {baseline: gfn2-xtb}\n")
+    out = tmp_path / "student"
+    args = ["distill", str(teacher_path), str(dataset), "--out", str(out), *TINY,
+            "--config", str(config), "--variant", "d"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "the student takes no recipe settings" in capsys.readouterr().err
+    assert not (out / POOL_FILE).exists()
