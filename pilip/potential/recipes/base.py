@@ -5,9 +5,9 @@ subtracts a baseline from the targets and adds it back at inference, fine-tuning
 a checkpoint's weights. ``pilip train`` builds a :class:`RunPlan` (the settings, the data, the
 run folder), lets every selected recipe :meth:`~Recipe.check` it (all checks before any
 expensive work), then :meth:`~Recipe.prepare` it (targets, initial weights, loss surface), and
-hands the plan to the loop (``pilip.potential.train.train``), which knows no recipe. Each
-recipe's :meth:`~Recipe.record` goes into the checkpoint (``meta["recipes"]``, in order), and
-``pilip.potential.checkpoint.load_model`` gives the record back to the recipe's
+hands the plan to the loop (``pilip.potential.train.train``), which knows no recipe. The
+record each recipe leaves in ``plan.records`` goes into the checkpoint (``meta["recipes"]``, in
+order), and ``pilip.potential.checkpoint.load_model`` gives it back to the recipe's
 :meth:`~Recipe.inference_model`, so every user of the checkpoint gets what the recipe means.
 
 A recipe module imports no torch at import time (the config schema, which every command and the
