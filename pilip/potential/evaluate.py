@@ -26,6 +26,7 @@ from torch import nn
 from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
+from pilip.potential import recipes
 from pilip.potential.data import Structures, structures_from_arrays
 from pilip.potential.forces import energy_and_forces, total_energy
 from pilip.potential.metrics import energy_metrics, force_metrics, rmse
@@ -268,20 +269,6 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def recipe_of(meta: dict[str, Any]) -> str:
-    """How the model came about: ``plain``, ``Delta over GFN2-xTB (tblite 0.4.0)``,
-    ``fine-tuned from PATH`` (both can hold), or ``GFN2-xTB alone (...)``."""
-    from pilip.potential.recipes import describe
-
-    return describe(meta)
-
-
-def _recipe_records(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    from pilip.potential.recipes import recipe_records
-
-    return recipe_records(meta)
-
-
 def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
     """What the report shows about training: model, losses, weights, epochs, wall time (s).
 
@@ -302,8 +289,8 @@ def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, A
         "best_epoch": meta.get("best_epoch"),
         "epochs": None,
         "train_time_s": None,
-        "recipe": recipe_of(meta),
-        "recipes": _recipe_records(meta),
+        "recipe": recipes.describe(meta),
+        "recipes": recipes.recipe_records(meta),
     }
     if log_path is not None:
         import pandas as pd
@@ -373,7 +360,7 @@ def write_evaluation(
     if log_path is not None:
         plot_learning_curve(log_path, out_dir / LEARNING_CURVE_FILE, title)
     else:
-        plot_untrained(out_dir / LEARNING_CURVE_FILE, recipe_of(meta), title)
+        plot_untrained(out_dir / LEARNING_CURVE_FILE, recipes.describe(meta), title)
 
     metrics["units"] = UNITS
     metrics.update(training_summary(meta, log_path))
