@@ -1,7 +1,9 @@
-"""Plots of an evaluation: energy and force parity, learning curves (PNG, matplotlib Agg).
+"""Plots of an evaluation: energy and force parity, learning curves, committee calibration
+(PNG, matplotlib Agg).
 
-Inputs are the predictions of :func:`pilip.potential.evaluate.evaluate_model` (eV, eV/A) and a
-training ``metrics.csv`` (pilip.potential.train); every file is written atomically.
+Inputs are the predictions of :func:`pilip.potential.evaluate.evaluate_model` (eV, eV/A), a
+training ``metrics.csv`` (pilip.potential.train) and committee spreads with their errors
+(pilip.potential.calibration); every file is written atomically.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ase.data import chemical_symbols
 
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
+from pilip.potential.calibration import calibration_curve, miscalibration_area, spearman
 from pilip.potential.metrics import rmse
 
 
@@ -143,5 +146,76 @@ def plot_learning_curve(log_path: Path, path: Path, title: str = "") -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.suptitle(title or "Learning curves")
+    _save(fig, path)
+    plt.close(fig)
+
+
+# at most this many points per set in the scatter panel of plot_calibration (a seeded subset):
+# the force components of a large test set would take long to draw and hide each other
+MAX_SCATTER_POINTS = 20000
+
+
+def plot_calibration(
+    path: Path,
+    sets: dict[str, tuple[np.ndarray, np.ndarray]],
+    title: str = "",
+) -> None:
+    """Calibration of committee spreads, one curve and one point cloud per set.
+
+    Args:
+        path: the PNG to write.
+        sets: label -> (spread, error), arrays of one shape (see pilip.potential.calibration),
+            e.g. ``{"test energies (eV)": (energy_std, energy_error), "force components
+            (eV/A)": (forces_std.ravel(), force_error.ravel())}``.
+        title: the figure's title.
+
+    Left: observed vs expected coverage of the Gaussian intervals with the diagonal, the
+    miscalibration area in the legend. Right: ``|error|`` vs spread (log-log; points where
+    either is zero are left out, and at most ``MAX_SCATTER_POINTS`` per set are drawn) with
+    the line ``|error| = spread`` over the spreads drawn and the Spearman correlation in the legend.
+    """
+    plt = _pyplot()
+    fig, (ax_curve, ax_scatter) = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
+    ax_curve.plot([0, 1], [0, 1], color="0.5", lw=1, zorder=0)
+    low, high = math.inf, -math.inf
+    rng = np.random.default_rng(0)
+    for label, (spread, error) in sets.items():
+        expected, observed = calibration_curve(spread, error)
+        spread = np.asarray(spread, dtype=np.float64).reshape(-1)
+        size = np.abs(np.asarray(error, dtype=np.float64).reshape(-1))
+        if not spread.size:
+            ax_curve.plot([], [], label=f"{label} (no points)")
+            continue
+        area = miscalibration_area(spread, size)
+        ax_curve.plot(expected, observed, label=f"{label} (area {area:.3f})")
+        shown = (spread > 0) & (size > 0)
+        x, y = spread[shown], size[shown]
+        if x.size > MAX_SCATTER_POINTS:
+            keep = rng.choice(x.size, size=MAX_SCATTER_POINTS, replace=False)
+            x, y = x[keep], y[keep]
+        rho = spearman(spread, size)
+        ax_scatter.scatter(x, y, s=5, alpha=0.4, label=f"{label} (Spearman {rho:.2f})")
+        if x.size:
+            low, high = min(low, x.min()), max(high, x.max())
+    ax_curve.set_xlim(0, 1)
+    ax_curve.set_ylim(0, 1)
+    ax_curve.set_aspect("equal")
+    ax_curve.set_xlabel("expected fraction within the interval")
+    ax_curve.set_ylabel("observed fraction within the interval")
+    ax_curve.set_title("(a) calibration (above: spreads too large)", fontsize=9)
+    if math.isfinite(low):
+        ax_scatter.plot([low, high], [low, high], color="k", lw=1, ls="--", zorder=3)
+        ax_scatter.set_xscale("log")
+        ax_scatter.set_yscale("log")
+    else:
+        ax_scatter.text(0.5, 0.5, "no points with spread and error > 0", ha="center",
+                        transform=ax_scatter.transAxes)  # fmt: skip
+    ax_scatter.set_xlabel("committee spread (unit of each set)")
+    ax_scatter.set_ylabel("|error| (unit of each set)")
+    ax_scatter.set_title("(b) ranking: |error| vs spread", fontsize=9)
+    for ax in (ax_curve, ax_scatter):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title or "Committee uncertainty")
     _save(fig, path)
     plt.close(fig)
