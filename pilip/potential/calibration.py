@@ -16,7 +16,9 @@ prediction, ``error ~ N(0, spread**2)``, the reading of Tran et al., Mach. Learn
 * :func:`gaussian_nll`: the mean negative log-likelihood of the errors, which rewards spreads
   that are both calibrated and small; after one scale factor (:func:`fit_scale`) fitted by
   the caller on validation data;
-* :func:`calibration_metrics`: all of them as one JSON-ready dict.
+* :func:`calibration_metrics`: all of them as one JSON-ready dict;
+  :func:`committee_calibration`: validation energies, test energies and force components in
+  one dict, the scale fitted on the validation energies only.
 
 Pure numpy and the standard library. docs/uncertainty.md says how to read the numbers.
 """
@@ -263,3 +265,40 @@ def calibration_metrics(
     result.update({key: _json_float(value) for key, value in values.items()})
     result["n_spread_floored"] = int(np.sum(spread < SPREAD_FLOOR))
     return result
+
+
+def committee_calibration(
+    val: tuple[np.ndarray, np.ndarray] | None,
+    test_energy: tuple[np.ndarray, np.ndarray] | None,
+    test_forces: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, object]:
+    """The calibration of a committee on the sets ``pilip evaluate`` measures, JSON-ready.
+
+    Args:
+        val: ``(energy_std, energy_error)`` of the validation structures (the ``SELECT`` rows
+            of pilip.rows), (n_val,) eV each: the one scale factor is fitted on them.
+        test_energy: ``(energy_std, energy_error)`` of the test energies, (n_test,) eV each.
+        test_forces: ``(forces_std, force_error)`` of the force-evaluation atoms, (n_atoms, 3)
+            eV/A each (flattened here: one point per Cartesian component).
+        None (or empty arrays) where a set is missing.
+
+    Returns:
+        ``scale``: :func:`fit_scale` on the validation energies, None without them (then the
+        test NLLs are of the unscaled spreads and the sets' ``scale`` is 1);
+        ``scale_fitted_on``: ``"validation energies"`` or None; ``validation_energy``,
+        ``energy`` and ``forces``: :func:`calibration_metrics` of each set, the test sets with
+        ``scale`` applied (so ``nll`` and ``miscalibration_area_scaled`` are the calibrated
+        figures, and each set's ``fitted_scale`` says whether the validation energies' factor
+        carries over to it).
+    """
+    empty = (np.zeros(0), np.zeros(0))
+    validation = calibration_metrics(*(val or empty))
+    # None without validation energies; 0 when they are all exactly right: nothing to scale by
+    scale = validation["fitted_scale"] or None
+    return {
+        "scale": scale,
+        "scale_fitted_on": "validation energies" if scale is not None else None,
+        "validation_energy": validation,
+        "energy": calibration_metrics(*(test_energy or empty), scale=scale),
+        "forces": calibration_metrics(*(test_forces or empty), scale=scale),
+    }

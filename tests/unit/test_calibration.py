@@ -12,6 +12,7 @@ from pilip.potential.calibration import (
     _area_between,
     calibration_curve,
     calibration_metrics,
+    committee_calibration,
     fit_scale,
     gaussian_nll,
     miscalibration_area,
@@ -160,6 +161,40 @@ def test_bad_input_is_refused_with_a_reason():
         gaussian_nll([0.1], [0.1], scale=0.0)
     with pytest.raises(ValueError, match="n_points"):
         calibration_curve([0.1], [0.1], n_points=1)
+
+
+def test_committee_calibration_fits_the_scale_on_validation_energies_only():
+    rng = np.random.default_rng(10)
+    val_std, test_std = rng.uniform(0.01, 0.1, 5000), rng.uniform(0.01, 0.1, 5000)
+    forces_std = rng.uniform(0.05, 0.5, (2000, 3))
+    # energy spreads 2x too small on both energy sets, force spreads 5x too small
+    val = (val_std, 2 * val_std * rng.standard_normal(5000))
+    test = (test_std, 2 * test_std * rng.standard_normal(5000))
+    forces = (forces_std, 5 * forces_std * rng.standard_normal((2000, 3)))
+    result = committee_calibration(val, test, forces)
+    assert result["scale"] == pytest.approx(2.0, rel=0.05)
+    assert result["scale"] == result["validation_energy"]["fitted_scale"]
+    assert result["scale_fitted_on"] == "validation energies"
+    energy, force = result["energy"], result["forces"]
+    assert energy["scale"] == force["scale"] == result["scale"]
+    assert energy["miscalibration_area_scaled"] < 0.03 < 0.2 < energy["miscalibration_area"]
+    assert energy["nll"] == pytest.approx(energy["nll_ideal"], abs=0.05)
+    # the energies' factor does not repair the forces, and the forces' own factor says so
+    assert force["n"] == 6000 and force["fitted_scale"] == pytest.approx(5.0, rel=0.05)
+    assert force["miscalibration_area_scaled"] > 0.1
+    json.dumps(result, allow_nan=False)
+
+
+def test_committee_calibration_without_validation_energies_leaves_spreads_unscaled():
+    spread, error = calibrated(seed=11)
+    result = committee_calibration(None, (spread, error), None)
+    assert result["scale"] is None and result["scale_fitted_on"] is None
+    assert result["energy"]["scale"] == 1.0
+    assert result["energy"]["nll"] == pytest.approx(gaussian_nll(spread, error))
+    assert result["forces"]["n"] == 0 and result["validation_energy"]["n"] == 0
+    # validation errors all exactly zero: no factor to fit, the spreads stay as they are
+    exact = committee_calibration((np.full(3, 0.1), np.zeros(3)), (spread, error), None)
+    assert exact["scale"] is None and exact["energy"]["scale"] == 1.0
 
 
 def test_plot_calibration_writes_a_png(tmp_path):
