@@ -33,7 +33,7 @@ import numpy as np
 # Spreads below this (in the unit of the input: eV or eV/A) count as this in fit_scale and
 # gaussian_nll, so that a zero spread (identical committee members, a component that symmetry
 # keeps zero in every member) gives a large finite NLL instead of inf or nan; calibration_metrics
-# counts the floored points (n_spread_floored). Far below any spread of a trained committee.
+# counts the floored points (n_spread_floored).
 SPREAD_FLOOR = 1e-9
 
 # Expected coverages of the calibration curve: p = 0, 0.01, ..., 1 (uncertainty-toolbox uses 100
