@@ -125,17 +125,17 @@ def export_mace(checkpoint: str | Path, out: str | Path, dtype: str = "float64")
     from pilip.potential.recipes import recipe_class, recipe_records
 
     payload = read_checkpoint(checkpoint, "cpu")
-    name = payload["model"]["name"]
-    if name != "mace":
-        raise PilipError(
-            f"{checkpoint} is a {name} model; --format mace exports MACE models only "
-            "(train one with --model mace)"
-        )
     if "members" in payload["model"]:
         raise PilipError(
             f"{checkpoint} is a committee of {len(payload['model']['members'])} models "
             "(--ensemble), which mace-torch cannot hold as one model; export a member's own "
             "checkpoint (members/<k>/model.pt beside it in the run folder)"
+        )
+    name = payload["model"]["name"]
+    if name != "mace":
+        raise PilipError(
+            f"{checkpoint} is a {name} model; --format mace exports MACE models only "
+            "(train one with --model mace)"
         )
     for record in recipe_records(payload["meta"]):
         if recipe_class(record["name"]).wraps_inference:

@@ -404,7 +404,7 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
 
     # weights_only load (load_model uses it; a plain torch.load must work too)
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format_version"] == FORMAT_VERSION == 2
+    assert payload["format_version"] == FORMAT_VERSION == 3
     model, meta = load_model(out / "model.pt")
     assert meta["model"] == "painn" and meta["elements"] == [1, 8]
     assert meta["cutoff"] == TINY["cutoff"] and meta["config"]["lr"] == 2e-2
@@ -547,6 +547,7 @@ def test_cli_config_variant(dataset, tmp_path):
         (["--losses", "pitc"], "--losses must include energy"),
         (["--n-train", "99"], "--n-train 99: the training split has 14"),
         (["--epochs", "0"], "--epochs 0: must be >= 1"),
+        (["--ensemble", "0"], "--ensemble 0: must be >= 1"),
         (["--k", "2"], "second-order factor k = 2.0"),
         (["--variant", "weak"], "--variant needs --config"),
         (
