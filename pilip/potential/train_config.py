@@ -124,12 +124,15 @@ class TrainConfig:
         1,
         "committee size: train this many models differing only in seed (member k: seed + k) "
         "into one model.pt whose mean is the potential and whose spread the ASE calculator "
-        "reports (energy_std, forces_std); costs N times one model: the budget (epochs, "
-        "minutes, cpu_minutes) is per member",
+        "reports (energy_std, forces_std); costs that many times one model: the budget "
+        "(epochs, minutes, cpu_minutes) is per member",
         minimum=1,
     )
     epochs: int | None = setting(
-        1000, "budget in epochs (null: none); the first budget reached stops", minimum=1
+        1000,
+        "budget in epochs (null: none); the first budget reached stops; per member of a "
+        "committee (--ensemble)",
+        minimum=1,
     )
     minutes: float | None = setting(
         None, "budget in wall-clock minutes (null: none)", exclusive_minimum=0

@@ -346,6 +346,10 @@ def test_a_committee_killed_during_member_1_resumes_without_retraining_member_0(
     assert without_times(read_metrics(out / "members" / "1" / "metrics.csv")) == without_times(
         read_metrics(tmp_path / "full" / "members" / "1" / "metrics.csv")
     )
+    # a larger committee later trains only the new member
+    calls["n"] = 0
+    assert pilip_train(dataset, out, "--ensemble", "3", "--epochs", "3") == 0
+    assert calls["n"] == 12 and len(read_checkpoint(out / "model.pt")["model"]["members"]) == 3
 
 
 def test_fine_tuning_from_a_committee_starts_member_k_from_its_member_k_mod_m(dataset, tmp_path):
@@ -384,3 +388,13 @@ def test_ensemble_zero_and_a_folder_of_the_other_kind_are_refused(dataset, tmp_p
     assert pilip_train(dataset, out, "--epochs", "1", "--ensemble", "2",
                        "--restart-if-changed") == 0  # fmt: skip
     assert isinstance(load_model(out / "model.pt")[0], Committee)
+
+
+def test_a_run_folder_of_the_other_kind_is_named(tmp_path):
+    from pilip.potential.run_folder import layout_problem
+
+    (tmp_path / "members" / "0").mkdir(parents=True)
+    assert "holds a committee run (members/), not a single model" in layout_problem(tmp_path, False)
+    assert layout_problem(tmp_path, True) == ""
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert layout_problem(tmp_path, False) == "" == layout_problem(tmp_path, True)

@@ -379,6 +379,18 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 1
 
 
+def test_a_last_pt_older_than_a_setting_resumes_as_if_it_had_the_default(dataset, tmp_path):
+    """A last.pt written before a setting existed (here ``ensemble``) ran with its default."""
+    data = load_dataset(dataset)
+    out = tmp_path / "run"
+    train(config(epochs=1), data, out)
+    saved = read_checkpoint(out / "last.pt")
+    del saved["meta"]["config"]["ensemble"]
+    torch.save(saved, out / "last.pt")
+    train(config(epochs=2), data, out)
+    assert len(read_metrics(out / "metrics.csv")) == 2
+
+
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the 1e300 eV label, on purpose
 def test_nan_loss_stops_with_one_line(tmp_path, capsys):
     path = tmp_path / "bad.parquet"
