@@ -58,6 +58,10 @@ class Committee(ShiftedEnergyModel):
         mean of every member's, :meth:`reference_energy`)."""
         return self.members[0].energy_shift
 
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """(n_structures,) mean energy of the members, eV, in their dtype (positions in A)."""
+        return super().forward(batch)
+
     def hparams(self) -> dict[str, Any]:
         """The members' hyper-parameters (one architecture)."""
         return self.members[0].hparams()

@@ -4,13 +4,15 @@ Member k is the run of the same settings with seed ``seed + k`` (its initial wei
 order and weak-loss perturbations; the data, and a ``--n-train`` subset drawn with ``seed``,
 are the same for all), trained by the ordinary loop (pilip.potential.train) in its own run
 folder, so it resumes as any run does: after a kill, the finished members only reload their
-``last.pt`` (their budget is spent) and the interrupted one continues where it stopped. What
+``last.pt`` (their budget is spent) and the interrupted one continues where it stopped; a
+larger ``--ensemble`` later trains only the new members. What
 the recipes prepared is shared: a Delta baseline is computed once for all members; fine-tuning
 from a committee starts member k from the init's member k mod M. The budget (epochs,
 minutes, CPU minutes) is per member. The run folder::
 
     OUT/members/<k>/   member k: config.json, metrics.csv, last.pt, model.pt
-    OUT/model.pt       the committee (pilip.potential.committee), written when all are done
+    OUT/model.pt       the committee (pilip.potential.committee), written when all are done;
+                       its meta's val_energy_rmse is the mean's, best_epoch member 0's
     OUT/metrics.csv    member 0's learning curve (pilip evaluate, the workflow's reports)
     OUT/config.json    the run's settings (``seed`` the first member's, ``ensemble`` N)
     OUT/train.log      every member's log lines, prefixed by the member
