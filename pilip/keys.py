@@ -30,6 +30,9 @@ REFERENCE = "reference"  # ()             | name of the reference method
 STATUS = "status"  # ()                   | ok | failed | timeout
 ENERGY = "energy"  # ()                   | eV, total energy (per structure)
 FORCES = "forces"  # (n_atoms, 3)         | eV/A, null where not computed
+# a committee's spread over its members (ASE calculator results; population std, ddof 0)
+ENERGY_STD = "energy_std"  # ()           | eV, float
+FORCES_STD = "forces_std"  # (n_atoms, 3) | eV/A, per component
 ERROR = "error"  # ()                     | error text of a failed calculation, else null
 WALL_TIME = "wall_time"  # ()             | seconds
 SPLIT = "split"  # ()                     | train | val | test

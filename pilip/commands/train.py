@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pilip.potential.train_config import add_train_options
 
     parser.add_argument("dataset", help="dataset table (Parquet) with split and energy columns")
-    parser.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.csv")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="run folder: model.pt, last.pt, metrics.csv (a committee: members/<k>/ each)",
+    )
     parser.add_argument("--config", help="config.yaml whose `training` section gives the settings")
     parser.add_argument("--variant", help="a name under training.variants in --config")
     parser.add_argument(
@@ -173,6 +177,12 @@ def train_run(
             + (f", {len(plan.unlabelled)} unlabelled" if plan.unlabelled else "")
             + f"; model {plan.config.model}, losses {','.join(plan.config.losses)}; "
             f"recipe {recipes.describe(plan.meta)}"
+            + (
+                f"; a committee of {plan.config.ensemble} (seeds {plan.config.seed} to "
+                f"{plan.config.seed + plan.config.ensemble - 1}), the budget per member"
+                if plan.config.ensemble > 1
+                else ""
+            )
         )
         if not args.config:
             log(NO_CONFIG_NOTE)
@@ -186,9 +196,10 @@ def train_run(
         except TrainingInterrupted as stop:
             log(f"interrupted by {stop}")
             return 128 + stop.signum
-    print(
-        f"pilip {args.command}: best epoch {result.best_epoch}, validation energy RMSE "
-        f"{1000 * result.best_val_energy_rmse:.2f} meV -> {out / 'model.pt'}",
-        file=sys.stderr,
-    )
+    if not result.members:  # a committee's result was logged, with its members'
+        print(
+            f"pilip {args.command}: best epoch {result.best_epoch}, validation energy RMSE "
+            f"{1000 * result.best_val_energy_rmse:.2f} meV -> {out / 'model.pt'}",
+            file=sys.stderr,
+        )
     return 0

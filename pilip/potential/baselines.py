@@ -367,6 +367,10 @@ class DeltaModel(ShiftedEnergyModel):
         """(n_struct,) float64: the model's network part plus the baseline, eV."""
         return self.model.network_energy(batch).double() + self.baseline_energy(batch)
 
+    def reference_energy(self, batch: dict[str, Tensor]) -> Tensor:
+        """(n_struct,) float64: the model's reference part (a committee's: its members' mean)."""
+        return self.model.reference_energy(batch)
+
 
 def cache_from_labels(
     labels: BaselineLabels,

@@ -8,6 +8,11 @@ atoms.get_forces()            # eV/A, -dE/dR by autograd
 A Delta model (``pilip train --baseline gfn2-xtb``) returns baseline + model with no extra
 argument; its baseline reads the charge and multiplicity from ``atoms.info["charge"]`` and
 ``atoms.info["multiplicity"]`` (default: those of its training data).
+
+A committee (``pilip train --ensemble N``) gives the members' mean as ``energy`` and
+``forces``, and their spread as ``energy_std`` (eV, float) and ``forces_std`` ((n_atoms, 3)
+eV/A, float64), the population standard deviations over the members
+(``calc.get_property("forces_std", atoms)``); a single model has neither key.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from torch import nn
 
 from pilip import keys
 from pilip.errors import PilipError
+from pilip.potential.committee import committee_of, predict_with_spread
 from pilip.potential.devices import resolve_device
-from pilip.potential.forces import energy_and_forces
 
 
 def atoms_to_batch(atoms: Atoms, device: torch.device, dtype: torch.dtype) -> dict:
@@ -53,7 +58,8 @@ class PilipCalculator(Calculator):
             ``model`` is a path. Atoms of other elements are refused with a PilipError.
     """
 
-    implemented_properties = ["energy", "forces"]
+    implemented_properties = [keys.ENERGY, keys.FORCES]
+    committee_properties = [keys.ENERGY_STD, keys.FORCES_STD]  # a committee's spread
 
     def __init__(
         self,
@@ -75,6 +81,9 @@ class PilipCalculator(Calculator):
         self.trained_electrons = (getattr(model, "charge", 0), getattr(model, "multiplicity", 1))
         self.dtype = next(self.model.parameters()).dtype
         self.elements = None if elements is None else {int(z) for z in elements}
+        if committee_of(self.model) is not None:
+            self.implemented_properties = [*self.implemented_properties,
+                                           *self.committee_properties]  # fmt: skip
 
     def calculate(
         self,
@@ -94,8 +103,11 @@ class PilipCalculator(Calculator):
                 self.atoms.info.get("multiplicity", self.trained_electrons[1])
             )
         batch = atoms_to_batch(self.atoms, self.device, self.dtype)
-        energy, forces = energy_and_forces(self.model, batch)
+        prediction = predict_with_spread(self.model, batch)
         self.results = {
-            "energy": float(energy.detach()[0]),
-            "forces": forces.detach().cpu().numpy().astype(np.float64),
+            keys.ENERGY: float(prediction.energy[0]),
+            keys.FORCES: prediction.forces.cpu().numpy().astype(np.float64),
         }
+        if prediction.energy_std is not None:
+            self.results[keys.ENERGY_STD] = float(prediction.energy_std[0])
+            self.results[keys.FORCES_STD] = prediction.forces_std.cpu().numpy().astype(np.float64)

@@ -11,6 +11,10 @@ A checkpoint is one ``torch.save`` of plain containers, tensors and numbers, so 
                                  (how the run trained, pilip.potential.recipes), ...}
     train_state     (last.pt only) optimizer / scheduler / EMA / RNG state, epoch counters
 
+A committee (``pilip train --ensemble N``, format 3) holds its members' networks in ``model``
+as ``"members": [{"name", "hparams", "state_dict"}, ...]`` instead of one ``state_dict``
+(pilip.potential.committee); ``load_model`` returns the members' mean.
+
 ``torch.save`` writes a zip archive with a CRC-32 per entry, which ``torch.load`` never checks:
 a flipped bit in the weights loads as other weights (8 of 10 random flips in a small
 ``model.pt``). :func:`read_checkpoint` therefore verifies every entry's CRC first.
@@ -18,7 +22,8 @@ a flipped bit in the weights loads as other weights (8 of 10 random flips in a s
 ``load_model`` returns the model in eval mode and ``meta`` with ``format_version``, ``model``
 and ``hparams`` added; each recipe of ``meta["recipes"]`` turns the network into the potential
 it stands for (a Delta model: baseline + network), so every user of a checkpoint gets it
-without a flag. Format 1 (before recipe records: ``baseline`` and ``init`` keys) still loads.
+without a flag. Formats 1 (before recipe records: ``baseline`` and ``init`` keys) and 2
+(before committees; the layout of a single model is unchanged) still load.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from pilip import __version__
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError, first_line
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # 1: recipes as meta["baseline"] / meta["init"]
+FORMAT_VERSION = 3
+# 1: recipes as meta["baseline"] / meta["init"]; 2: no committees
+READABLE_FORMATS = (1, 2, 3)
 
 
 def energy_shifts(model: nn.Module) -> list[list[float]]:
@@ -114,11 +120,19 @@ def _verify_archive(path: Path) -> None:
         raise ValueError(f"CRC mismatch in {bad.split('/', 1)[-1]}")
 
 
-def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device) -> nn.Module:
-    """Rebuild the model of a checkpoint dict and load its weights (on ``device``)."""
+def model_from_checkpoint(
+    payload: dict[str, Any], device: str | torch.device, source: str = "checkpoint"
+) -> nn.Module:
+    """Rebuild the model of a checkpoint dict and load its weights (on ``device``): the
+    network, or a committee's ``pilip.potential.committee.Committee`` (one-line PilipError
+    naming ``source`` when its members do not form one)."""
     from pilip.potential.models import build_model
 
     spec = payload["model"]
+    if "members" in spec:
+        from pilip.potential.committee import committee_from_checkpoint
+
+        return committee_from_checkpoint(payload, device, source)
     model = build_model(spec["name"], **spec["hparams"])
     model.load_state_dict(spec["state_dict"])
     return model.to(device)
@@ -131,7 +145,8 @@ def load_model(
 
     ``model(batch)`` gives per-structure energies in eV. ``meta`` holds ``config`` (the training
     configuration), ``format_version``, ``cutoff`` (A), ``elements``, ``energy_shifts`` and the
-    model's ``model`` name and ``hparams``. Each of its recipes wraps the network (a Delta
+    model's ``model`` name and ``hparams``. A committee's network is the mean of its members
+    (``pilip.potential.committee``). Each of its recipes wraps the network (a Delta
     checkpoint comes back as baseline + model; a one-line PilipError says what to install if
     its baseline cannot run). ``inputs`` go to the recipes (``baseline_labels`` = labels
     tables and ``structures`` = the table of the structures to evaluate, for a Delta model whose
@@ -140,7 +155,7 @@ def load_model(
     from pilip.potential.recipes import inference_model, recipe_records
 
     payload = read_checkpoint(path, device)
-    model = model_from_checkpoint(payload, device)
+    model = model_from_checkpoint(payload, device, str(path))
     model = inference_model(model, payload["meta"], str(path), **inputs)
     model.eval()
     meta = dict(payload["meta"])

@@ -27,6 +27,7 @@ from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
 from pilip.potential import recipes
+from pilip.potential.committee import ensemble_size
 from pilip.potential.data import Structures, structures_from_arrays
 from pilip.potential.forces import energy_and_forces, total_energy
 from pilip.potential.metrics import energy_metrics, force_metrics, rmse
@@ -333,7 +334,8 @@ def write_evaluation(
 
     ``training_log`` (a training ``metrics.csv``) gives the learning curves; without it the
     learning-curve file says that there is none (every evaluated run has the same files) and
-    ``plots.learning_curve_trained`` is false. metrics.json is
+    ``plots.learning_curve_trained`` is false. A committee is evaluated by its mean;
+    ``ensemble`` in metrics.json is its member count (1: a single model). metrics.json is
     written last, so its presence means the evaluation finished. ``warn`` gets one line when
     the test energies are of another reference than the model's training energies
     (``model_reference`` in metrics.json, from the checkpoint).
@@ -364,6 +366,7 @@ def write_evaluation(
 
     metrics["units"] = UNITS
     metrics.update(training_summary(meta, log_path))
+    metrics["ensemble"] = ensemble_size(model)  # committee members (1: a single model)
     metrics.update(
         model=None if model_path is None else str(model_path),
         dataset=str(dataset),

@@ -118,13 +118,19 @@ def export_mace(checkpoint: str | Path, out: str | Path, dtype: str = "float64")
 
     The file holds a ``mace.modules.ScaleShiftMACE`` (``torch.save`` of the module, as
     mace-torch writes its own models) whose total energies and forces are pilip's. One-line
-    PilipError for a checkpoint of another architecture or one whose recipes wrap the network
-    (Delta).
+    PilipError for a checkpoint of another architecture, a committee, or one whose recipes
+    wrap the network (Delta).
     """
     from pilip.potential.checkpoint import model_from_checkpoint, read_checkpoint
     from pilip.potential.recipes import recipe_class, recipe_records
 
     payload = read_checkpoint(checkpoint, "cpu")
+    if "members" in payload["model"]:
+        raise PilipError(
+            f"{checkpoint} is a committee of {len(payload['model']['members'])} models "
+            "(--ensemble), which mace-torch cannot hold as one model; export a member's own "
+            "checkpoint (members/<k>/model.pt beside it in the run folder)"
+        )
     name = payload["model"]["name"]
     if name != "mace":
         raise PilipError(

@@ -3,12 +3,14 @@
 A run folder holds ``config.json`` (the settings, model hyper-parameters resolved),
 ``metrics.csv`` (one row per epoch, rewritten from the state's history on every start),
 ``last.pt`` (everything to resume: weights, optimizer, scheduler, EMA, random streams, the
-metrics history) and ``model.pt`` (the EMA weights of the best epoch). A ``last.pt`` continues a
-run only when it was written by the same settings (the budget and placement aside:
-``RESUMABLE_CHANGES``) on the same data (:func:`data_fingerprint`); anything else is refused, or
-with ``restart_if_changed`` started afresh. SIGINT and SIGTERM (Ctrl-C; SLURM before a kill) only
-set a flag while training runs (:class:`StopSignals`); the loop saves ``last.pt`` at the step
-reached and raises :class:`TrainingInterrupted`.
+metrics history) and ``model.pt`` (the EMA weights of the best epoch); a committee's
+(``--ensemble N``) holds one such run folder per member in ``members/<k>/`` and the
+committee's model.pt, metrics.csv and config.json (pilip.potential.committee_training). A
+``last.pt`` continues a run only when it was written by the same settings (the budget and
+placement aside: ``RESUMABLE_CHANGES``) on the same data (:func:`data_fingerprint`); anything
+else is refused, or with ``restart_if_changed`` started afresh. SIGINT and SIGTERM (Ctrl-C;
+SLURM before a kill) only set a flag while training runs (:class:`StopSignals`); the loop saves
+``last.pt`` at the step reached and raises :class:`TrainingInterrupted`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ METRICS_FILE = "metrics.csv"
 BEST_FILE = "model.pt"
 LAST_FILE = "last.pt"
 CONFIG_FILE = "config.json"
+MEMBERS_DIR = "members"  # a committee's members' run folders: members/0, members/1, ...
 # validation columns of metrics.csv: "val_" + the energy keys of metrics.json
 VAL_KEYS = ("energy_rmse", "energy_mae", "energy_rmse_mev_per_atom", "energy_mae_mev_per_atom")
 
@@ -176,8 +179,38 @@ def resume_problem(saved: dict[str, Any], config: TrainConfig, fingerprint: str)
     if meta.get("data_fingerprint") != fingerprint:
         return "was trained on other data (dataset, --n-train, --unlabelled or initial weights)"
     previous, current = meta["config"], config.to_dict()
+    defaults = TrainConfig().to_dict()  # a setting newer than the checkpoint had its default
     changed = sorted(
         k for k in set(previous) | set(current)
-        if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k)
+        if k not in RESUMABLE_CHANGES and previous.get(k, defaults.get(k)) != current.get(k)
     )  # fmt: skip
     return f"was written with a different setting of {', '.join(changed)}" if changed else ""
+
+
+def layout_problem(out_dir: Path, committee: bool) -> str:
+    """Why ``out_dir`` cannot continue a committee run (``committee``) or a single-model run:
+    it holds only the other kind's resume point (``last.pt`` or ``members/``), or ""."""
+    single, members = (out_dir / LAST_FILE).is_file(), (out_dir / MEMBERS_DIR).is_dir()
+    if committee and single and not members:
+        return f"{out_dir} holds a single-model run ({LAST_FILE}), not a committee (--ensemble)"
+    if not committee and members and not single:
+        return f"{out_dir} holds a committee run ({MEMBERS_DIR}/), not a single model"
+    return ""
+
+
+def check_layout(
+    out_dir: Path,
+    committee: bool,
+    resume: bool,
+    restart_if_changed: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Refuse (or, with ``restart_if_changed``, log and go on) a run folder of the other kind."""
+    problem = layout_problem(out_dir, committee) if resume else ""
+    if problem and not restart_if_changed:
+        raise PilipError(
+            f"--out {problem}; to start afresh there pass --restart-if-changed (or "
+            "--no-resume), or choose another --out"
+        )
+    if problem:
+        log(f"starting afresh: {problem}")

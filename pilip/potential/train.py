@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from pilip.potential.run_folder import (
     RunFolder,
     StopSignals,
     TrainingInterrupted,
+    check_layout,
     data_fingerprint,
 )
 from pilip.potential.static_step import batch_shape
@@ -69,6 +70,9 @@ class TrainResult:
     stop_reason: str  # epochs | minutes | cpu_minutes | early_stopping
     wall_time_s: float  # training time over all sessions (excluding evaluation of the test set)
     out_dir: Path
+    # a committee's: its members' results (then best_epoch, epochs and stop_reason are member
+    # 0's, best_val_energy_rmse the committee mean's and wall_time_s the sum over members)
+    members: list[TrainResult] = field(default_factory=list)
 
 
 def train(
@@ -77,7 +81,7 @@ def train(
     out_dir: str | Path,
     *,
     unlabelled: Structures | None = None,
-    init_weights: dict[str, torch.Tensor] | None = None,
+    init_weights: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
     meta: dict[str, Any] | None = None,
     surface: LossSurface | None = None,
     resume: bool = True,
@@ -90,8 +94,11 @@ def train(
 
     ``data`` (from :func:`pilip.potential.data.load_dataset`, float64, CPU) holds the targets
     the per-element energy shifts are fitted to. ``unlabelled`` structures feed the weak losses
-    only. ``init_weights`` (a state dict of the same architecture) replace the random
-    initialisation. ``meta`` (JSON-like) goes into both checkpoints. ``surface``: the losses
+    only. ``init_weights`` (a state dict of the same architecture, or a committee's list of
+    them: member k of this run starts from entry k mod their number) replace the random
+    initialisation. ``config.ensemble`` > 1 trains a committee of that many models, seeds
+    ``seed`` + k, each a run folder ``out_dir/members/k`` (pilip.potential.committee_training).
+    ``meta`` (JSON-like) goes into both checkpoints. ``surface``: the losses
     and the validation see ``surface.wrap(model)`` against ``surface.labels(data)``; the
     checkpoints hold the network. ``resume`` continues from ``out_dir/last.pt`` (see
     :mod:`pilip.potential.run_folder`). ``progress`` None shows a bar only on a terminal.
@@ -99,6 +106,17 @@ def train(
     after SIGINT/SIGTERM (``last.pt`` saved).
     """
     log = log or (lambda message: None)
+    check_layout(Path(out_dir), config.ensemble > 1, resume, restart_if_changed, log)
+    if config.ensemble > 1:
+        from pilip.potential.committee_training import train_committee
+
+        return train_committee(
+            config, data, Path(out_dir), unlabelled=unlabelled, init_weights=init_weights,
+            meta=meta, surface=surface, resume=resume, restart_if_changed=restart_if_changed,
+            progress=progress, log=log,
+        )  # fmt: skip
+    if isinstance(init_weights, list):  # a committee's members: a single model takes the first
+        init_weights = init_weights[0]
     train_set, val_set = data[TRAIN], data[VAL]
     check_inputs(config, train_set, unlabelled)
     device, dtype = resolve_device(config.device), getattr(torch, config.dtype)

@@ -120,8 +120,19 @@ class TrainConfig:
         None, "train on this many structures of the train split (null: all)", minimum=1
     )
     seed: int = setting(0, "initialisation, batch order and perturbations")
+    ensemble: int = setting(
+        1,
+        "committee size: train this many models differing only in seed (member k: seed + k) "
+        "into one model.pt whose mean is the potential and whose spread the ASE calculator "
+        "reports (energy_std, forces_std); costs that many times one model: the budget "
+        "(epochs, minutes, cpu_minutes) is per member",
+        minimum=1,
+    )
     epochs: int | None = setting(
-        1000, "budget in epochs (null: none); the first budget reached stops", minimum=1
+        1000,
+        "budget in epochs (null: none); the first budget reached stops; per member of a "
+        "committee (--ensemble)",
+        minimum=1,
     )
     minutes: float | None = setting(
         None, "budget in wall-clock minutes (null: none)", exclusive_minimum=0

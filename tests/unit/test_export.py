@@ -118,3 +118,30 @@ def test_pilip_export_model_writes_the_torchscript_module(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 2  # the molecule's atoms are needed
     assert "needs --structure" in capsys.readouterr().err
+
+
+def test_a_committee_exports_its_mean_to_torchscript_and_mace_refuses_it(tmp_path):
+    from pilip.potential.checkpoint import read_checkpoint
+    from pilip.potential.committee import committee_payload
+    from pilip.potential.export import export_mace
+
+    payloads = []
+    for k in range(2):
+        (tmp_path / str(k)).mkdir()
+        payloads.append(read_checkpoint(checkpoint(tmp_path / str(k))))
+    # two members of different weights (checkpoint() seeds 0: perturb member 1)
+    state = payloads[1]["model"]["state_dict"]
+    name = next(k for k in state if "energy_shift" not in k and state[k].is_floating_point())
+    state[name] = state[name] + 0.1
+    path = tmp_path / "committee.pt"
+    torch.save(committee_payload(payloads, payloads[0]["meta"]), path)
+    atoms = molecule("CH3CH2OH")
+    export_torchscript(path, atoms.numbers, tmp_path / "model.ts")
+    module = torch.jit.load(str(tmp_path / "model.ts"))
+    atoms.calc = PilipCalculator(path, device="cpu")
+    energy, forces = scripted_energy_and_forces(module, atoms.positions)
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-10)
+    assert atoms.calc.results["energy_std"] > 0
+    with pytest.raises(PilipError, match="committee of 2 models .* export a member's own"):
+        export_mace(path, tmp_path / "x.model")

@@ -379,6 +379,18 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 1
 
 
+def test_a_last_pt_older_than_a_setting_resumes_as_if_it_had_the_default(dataset, tmp_path):
+    """A last.pt written before a setting existed (here ``ensemble``) ran with its default."""
+    data = load_dataset(dataset)
+    out = tmp_path / "run"
+    train(config(epochs=1), data, out)
+    saved = read_checkpoint(out / "last.pt")
+    del saved["meta"]["config"]["ensemble"]
+    torch.save(saved, out / "last.pt")
+    train(config(epochs=2), data, out)
+    assert len(read_metrics(out / "metrics.csv")) == 2
+
+
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the 1e300 eV label, on purpose
 def test_nan_loss_stops_with_one_line(tmp_path, capsys):
     path = tmp_path / "bad.parquet"
@@ -404,7 +416,7 @@ def test_checkpoint_round_trip_and_selection_on_val_energy(dataset, tmp_path):
 
     # weights_only load (load_model uses it; a plain torch.load must work too)
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format_version"] == FORMAT_VERSION == 2
+    assert payload["format_version"] == FORMAT_VERSION == 3
     model, meta = load_model(out / "model.pt")
     assert meta["model"] == "painn" and meta["elements"] == [1, 8]
     assert meta["cutoff"] == TINY["cutoff"] and meta["config"]["lr"] == 2e-2
@@ -547,6 +559,7 @@ def test_cli_config_variant(dataset, tmp_path):
         (["--losses", "pitc"], "--losses must include energy"),
         (["--n-train", "99"], "--n-train 99: the training split has 14"),
         (["--epochs", "0"], "--epochs 0: must be >= 1"),
+        (["--ensemble", "0"], "--ensemble 0: must be >= 1"),
         (["--k", "2"], "second-order factor k = 2.0"),
         (["--variant", "weak"], "--variant needs --config"),
         (

@@ -88,6 +88,24 @@ def test_resume_reuses_the_cached_baseline(dataset, tmp_path, count_xtb):
     assert len(val_rmse_rows(run)) == 3  # resumed, not restarted
 
 
+def test_a_delta_committee_computes_one_baseline_for_all_members(dataset, tmp_path, count_xtb):
+    from pilip.potential.committee import Committee
+
+    run = tmp_path / "delta"
+    assert (
+        pilip_train(dataset, run, "--baseline", "gfn2-xtb", "--epochs", "2", "--ensemble", "2") == 0
+    )
+    assert count_xtb.calls == 12  # every training and validation structure once, not per member
+    model, meta = load_model(run / "model.pt")
+    assert isinstance(model, DeltaModel) and isinstance(model.model, Committee)
+    assert [m["recipes"] for m in meta["members"]] == [meta["recipes"]] * 2
+    # baseline + committee mean against the reference labels: the RMSE the run recorded
+    val = load_dataset(dataset)[VAL]
+    predicted, _ = predict(model, val, torch.device("cpu"))
+    rmse = energy_metrics(predicted, val.energy.numpy(), val.n_atoms.numpy())["energy_rmse"]
+    assert rmse == pytest.approx(meta["val_energy_rmse"], rel=1e-5)
+
+
 def test_weak_losses_with_a_baseline_compute_it_at_the_perturbed_geometries(
     dataset, tmp_path, count_xtb
 ):

@@ -45,7 +45,9 @@ class RunPlan:
     config_path: str | None = None
     elements: list[int] = field(default_factory=list)  # atomic numbers of every structure
     given: dict[str, Any] = field(default_factory=dict)  # settings given as options
-    init_weights: dict[str, Tensor] | None = None  # instead of the random initialisation
+    # instead of the random initialisation: a state dict, or a committee's list of them
+    # (member k of the run starts from entry k mod their number)
+    init_weights: dict[str, Tensor] | list[dict[str, Tensor]] | None = None
     surface: LossSurface | None = None  # what the losses see, when not the network itself
     records: list[dict[str, Any]] = field(default_factory=list)  # the recipes' records
     meta: dict[str, Any] = field(default_factory=dict)  # more checkpoint meta

@@ -11,6 +11,11 @@ its shifts, so the fine-tune starts exactly where the checkpoint ended.
 A checkpoint whose network alone is not the potential (a Delta model) fine-tunes only in a run
 of the same kind: every recipe that wraps inference compares its record in the checkpoint with
 its record in the run (``Recipe.init_problem``).
+
+A committee checkpoint (``--ensemble``) gives one set of weights per member: member k of the
+run starts from its member k mod M (M members), so a committee fine-tunes member by member, a
+larger one cycles through them (differing still in batch order and perturbations), and a
+single model (``--ensemble 1``) starts from member 0.
 """
 
 from __future__ import annotations
@@ -42,10 +47,15 @@ class Finetune(Recipe):
 
     def check(self, plan: RunPlan) -> None:
         from pilip.potential.checkpoint import read_checkpoint
+        from pilip.potential.committee import committee_problem
         from pilip.potential.recipes import recipe_class, recipe_records
 
         path = self.options["init"]
         self.payload = read_checkpoint(path, "cpu")
+        if "members" in self.payload["model"]:
+            problem = committee_problem(self.payload)
+            if problem:
+                raise PilipError(f"--init {path}: {problem}")
         check_compatible(
             self.payload,
             path,
@@ -66,12 +76,22 @@ class Finetune(Recipe):
         path = self.options["init"]
         architecture = self.payload["model"]
         hparams = {k: v for k, v in architecture["hparams"].items() if k != "dtype"}
-        plan.init_weights = state_dict_in(architecture["state_dict"], plan.config.dtype)
+        members = architecture.get("members")
+        if members:
+            plan.init_weights = [state_dict_in(m["state_dict"], plan.config.dtype) for m in members]
+        else:
+            plan.init_weights = state_dict_in(architecture["state_dict"], plan.config.dtype)
         plan.config = dataclasses.replace(
             plan.config, model=architecture["name"], model_params=hparams
         )
         plan.records.append({"name": self.name, "init": str(path)})
-        plan.log(f"fine-tuning from {path} ({architecture['name']})")
+        source = f"the {len(members)} members of {path}" if members else str(path)
+        plan.log(f"fine-tuning from {source} ({architecture['name']})")
+        if members and plan.config.ensemble != len(members):
+            plan.log(
+                f"--init {path} has {len(members)} members and this run {plan.config.ensemble}: "
+                f"member k starts from its member k mod {len(members)}"
+            )
 
     @classmethod
     def describe(cls, record: dict[str, Any]) -> str:
