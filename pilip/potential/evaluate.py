@@ -32,18 +32,20 @@ from pilip.potential.data import Structures, structures_from_arrays
 from pilip.potential.forces import energy_and_forces, total_energy
 from pilip.potential.metrics import energy_metrics, force_metrics, rmse
 from pilip.potential.plots import (
+    plot_calibration,
     plot_energy_parity,
     plot_force_parity,
     plot_learning_curve,
     plot_untrained,
 )
-from pilip.rows import TEST_ENERGY, TEST_FORCES, RowFlags, stage_rows
+from pilip.rows import SELECT, TEST_ENERGY, TEST_FORCES, RowFlags, stage_rows
 from pilip.tables import field_unit, read_table, rows_of, table_provenance
 
 METRICS_FILE = "metrics.json"
 PARITY_ENERGY_FILE = "parity_energy.png"
 PARITY_FORCES_FILE = "parity_forces.png"
 LEARNING_CURVE_FILE = "learning_curve.png"
+CALIBRATION_FILE = "calibration.png"  # committees only
 
 # Keys every metrics.json has (values null where the set is empty); the report relies on them.
 METRIC_KEYS = (
@@ -87,6 +89,7 @@ class LabelledSet:
 class EvaluationSets:
     energy: LabelledSet  # test split, not force_validation, with energies
     forces: LabelledSet  # rows with forces: force_validation rows or test split
+    val: LabelledSet  # validation split with energies: a committee's spread is scaled on them
 
 
 def _column_or(table: pa.Table, name: str, default: object) -> list:
@@ -124,6 +127,8 @@ def read_evaluation_sets(path: str | Path) -> EvaluationSets:
     )
     energy_rows = stage_rows(TEST_ENERGY, flags)
     force_rows = stage_rows(TEST_FORCES, flags)
+    val_rows = stage_rows(SELECT, flags)
+    val_rows = val_rows[flags.has_energy[val_rows]]
     if len(energy_rows) == 0 and len(force_rows) == 0:
         raise PilipError(
             f"{path}: nothing to evaluate: no test-split rows with energies and no rows with "
@@ -144,6 +149,7 @@ def read_evaluation_sets(path: str | Path) -> EvaluationSets:
             ],
             forces=True,
         ),
+        val=_labelled(table, val_rows, system, reference, forces=False),
     )
 
 
@@ -217,6 +223,30 @@ def predict(
     return np.concatenate(energies), (np.concatenate(force_blocks) if forces else None)
 
 
+def predict_committee(
+    model: nn.Module, structures: Structures, device: torch.device, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """A committee's mean and spread on ``structures``, in order (numpy, float64):
+    ``energy``, ``energy_std`` (n,) eV, ``members`` (n_members, n) eV, ``forces``,
+    ``forces_std`` (n_atoms_total, 3) eV/A and ``member_forces`` (n_members, n_atoms_total, 3)
+    eV/A (pilip.potential.committee.predict_with_spread, batch by batch)."""
+    from pilip.potential.committee import predict_with_spread
+
+    names = ("energy", "energy_std", "members", "forces", "forces_std", "member_forces")
+    if len(structures) == 0:
+        m = ensemble_size(model)
+        shapes = ((0,), (0,), (m, 0), (0, 3), (0, 3), (m, 0, 3))
+        return {name: np.zeros(shape) for name, shape in zip(names, shapes, strict=True)}
+    dtype = next(model.parameters()).dtype
+    blocks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in structures.to(device, dtype).batches(batch_size):
+        prediction = predict_with_spread(model, batch)
+        for name in names:
+            blocks[name].append(getattr(prediction, name).detach().cpu().double().numpy())
+    axis = {"members": 1, "member_forces": 1}
+    return {name: np.concatenate(blocks[name], axis=axis.get(name, 0)) for name in names}
+
+
 def evaluate_model(
     model: nn.Module,
     sets: EvaluationSets,
@@ -226,11 +256,20 @@ def evaluate_model(
     """Metrics (stable keys, see ``METRIC_KEYS``) and the predictions behind them.
 
     Predictions: ``energy_pred``/``energy_ref`` (n_energy,) eV, ``force_pred``/``force_ref``
-    (n_atoms, 3) eV/A, ``force_numbers`` (n_atoms,).
+    (n_atoms, 3) eV/A, ``force_numbers`` (n_atoms,). A committee is measured by its mean, and
+    adds ``members`` (each member's ``energy_rmse`` and ``force_rmse``, in member order) and
+    ``calibration`` (:func:`committee_metrics`) to the metrics, ``energy_std`` and
+    ``forces_std`` to the predictions.
     """
     e_set, f_set = sets.energy.structures, sets.forces.structures
-    energy_pred, _ = predict(model, e_set, device, batch_size)
-    _, force_pred = predict(model, f_set, device, batch_size, forces=True)
+    committee = ensemble_size(model) > 1
+    if committee:
+        energy_run = predict_committee(model, e_set, device, batch_size)
+        force_run = predict_committee(model, f_set, device, batch_size)
+        energy_pred, force_pred = energy_run["energy"], force_run["forces"]
+    else:
+        energy_pred, _ = predict(model, e_set, device, batch_size)
+        _, force_pred = predict(model, f_set, device, batch_size, forces=True)
     energy_ref = e_set.energy.numpy()
     n_atoms = e_set.n_atoms.numpy()
     metrics: dict[str, Any] = {}
@@ -253,7 +292,53 @@ def evaluate_model(
         "force_ref": f_set.forces.numpy(),
         "force_numbers": f_set.numbers.numpy(),
     }
+    if committee:
+        val_run = predict_committee(model, sets.val.structures, device, batch_size)
+        metrics.update(
+            committee_metrics(
+                energy_run, energy_ref, force_run, predictions["force_ref"],
+                val_run, sets.val.structures.energy.numpy(),
+            )
+        )  # fmt: skip
+        predictions["energy_std"] = energy_run["energy_std"]
+        predictions["forces_std"] = force_run["forces_std"]
     return metrics, predictions
+
+
+def committee_metrics(
+    energy_run: dict[str, np.ndarray],
+    energy_ref: np.ndarray,
+    force_run: dict[str, np.ndarray],
+    force_ref: np.ndarray,
+    val_run: dict[str, np.ndarray],
+    val_ref: np.ndarray,
+) -> dict[str, Any]:
+    """``members``: every member's test ``energy_rmse`` (eV) and ``force_rmse`` (eV/A), alone;
+    ``calibration``: the spread against the error of the mean
+    (pilip.potential.calibration.committee_calibration: one scale factor fitted on the
+    validation energies, then Spearman, miscalibration area and NLL of the test energies and
+    of the force components). Runs from :func:`predict_committee`; references in eV, eV/A."""
+    from pilip.potential.calibration import committee_calibration
+
+    def member_rmse(values: np.ndarray, reference: np.ndarray) -> list[float | None]:
+        return [rmse(v - reference) if reference.size else None for v in values]
+
+    return {
+        "members": {
+            "energy_rmse": member_rmse(energy_run["members"], energy_ref),
+            "force_rmse": member_rmse(force_run["member_forces"], force_ref),
+        },
+        "calibration": committee_calibration(
+            val=(val_run["energy_std"], val_run["energy"] - val_ref),
+            test_energy=(energy_run["energy_std"], energy_run["energy"] - energy_ref),
+            test_forces=(force_run["forces_std"], force_run["forces"] - force_ref),
+        ),
+    }
+
+
+def energy_errors(predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """(n_energy,) eV: predicted minus reference test energies."""
+    return predictions["energy_pred"] - predictions["energy_ref"]
 
 
 # --- the whole evaluation --------------------------------------------------------------------
@@ -357,6 +442,18 @@ def write_evaluation(
     plots = {"parity_energy": PARITY_ENERGY_FILE, "parity_forces": PARITY_FORCES_FILE}
     plot_energy_parity(predictions, out_dir / PARITY_ENERGY_FILE, title and f"{title}: energies")
     plot_force_parity(predictions, out_dir / PARITY_FORCES_FILE, title and f"{title}: forces")
+    if "calibration" in metrics:
+        plot_calibration(
+            out_dir / CALIBRATION_FILE,
+            {
+                "test energies (eV)": (predictions["energy_std"], energy_errors(predictions)),
+                "force components (eV/A)": (
+                    predictions["forces_std"], predictions["force_pred"] - predictions["force_ref"]
+                ),
+            },
+            title and f"{title}: committee spread",
+        )  # fmt: skip
+        plots["calibration"] = CALIBRATION_FILE
     plots["learning_curve"] = LEARNING_CURVE_FILE
     plots["learning_curve_trained"] = log_path is not None
     if log_path is not None:

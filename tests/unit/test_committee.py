@@ -300,6 +300,24 @@ def test_pilip_train_ensemble_writes_one_committee_that_evaluate_and_the_calcula
                  "--device", "cpu"]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["ensemble"] == 2 and metrics["plots"]["learning_curve_trained"]
+    # the mean is never worse than its members on average (triangle inequality), per set
+    for key in ("energy_rmse", "force_rmse"):
+        members = metrics["members"][key]
+        assert len(members) == 2 and metrics[key] <= np.mean(members) + 1e-12
+    calibration = metrics["calibration"]
+    assert calibration["scale_fitted_on"] == "validation energies" and calibration["scale"] > 0
+    assert calibration["energy"]["n"] == metrics["n_energy"]
+    assert calibration["forces"]["n"] == metrics["n_force_components"]
+    assert -1 <= calibration["forces"]["spearman"] <= 1
+    assert metrics["plots"]["calibration"] == "calibration.png"
+    assert (tmp_path / "ev" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    # a single member: no spread, so no calibration
+    assert main(["evaluate", str(out / "members" / "0" / "model.pt"), str(dataset), "--out",
+                 str(tmp_path / "ev0"), "--device", "cpu"]) == 0  # fmt: skip
+    single = json.loads((tmp_path / "ev0" / "metrics.json").read_text())
+    assert single["ensemble"] == 1 and "calibration" not in single and "members" not in single
+    assert not (tmp_path / "ev0" / "calibration.png").exists()
+    assert single["force_rmse"] == pytest.approx(metrics["members"]["force_rmse"][0], rel=1e-6)
     atoms = molecules(("H2O",))[0]
     atoms.calc = PilipCalculator(out / "model.pt", device="cpu")
     assert atoms.calc.get_property("forces_std", atoms).shape == (3, 3)
