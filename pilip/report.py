@@ -2,8 +2,9 @@
 
 Each variant is a results folder written by ``pilip evaluate`` (metrics.json and plots) and,
 optionally, ``pilip md`` (md.json). The summary is Markdown: one table of energy and force
-errors, MD stability and training time, one of force errors per element, the ratio of force
-RMSEs against the baseline variant stated plainly, and links to the plots.
+errors, MD stability (stable runs, first failure, h(r) MAE, steps/s) and training time, one of
+force errors per element, the ratio of force RMSEs against the baseline variant stated
+plainly, and links to the plots.
 """
 
 from __future__ import annotations
