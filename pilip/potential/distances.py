@@ -7,11 +7,14 @@ Critical Evaluation for Machine Learning Force Fields with Molecular Simulations
     h(r) = 1 / (N (N - 1)) sum_i sum_{j != i} delta(r - |x_i - x_j|)      (averaged over frames)
     MAE_h(r) = integral_0^inf |<h(r)> - <h_ref(r)>| dr
 
-evaluated on a histogram of 500 bins from 0 to 10 A. Here :func:`distance_histogram` is the
-frame average of h(r) as a histogram density (every pair once, every frame, 1/A; it
+evaluated on a histogram of 500 bins from 0 to 10 A (their code, github.com/kyonofx/MDsim
+``observable.ipynb``: ``np.histogram(distances, bins, density=True)`` and
+``np.abs(h - h_ref).mean() * xlim``, which is the same sum). Here :func:`distance_histogram`
+is the frame average of h(r) as a histogram density (every pair once, every frame, 1/A; it
 integrates to 1 over [0, r_max]) and :func:`hr_mae` the integral as a Riemann sum,
 ``dr * sum |h - h_ref|``: 0 for identical distributions, 2 for disjoint ones, whatever the bin
-width and the number of frames.
+width and the number of frames. The mean of ``|h - h_ref|`` over the bins without the factor
+r_max is 10x smaller at r_max = 10 A: mind the scale when comparing with other numbers.
 
 Molecules only: a periodic frame is refused, because the distances of a crystal or a liquid to
 10 A run over periodic images (a radial distribution function), which is another quantity.

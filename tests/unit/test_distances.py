@@ -65,6 +65,9 @@ def test_a_scaled_or_different_structure_differs_and_disjoint_ones_reach_two():
     b = distance_histogram([Atoms("H2", positions=[[0, 0, 0], [0, 0, 1.05]])])[0]
     assert a[37] == pytest.approx(1 / DR) and b[52] == pytest.approx(1 / DR)
     assert hr_mae(a, b, DR) == pytest.approx(2.0)
+    # Fu et al.'s code: np.abs(h - h_ref).mean() * xlim, the same number
+    h_other = distance_histogram(trajectory(seed=1))[0]
+    assert hr_mae(h, h_other, DR) == pytest.approx(R_MAX * np.abs(h - h_other).mean())
     # half of the frames at each length: half the weight overlaps
     mixed = distance_histogram(
         [Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]) for d in (0.75, 1.05)]
