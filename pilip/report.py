@@ -158,7 +158,9 @@ def md_sentence(variants: list[Variant]) -> list[str]:
         "integrated absolute difference of the distributions of all interatomic distances "
         "of the trajectories and of the test structures (0 identical, 2 disjoint)"
     )
-    floors = [m["hr_mae_reference_halves"] for m in mds if m.get("hr_mae_reference_halves")]
+    floors = [
+        m["hr_mae_reference_halves"] for m in mds if m.get("hr_mae_reference_halves") is not None
+    ]
     if floors:
         text += (
             f"; two halves of the test structures differ by {floors[0]:.3f} among themselves, "
