@@ -2,8 +2,9 @@
 
 Each variant is a results folder written by ``pilip evaluate`` (metrics.json and plots) and,
 optionally, ``pilip md`` (md.json). The summary is Markdown: one table of energy and force
-errors, MD stability and training time, one of force errors per element, the ratio of force
-RMSEs against the baseline variant stated plainly, and links to the plots.
+errors, MD stability (stable runs, first failure, h(r) MAE, steps/s) and training time, one of
+force errors per element, the ratio of force RMSEs against the baseline variant stated
+plainly, and links to the plots.
 """
 
 from __future__ import annotations
@@ -122,15 +123,50 @@ def _num(value: Any, scale: float = 1.0, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
 
-def _md_cell(md: dict[str, Any] | None) -> str:
+def _md_cells(md: dict[str, Any] | None) -> list[str]:
+    """The MD columns: stable runs (n/N over the run length), time to the first failure (ps;
+    "—" when every run was stable), h(r) MAE and MD steps per second. "not run" without an
+    md.json; "n/a" for a number an older md.json does not hold."""
     if md is None:
-        return "not run"
+        return ["not run", "n/a", "n/a", "n/a"]
     n_runs, n_stable = md.get("n_runs", 0), md.get("n_stable", 0)
     length = md.get("settings", {}).get("steps", 0) * md.get("settings", {}).get("timestep", 0)
-    cell = f"{n_stable}/{n_runs} stable over {length / 1000:g} ps"
-    if md.get("min_time_to_failure_ps") is not None:
-        cell += f"; first failure at {md['min_time_to_failure_ps']:.3f} ps"
-    return cell
+    first = md.get("min_time_to_failure_ps")
+    if first is not None:
+        failure = f"{first:.3f}"
+    else:
+        failure = "—" if n_stable == n_runs else "n/a"
+    steps_per_s = md.get("steps_per_s")
+    return [
+        f"{n_stable}/{n_runs} over {length / 1000:g} ps",
+        failure,
+        _num(md.get("hr_mae")),
+        "n/a" if steps_per_s is None else f"{steps_per_s:.0f}",
+    ]
+
+
+def md_sentence(variants: list[Variant]) -> list[str]:
+    """What the MD columns mean, with the h(r) noise floor of the first md.json that has one."""
+    mds = [v.md for v in variants if v.md is not None]
+    if not mds:
+        return []
+    settings = mds[0].get("settings", {})
+    text = (
+        f"MD: Langevin NVT at {settings.get('temperature', 'n/a')} K from test structures; a "
+        f"run fails when a starting bond length changes by more than "
+        f"{settings.get('bond_threshold', 'n/a')} A (Fu et al., TMLR 2023). h(r) MAE: the "
+        "integrated absolute difference of the distributions of all interatomic distances "
+        "of the trajectories and of the test structures (0 identical, 2 disjoint)"
+    )
+    floors = [
+        m["hr_mae_reference_halves"] for m in mds if m.get("hr_mae_reference_halves") is not None
+    ]
+    if floors:
+        text += (
+            f"; two halves of the test structures differ by {floors[0]:.3f} among themselves, "
+            "so an h(r) MAE near that is within the reference's own noise"
+        )
+    return [text + "."]
 
 
 def _time_cell(seconds: float | None) -> str:
@@ -218,9 +254,9 @@ def render_summary(
         "",
         "| variant | losses | energy RMSE (meV/atom) | energy MAE (meV/atom) "
         "| energy RMSE (meV) | force RMSE (eV/A) | force MAE (eV/A) "
-        f"| force RMSE ratio {base.name}/variant | MD (Langevin NVT) | training time | epochs "
-        "| recipe |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        f"| force RMSE ratio {base.name}/variant | MD stable | MD first failure (ps) "
+        "| h(r) MAE | MD steps/s | training time | epochs | recipe |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for v in variants:
         m = v.metrics
@@ -231,10 +267,13 @@ def render_summary(
             f"| {_num(m.get('energy_mae_mev_per_atom'), digits=2)} "
             f"| {_num(m.get('energy_rmse'), scale=1000.0, digits=1)} "
             f"| {_num(m.get('force_rmse'))} | {_num(m.get('force_mae'))} "
-            f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {_md_cell(v.md)} "
+            f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {' | '.join(_md_cells(v.md))} "
             f"| {_time_cell(m.get('train_time_s'))} | {m.get('epochs') or 'n/a'} "
             f"| {m.get('recipe') or 'plain'} |"
         )
+    md_note = md_sentence(variants)
+    if md_note:
+        lines += ["", *md_note]
     elements = sorted(
         {e for v in variants for e in (v.metrics.get("force_rmse_per_element") or {})}
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pilip.potential.md import MDSettings
@@ -13,7 +14,11 @@ HELP = "MD stability test: Langevin NVT from test configurations, stops when a b
 
 MD_FILE = "md.json"
 TRAJECTORY_FILE = "md.extxyz"
+SPREAD_FILE = "md_spread.csv"  # a committee's force spread per kept frame (header only if none)
+CANDIDATES_FILE = "md_candidates.parquet"  # frames above --spread-threshold (empty if none)
 # options that map one to one onto pilip.potential.md.MDSettings fields
+# fewer MD frames or test structures per system than this make h(r) a noisy number: say so
+MIN_HR_FRAMES = 10
 SETTINGS = (
     "temperature",
     "timestep",
@@ -25,12 +30,36 @@ SETTINGS = (
 )
 
 
+def committee_run(training: Mapping[str, Any], run: str) -> bool:
+    """Whether the workflow run ``run`` is a committee: ``ensemble`` > 1 in its variant of
+    ``training`` (the config's section) or in ``training`` itself. Not a variant (the cheap
+    level alone): False."""
+    if run not in training.get("variants", {}):
+        return False
+    variant = training["variants"][run] or {}
+    return int(variant.get("ensemble", training.get("ensemble")) or 1) > 1
+
+
+def workflow_options(md: Mapping[str, Any], training: Mapping[str, Any], run: str) -> str:
+    """The ``pilip md`` options of the workflow's run ``run`` from the config's ``md`` and
+    ``training`` sections: every MD setting and ``--starts``; ``--spread-threshold`` for a
+    committee run only (a single model has no spread, and ``pilip md`` refuses it one)."""
+    options = [f"--{name.replace('_', '-')} {md[name]}" for name in (*SETTINGS, "starts")]
+    if md.get("spread_threshold") is not None and committee_run(training, run):
+        options.append(f"--spread-threshold {md['spread_threshold']}")
+    return " ".join(options)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Defaults (None here) come from pilip.potential.md.MDSettings, the same as the config schema's.
     parser.add_argument("model", type=Path, help="checkpoint written by pilip train (model.pt)")
     parser.add_argument("dataset", type=Path, help="dataset table; MD starts from its test split")
     parser.add_argument(
-        "--out", "-o", type=Path, required=True, help="folder for md.json and md.extxyz"
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        help=f"folder for {MD_FILE}, {TRAJECTORY_FILE}, {SPREAD_FILE} and {CANDIDATES_FILE}",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--temperature", type=float, help="thermostat, K (default 300)")
@@ -49,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trajectory-interval", type=int, help="steps between saved frames (default 10)"
     )
+    parser.add_argument(
+        "--spread-threshold",
+        type=float,
+        metavar="EV_PER_A",
+        help=f"committee models only: kept frames whose force spread (largest per-atom norm "
+        f"of the members' force std, eV/A) exceeds this go to {CANDIDATES_FILE}, a "
+        "configurations table for pilip label (default: none)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> MDSettings:
@@ -65,8 +102,10 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
         "--starts": args.starts,
         "--trajectory-interval": settings.trajectory_interval,
     }
+    if args.spread_threshold is not None:
+        positive["--spread-threshold"] = args.spread_threshold
     for flag, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise PilipError(f"{flag} {value}: use a positive number")
     for flag, value in {
         "--temperature": settings.temperature,
@@ -79,26 +118,73 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from pilip.atomic_io import atomic_path
     from pilip.potential.calculator import PilipCalculator
-    from pilip.potential.md import select_starts, stability_test, write_trajectory
+    from pilip.potential.md import (
+        by_system,
+        first_per_system,
+        stability_test,
+        test_structures,
+        write_trajectory,
+    )
+    from pilip.potential.md_spread import (
+        candidates_table,
+        require_committee,
+        write_spread_csv,
+    )
+    from pilip.tables import write_table
 
     settings = settings_from_args(args)
-    starts = select_starts(args.dataset, args.starts)
+    threshold = args.spread_threshold
+    structures = test_structures(args.dataset)
+    starts = first_per_system(structures, args.starts)
     calculator = PilipCalculator(args.model, device=args.device)
-    summary, frames = stability_test(starts, calculator, settings)
+    if threshold is not None:
+        require_committee(calculator, starts[0], f"--spread-threshold {threshold:g}", args.model)
+    summary, frames = stability_test(starts, calculator, settings, by_system(structures))
+    candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(
+        spread_threshold=threshold,
+        n_candidates=candidates.num_rows,
         model=str(args.model),
         dataset=str(args.dataset),
         device=str(calculator.device),
         trajectory=TRAJECTORY_FILE,
+        spread_file=SPREAD_FILE,
+        candidates_file=CANDIDATES_FILE,
     )
+    summary["units"]["spread_threshold"] = "eV/A"
     write_trajectory(frames, args.out / TRAJECTORY_FILE)
+    write_spread_csv(frames, threshold, args.out / SPREAD_FILE)
+    provenance = {
+        "command": "md",
+        "model": str(args.model),
+        "dataset": str(args.dataset),
+        "spread_threshold": threshold,
+        "settings": summary["settings"],
+    }
+    write_table(candidates, args.out / CANDIDATES_FILE, "configurations", provenance)
     with atomic_path(args.out / MD_FILE) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    for system, values in summary.get("hr_systems", {}).items():
+        if values["n_frames"] < MIN_HR_FRAMES or values["n_reference"] < MIN_HR_FRAMES:
+            print(
+                f"pilip md: warning: h(r) of {system} from {values['n_frames']} MD frames and "
+                f"{values['n_reference']} test structures: a noisy comparison (more --steps, "
+                "a smaller --trajectory-interval or more test structures sharpen it)",
+                file=sys.stderr,
+            )
+    hr = summary.get("hr_mae")
+    spread = summary.get("force_spread_max")
     print(
         f"{summary['n_stable']}/{summary['n_runs']} runs stable for {settings.steps} steps "
-        f"({settings.steps * settings.timestep / 1000:g} ps) -> {args.out / MD_FILE}"
+        f"({settings.steps * settings.timestep / 1000:g} ps), "
+        f"{summary['steps_per_s'] or 0:.0f} steps/s, h(r) MAE "
+        f"{'n/a' if hr is None else f'{hr:.3f}'}"
+        + ("" if spread is None else f", force spread up to {spread:.3f} eV/A")
+        + ("" if threshold is None else f", {candidates.num_rows} candidates")
+        + f" -> {args.out / MD_FILE}"
     )
     return 0

@@ -4,6 +4,12 @@ A run starts from one configuration, takes the bonded pairs of its topology (cov
 ASE ``natural_cutoffs``) and stops as unstable as soon as any of those distances moved by more
 than ``bond_threshold`` from its starting value, or the energy, forces or positions become
 non-finite. Time is in fs inside ASE's unit system and reported in ps.
+
+Over all runs :func:`stability_test` reports what Fu et al. ("Forces are not Enough", TMLR
+2023) measure: the stable fraction, the time to the first failure (and the median), MD steps
+per wall-clock second, h(r) against the dataset's test structures (:mod:`pilip.potential.
+distances`) and, for a committee model, the force spread along the trajectory
+(:mod:`pilip.potential.md_spread`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from ase.neighborlist import natural_cutoffs, neighbor_list
 from pilip import keys
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
+from pilip.potential.distances import BINS, R_MAX, runs_hr
+from pilip.potential.md_spread import FORCE_SPREAD, force_spread, spread_statistics
 from pilip.rows import MD_START, RowFlags, stage_rows
 from pilip.tables import atoms_list, read_table
 
@@ -62,6 +70,9 @@ class MDResult:
     max_bond_deviation: float  # A, largest |d - d0| seen over all bonds and steps
     n_bonds: int
     wall_time_s: float
+    steps_per_s: float  # MD steps / wall_time_s
+    mean_force_spread: float | None  # eV/A, over the kept frames; None for a single model
+    max_force_spread: float | None  # eV/A (see pilip.potential.md_spread.force_spread)
     frames: list[Atoms] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, object]:
@@ -109,8 +120,8 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
     """Run Langevin NVT from ``atoms`` (not modified) with ``calculator`` until failure or end.
 
     Frames (positions, momenta, energy and forces in eV and eV/A, ``info`` with ``step``,
-    ``time_fs``, ``temperature_K``) are kept every ``trajectory_interval`` steps, plus the first
-    and the last (failing) one.
+    ``time_fs``, ``temperature_K`` and, for a committee model, ``force_spread`` in eV/A) are
+    kept every ``trajectory_interval`` steps, plus the first and the last (failing) one.
     """
     start = time.perf_counter()
     atoms = atoms.copy()
@@ -159,8 +170,10 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
             frames.append(_frame(atoms, step, settings.timestep))
         if reason != "completed":
             break
+    wall_time_s = time.perf_counter() - start
     stable = reason == "completed"
     time_ps = step * settings.timestep / 1000.0
+    spread = spread_statistics(frames)
     return MDResult(
         stable=stable,
         reason=reason,
@@ -170,7 +183,10 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
         mean_temperature_K=float(np.mean(temperatures)) if temperatures else float("nan"),
         max_bond_deviation=max_deviation,
         n_bonds=len(pairs),
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=wall_time_s,
+        steps_per_s=step / wall_time_s if wall_time_s > 0 else float("nan"),
+        mean_force_spread=spread["mean"],
+        max_force_spread=spread["max"],
         frames=frames,
     )
 
@@ -185,6 +201,9 @@ def _frame(atoms: Atoms, step: int, timestep_fs: float) -> Atoms:
     frame.calc = SinglePointCalculator(
         frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces()
     )
+    spread = force_spread(atoms.calc.results)
+    if spread is not None:
+        frame.info[FORCE_SPREAD] = spread
     return frame
 
 
@@ -194,11 +213,11 @@ def write_trajectory(frames: list[Atoms], path: str | Path) -> None:
         ase.io.write(tmp, frames, format="extxyz")
 
 
-def select_starts(dataset: str | Path, per_system: int) -> list[Atoms]:
-    """The first ``per_system`` test-split configurations (``rows.MD_START``) of each system,
-    in id order.
+def test_structures(dataset: str | Path) -> list[Atoms]:
+    """Every test-split configuration (``rows.MD_START``) of ``dataset``, by system and id.
 
-    ``info`` keeps ``id`` and ``system``. Raises PilipError when the dataset has no test rows.
+    ``info`` keeps ``id``, ``system``, ``charge`` and ``multiplicity``; no calculator is
+    attached. Raises PilipError when the dataset has no test rows.
     """
     table = read_table(dataset, kind="dataset")
     split = np.asarray(table.column(keys.SPLIT).to_pylist(), dtype=object)
@@ -207,23 +226,62 @@ def select_starts(dataset: str | Path, per_system: int) -> list[Atoms]:
     if table.num_rows == 0:
         raise PilipError(f"{dataset}: no test-split rows to start MD from; give splits.test > 0")
     table = table.sort_by([(keys.SYSTEM, "ascending"), (keys.ID, "ascending")])
+    structures = atoms_list(table)
+    for atoms in structures:
+        atoms.calc = None
+    return structures
+
+
+def first_per_system(structures: list[Atoms], per_system: int) -> list[Atoms]:
+    """The first ``per_system`` of ``structures`` of each system (``info["system"]``), in order."""
     starts, taken = [], {}
-    for atoms in atoms_list(table):
+    for atoms in structures:
         system = atoms.info.get(keys.SYSTEM, "")
         if taken.get(system, 0) < per_system:
             taken[system] = taken.get(system, 0) + 1
-            atoms.calc = None
             starts.append(atoms)
     return starts
 
 
+def select_starts(dataset: str | Path, per_system: int) -> list[Atoms]:
+    """The first ``per_system`` test-split configurations (``rows.MD_START``) of each system,
+    in id order.
+
+    ``info`` keeps ``id`` and ``system``. Raises PilipError when the dataset has no test rows.
+    """
+    return first_per_system(test_structures(dataset), per_system)
+
+
+def by_system(structures: list[Atoms]) -> dict[str, list[Atoms]]:
+    """``structures`` grouped by ``info["system"]``, each group in the order given."""
+    groups: dict[str, list[Atoms]] = {}
+    for atoms in structures:
+        groups.setdefault(atoms.info.get(keys.SYSTEM, ""), []).append(atoms)
+    return groups
+
+
+def median_time_to_failure(times: list[float | None]) -> float | None:
+    """Median time to failure (ps) over runs, a stable run (None) counting as surviving past
+    its end: None when half of the runs or more were stable, or when there are no runs."""
+    if not times:
+        return None
+    value = float(np.median([np.inf if t is None else t for t in times]))
+    return value if math.isfinite(value) else None
+
+
 def stability_test(
-    starts: list[Atoms], calculator: Calculator, settings: MDSettings
+    starts: list[Atoms],
+    calculator: Calculator,
+    settings: MDSettings,
+    references: dict[str, list[Atoms]] | None = None,
 ) -> tuple[dict[str, object], list[Atoms]]:
     """One Langevin run per start (seed ``settings.seed + k``): md.json content and all frames.
 
     Frames carry ``info["run"]`` (k), ``system`` and ``config_id`` so one extxyz file holds
-    every run.
+    every run. With ``references`` (test structures by system, e.g. ``by_system(
+    test_structures(dataset))``) the summary and every run get the h(r) MAE against them
+    (:func:`pilip.potential.distances.runs_hr`). A committee model's force spread is
+    summarised (``force_spread_mean``, ``force_spread_max``; None for a single model).
     """
     runs, frames = [], []
     for k, atoms in enumerate(starts):
@@ -236,16 +294,24 @@ def stability_test(
     failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
     steps = np.array([r["steps_done"] for r in runs], dtype=float)
     temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan
+    wall = float(sum(r["wall_time_s"] for r in runs))
     weighted = np.isfinite(temps) & (steps > 0)
+    spread = spread_statistics(frames)
     summary = {
         "n_runs": len(runs),
         "n_stable": len(runs) - len(failures),
         "stable_fraction": (len(runs) - len(failures)) / len(runs) if runs else None,
         "min_time_to_failure_ps": min(failures) if failures else None,
+        "median_time_to_failure_ps": median_time_to_failure(
+            [r["time_to_failure_ps"] for r in runs]
+        ),
         "mean_time_ps": float(np.mean([r["time_ps"] for r in runs])) if runs else None,
         "mean_temperature_K": float(np.average(temps[weighted], weights=steps[weighted]))
         if weighted.any()
         else None,
+        "steps_per_s": float(steps.sum() / wall) if wall > 0 else None,
+        "force_spread_mean": spread["mean"],
+        "force_spread_max": spread["max"],
         "settings": asdict(settings),
         "units": {
             "temperature": "K",
@@ -255,7 +321,16 @@ def stability_test(
             "time": "ps",
             "max_bond_deviation": "A",
             "wall_time_s": "s",
+            "steps_per_s": "MD steps per wall-clock second",
+            "hr_mae": "1 (integral of |h(r) - h_ref(r)| dr: 0 identical, 2 disjoint)",
+            "hr_r_max": "A",
+            "force_spread": "eV/A (largest per-atom norm of the committee's force std)",
         },
-        "runs": runs,
     }
+    if references is not None:
+        hr, per_run = runs_hr(runs, frames, references, R_MAX, BINS)
+        summary.update(hr)
+        for run, values in zip(runs, per_run, strict=True):
+            run.update(values)
+    summary["runs"] = runs
     return summary, frames

@@ -139,6 +139,17 @@ def test_training_edits_rerun_training_and_after(study):
     }
 
 
+def test_md_edits_rerun_md_and_a_threshold_only_committee_runs(study):
+    md_jobs = {f"md[run={run}]" for run in (*RUNS, "cheap_level")} | {"report"}
+    assert edited(study, lambda c: c["md"].update(steps=6)) == md_jobs
+    # no run here is a committee: the spread threshold reaches no `pilip md` (which would
+    # refuse it), so nothing reruns
+    assert edited(study, lambda c: c["md"].update(spread_threshold=0.2)) == set()
+    for run in (*RUNS, "cheap_level"):  # the rule's outputs, written for single models too
+        assert (study / "results" / run / "md_spread.csv").is_file()
+        assert (study / "results" / run / "md_candidates.parquet").is_file()
+
+
 def test_user_configfile_replaces_the_default(study, tmp_path):
     """Issue 14 defect 2: a config.yaml in the working folder (as in the repository root) is
     not merged into the user's --configfile."""

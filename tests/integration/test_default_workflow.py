@@ -87,6 +87,8 @@ def test_every_variant_and_the_cheap_level_evaluated(study):
             assert (study / "results" / run / png).stat().st_size > 1000
         md = json.loads((study / "results" / run / "md.json").read_text())
         assert md["runs"]
+        assert md["steps_per_s"] > 0 and "hr_mae" in md  # Fu et al.'s measures
+        assert all((r["hr_mae"] is None) == (r["hr_frames"] == 0) for r in md["runs"])
         # each job's time and memory (Snakemake's benchmark: tables), under logs/benchmarks/
         stages = ("evaluate", "md") + (("train",) if run != "cheap_level" else ())
         for stage in stages:
@@ -99,6 +101,7 @@ def test_summary_compares_the_variants(study):
     rows = [line for line in summary.splitlines() if line.startswith("| energy |")]
     assert rows and "| weak |" in summary
     assert "force RMSE" in summary
+    assert "| MD stable | MD first failure (ps) | h(r) MAE | MD steps/s |" in summary
     delta = next(line for line in summary.splitlines() if line.startswith("| delta |"))
     assert "Delta over GFN2-xTB" in delta
     finetune = next(line for line in summary.splitlines() if line.startswith("| finetune |"))

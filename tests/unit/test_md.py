@@ -9,7 +9,14 @@ from ase import Atoms, units
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from pilip.potential.md import MDSettings, bonded_pairs, run_langevin, write_trajectory
+from pilip.potential.md import (
+    MDSettings,
+    bonded_pairs,
+    median_time_to_failure,
+    run_langevin,
+    stability_test,
+    write_trajectory,
+)
 
 
 class BondCalculator(Calculator):
@@ -40,6 +47,20 @@ class BondCalculator(Calculator):
         if 0 <= self.nan_after < self.calls:
             energy = float("nan")
         self.results = {"energy": float(energy), "forces": forces}
+
+
+class CommitteeCalculator(BondCalculator):
+    """A fake committee: BondCalculator's mean, and a force std of ``scale`` x |force| per
+    component (``scale = 0``: identical members)."""
+
+    def __init__(self, atoms: Atoms, scale: float = 0.1, **kwargs):
+        super().__init__(atoms, **kwargs)
+        self.scale = scale
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results["forces_std"] = self.scale * np.abs(self.results["forces"])
+        self.results["energy_std"] = 0.0
 
 
 def test_bonded_pairs_of_ethanol_are_its_eight_bonds():
@@ -87,6 +108,64 @@ def test_non_finite_energy_is_reported_as_unstable():
     assert result.summary()["time_to_failure_ps"] == result.time_to_failure_ps
 
 
+def test_steps_per_second_and_the_median_time_to_failure():
+    atoms = molecule("H2O")
+    result = run_langevin(atoms, BondCalculator(atoms), MDSettings(steps=40))
+    assert result.steps_per_s == pytest.approx(40 / result.wall_time_s)
+    assert result.mean_force_spread is None and result.max_force_spread is None
+    assert "force_spread" not in result.frames[-1].info  # a single model has no spread
+    # stable runs (None) count as surviving past their end
+    assert median_time_to_failure([0.1, 0.3, None]) == 0.3
+    assert median_time_to_failure([0.1, 0.2, 0.4]) == 0.2
+    assert median_time_to_failure([0.1, None, None]) is None
+    assert median_time_to_failure([0.1, None]) is None  # half stable: the median is unknown
+    assert median_time_to_failure([]) is None
+
+
+def test_committee_force_spread_is_the_largest_per_atom_norm_of_the_force_std():
+    atoms = molecule("CH3CH2OH")
+    settings = MDSettings(steps=30, trajectory_interval=10)
+    result = run_langevin(atoms, CommitteeCalculator(atoms, scale=0.1), settings)
+    spreads = [f.info["force_spread"] for f in result.frames]
+    # the members' raw forces (the frames keep the forces after MD's centre-of-mass constraint)
+    raw = CommitteeCalculator(atoms, scale=0.1)
+    expected = []
+    for frame in result.frames:
+        raw.calculate(frame, ["forces"])
+        expected.append(0.1 * np.linalg.norm(raw.results["forces"], axis=1).max())
+    np.testing.assert_allclose(spreads, expected, rtol=1e-12)
+    assert max(spreads) > 0
+    assert result.max_force_spread == pytest.approx(max(spreads))
+    assert result.mean_force_spread == pytest.approx(np.mean(spreads))
+    same = run_langevin(atoms, CommitteeCalculator(atoms, scale=0.0), settings)
+    assert same.max_force_spread == 0.0  # identical members agree
+
+
+def test_stability_test_summarises_runs_speed_spread_and_hr():
+    from pilip.potential.md import by_system
+
+    starts = []
+    for seed in range(2):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(seed).normal(scale=0.03, size=(9, 3))
+        atoms.info.update(system="ethanol", id=f"start{seed}")
+        starts.append(atoms)
+    settings = MDSettings(steps=200, trajectory_interval=10, friction=0.05)
+    summary, frames = stability_test(
+        starts, CommitteeCalculator(starts[0]), settings, by_system(starts)
+    )
+    runs = summary["runs"]
+    total_wall = sum(r["wall_time_s"] for r in runs)
+    assert summary["steps_per_s"] == pytest.approx(400 / total_wall)
+    assert summary["n_stable"] == 2 and summary["median_time_to_failure_ps"] is None
+    assert summary["force_spread_max"] == pytest.approx(max(r["max_force_spread"] for r in runs))
+    assert [r["hr_frames"] for r in runs] == [20, 20]  # steps 10..200, not the start
+    # a thermal trajectory near its starts: close in h(r), but not the starts themselves
+    assert 0.0 < summary["hr_mae"] < 1.5
+    assert summary["hr_systems"]["ethanol"]["n_reference"] == 2
+    assert summary["units"]["steps_per_s"].startswith("MD steps per")
+
+
 def test_trajectory_is_readable_by_ase(tmp_path):
     atoms = molecule("H2O")
     settings = MDSettings(steps=50, timestep=0.5, trajectory_interval=10)
@@ -125,6 +204,7 @@ def test_md_command_writes_summary_and_readable_trajectory(tmp_path):
     import json
 
     from pilip.cli import main
+    from pilip.reference.labelling import read_configs
 
     checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "test", "test", "train"])
     out = tmp_path / "md"
@@ -142,6 +222,19 @@ def test_md_command_writes_summary_and_readable_trajectory(tmp_path):
     assert {f.info["run"] for f in frames} == {0, 1, 2}
     assert len([f for f in frames if f.info["run"] == 1]) == 5  # steps 0, 5, 10, 15, 20
     assert frames[0].info["config_id"] == summary["runs"][0]["config_id"]
+    # the Fu et al. protocol: h(r) against the test structures, speed, time to failure
+    assert summary["hr_r_max"] == 10.0 and summary["hr_bins"] == 500
+    assert 0.0 <= summary["hr_mae"] <= 2.0
+    assert set(summary["hr_systems"]) == {"CH4", "H2O"}
+    assert summary["hr_systems"]["H2O"]["n_reference"] == 2
+    assert all(r["hr_frames"] >= 1 and r["steps_per_s"] > 0 for r in summary["runs"])
+    assert summary["steps_per_s"] > 0 and "median_time_to_failure_ps" in summary
+    # a single model: no spread, an empty candidates table that pilip label reads
+    assert summary["force_spread_max"] is None and summary["n_candidates"] == 0
+    assert (out / "md_spread.csv").read_text().splitlines() == [
+        "run,system,step,time_ps,force_spread_ev_per_a,candidate"
+    ]
+    assert read_configs(out / "md_candidates.parquet") == []
 
 
 def test_md_command_without_test_rows_fails_cleanly(tmp_path, capsys):
@@ -153,3 +246,111 @@ def test_md_command_without_test_rows_fails_cleanly(tmp_path, capsys):
     assert "no test-split rows" in capsys.readouterr().err
     assert not out.exists()
     assert main(["md", str(checkpoint), str(dataset), "--out", str(out), "--steps", "0"]) == 2
+
+
+def _fake_committee(monkeypatch):
+    """pilip md's PilipCalculator replaced by a committee-like one: the real model's mean and
+    a force std of 0.1 x |force| per component."""
+    import pilip.potential.calculator as calculator_module
+
+    class FakeCommittee(calculator_module.PilipCalculator):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results["forces_std"] = 0.1 * np.abs(self.results["forces"])
+            self.results["energy_std"] = 0.001
+
+    monkeypatch.setattr(calculator_module, "PilipCalculator", FakeCommittee)
+    return FakeCommittee
+
+
+def test_md_command_writes_the_committee_spread_and_its_candidates(tmp_path, monkeypatch):
+    import csv
+    import json
+
+    from pilip.cli import main
+    from pilip.reference.labelling import read_configs
+    from pilip.tables import read_table
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    committee = _fake_committee(monkeypatch)
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "test", "test", "train"])
+    options = "--device cpu --steps 30 --trajectory-interval 3 --starts 2".split()
+    first = tmp_path / "first"
+    assert main(["md", str(checkpoint), str(dataset), "--out", str(first), *options]) == 0
+    rows = list(csv.DictReader((first / "md_spread.csv").open()))
+    frames = ase.io.read(first / "md.extxyz", index=":")
+    assert len(rows) == len(frames)  # every kept frame has a spread
+    members = committee(checkpoint, device="cpu")
+    for row, frame in zip(rows, frames, strict=True):
+        assert int(row["step"]) == frame.info["step"] and int(row["run"]) == frame.info["run"]
+        members.calculate(frame, ["forces"])
+        expected = 0.1 * np.linalg.norm(members.results["forces"], axis=1).max()
+        assert float(row["force_spread_ev_per_a"]) == pytest.approx(expected, rel=1e-6)
+        assert row["candidate"] == "0"  # no threshold, no candidates
+    summary = json.loads((first / "md.json").read_text())
+    spreads = [float(r["force_spread_ev_per_a"]) for r in rows]
+    assert summary["force_spread_max"] == pytest.approx(max(spreads))
+    assert summary["force_spread_mean"] == pytest.approx(np.mean(spreads))
+    # the same runs again (same seeds) with a threshold inside the spreads seen
+    moving = [s for r, s in zip(rows, spreads, strict=True) if int(r["step"]) > 0]
+    threshold = float(np.median(moving))
+    above = sum(s > threshold for s in moving)
+    assert 0 < above < len(moving)
+    out = tmp_path / "md"
+    argv = ["md", str(checkpoint), str(dataset), "--out", str(out), *options]
+    assert main([*argv, "--spread-threshold", str(threshold)]) == 0
+    summary = json.loads((out / "md.json").read_text())
+    assert summary["spread_threshold"] == threshold and summary["n_candidates"] == above
+    flagged = [r for r in csv.DictReader((out / "md_spread.csv").open()) if r["candidate"] == "1"]
+    assert len(flagged) == above
+    candidates = read_table(out / "md_candidates.parquet", kind="configurations")
+    assert candidates.num_rows == above
+    configs = read_configs(out / "md_candidates.parquet")  # what pilip label reads
+    ids = [c["id"] for c in configs]
+    assert len(set(ids)) == len(ids) == above
+    starts = {r["config_id"]: r["system"] for r in summary["runs"]}
+    table = candidates.to_pylist()
+    for row, flag in zip(table, flagged, strict=True):
+        assert row["generator"] == "md_spread" and row["parent_id"] in starts
+        assert row["system"] == starts[row["parent_id"]] == flag["system"]
+        assert (row["charge"], row["multiplicity"]) == (0, 1)
+        params = json.loads(row["generator_params"])
+        assert params["step"] == int(flag["step"]) and params["run"] == int(flag["run"])
+        assert params["force_spread"] > threshold == params["spread_threshold"]
+        assert row["seed"] == params["run"]  # seed 0 + run
+
+
+def test_spread_threshold_without_a_committee_is_refused_before_md(tmp_path, capsys):
+    from pilip.cli import main
+
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "test", "test", "train"])
+    out = tmp_path / "md"
+    argv = ["md", str(checkpoint), str(dataset), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--spread-threshold", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "--spread-threshold 0.2" in err and "not a committee" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    for bad in ("0", "-1", "nan"):
+        assert main([*argv, "--spread-threshold", bad]) == 2
+        assert "--spread-threshold" in capsys.readouterr().err
+
+
+def test_workflow_passes_the_spread_threshold_to_committee_runs_only():
+    from pilip.commands.md import workflow_options
+    from pilip.config import load_config
+
+    config = load_config("config.yaml")
+    md, training = dict(config["md"]), config["training"]
+    options = workflow_options(md, training, "energy")
+    for flag in ("--steps 2000", "--starts 1", "--trajectory-interval 10", "--seed 0"):
+        assert flag in options
+    assert "--spread-threshold" not in options  # the default: null
+    md["spread_threshold"] = 0.3
+    training = {**training, "variants": {**training["variants"], "committee": {"ensemble": 4}}}
+    assert workflow_options(md, training, "committee").endswith("--spread-threshold 0.3")
+    for single in ("energy", "cheap_level"):  # one model: pilip md would refuse the threshold
+        assert "--spread-threshold" not in workflow_options(md, training, single)
+    everyone = {**training, "ensemble": 3}
+    assert "--spread-threshold 0.3" in workflow_options(md, everyone, "energy")

@@ -78,13 +78,15 @@ def test_summary_table_rows_and_ratio(results, tmp_path):
     assert cells[4] == "90.0"  # energy RMSE meV (10 meV/atom x 9 atoms)
     assert cells[5] == "0.250"  # force RMSE eV/A
     assert cells[7] == "3.20"  # 0.80 / 0.25
-    assert cells[8] == "2/2 stable over 1 ps"
-    assert cells[9] == "2.2 min"
+    assert cells[8] == "2/2 over 1 ps"  # MD stable
+    assert cells[9] == "—"  # first failure: none
+    assert cells[10:12] == ["n/a", "n/a"]  # an md.json from before h(r) and steps/s
+    assert cells[12] == "2.2 min"
     energy_cells = [c.strip() for c in _row(text, "energy").split("|")[1:-1]]
     assert energy_cells[1] == "energy"
     assert energy_cells[7] == "1.00"
-    assert energy_cells[9] == "6.0 s"
-    assert "1/2 stable over 1 ps; first failure at 0.123 ps" == energy_cells[8]
+    assert energy_cells[12] == "6.0 s"
+    assert energy_cells[8:10] == ["1/2 over 1 ps", "0.123"]
     assert "ratio energy/weak = **3.20**" in text
     assert "3.20x more accurate" in text
     assert "energy RMSE 12.50 -> 10.00 meV/atom" in text
@@ -100,7 +102,8 @@ def test_a_variant_that_makes_forces_worse_is_said_so(results, tmp_path):
     text = write_summary([energy, weak], tmp_path / "summary.md")
     assert "ratio energy/weak = **0.62**" in text
     assert "1.60x LESS accurate" in text and "did not help" in text
-    assert "| not run |" in text  # no md.json
+    assert "| not run | n/a | n/a | n/a |" in text  # no md.json
+    assert "MD: Langevin" not in text  # nothing to explain
     assert "![weak energy parity](results/weak/parity_energy.png)" in text
 
 
@@ -167,3 +170,31 @@ def test_the_reference_run_comes_first_and_a_recipe_worse_than_its_cheap_level_i
     assert rows[1:5] == ["energy", "delta", "finetune", "cheap_level"]
     assert "**delta**'s forces (0.520 eV/A) are worse than the cheap level alone" in text
     assert "**finetune**'s forces" not in text and "**energy**'s forces (1.900" in text
+
+
+def test_md_columns_of_the_fu_et_al_protocol(results, tmp_path):
+    """h(r) MAE, steps/s and time to first failure from a new md.json; the noise floor said."""
+    new = {
+        **md(1, n_runs=3, failure=0.0421),
+        "hr_mae": 0.01234,
+        "hr_mae_reference_halves": 0.0101,
+        "steps_per_s": 412.6,
+        "median_time_to_failure_ps": None,
+    }
+    new["settings"].update(temperature=500.0, bond_threshold=0.5)
+    stable = {**md(3, n_runs=3), "hr_mae": 0.5, "hr_mae_reference_halves": 0.0101}
+    stable["steps_per_s"] = 1999.5
+    folders = [
+        results("energy", metrics(0.8, 12.0, ["energy"]), new),
+        results("delta", metrics(0.3, 4.0, ["energy"]), stable),
+    ]
+    text = write_summary(folders, tmp_path / "summary.md")
+    header = [c.strip() for c in text.splitlines()[4].split("|")[1:-1]]
+    assert header[8:12] == ["MD stable", "MD first failure (ps)", "h(r) MAE", "MD steps/s"]
+    energy = [c.strip() for c in _row(text, "energy").split("|")[1:-1]]
+    delta = [c.strip() for c in _row(text, "delta").split("|")[1:-1]]
+    assert len(energy) == len(header) == 15
+    assert energy[8:12] == ["1/3 over 1 ps", "0.042", "0.012", "413"]
+    assert delta[8:12] == ["3/3 over 1 ps", "—", "0.500", "2000"]
+    assert "Langevin NVT at 500.0 K" in text and "more than 0.5 A" in text
+    assert "two halves of the test structures differ by 0.010" in text

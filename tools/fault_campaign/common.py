@@ -55,7 +55,8 @@ TEMP_NAME = re.compile(r"(^\..*\.tmp$)|(\.tmp$)|(\.partial$)|(~$)")
 POLL_S = 0.05
 
 
-TIME_KEYS = re.compile(r"time|date|created|host|dataset$|^model$|seconds")
+# wall-clock quantities (times, speeds such as md.json steps_per_s) differ between identical reruns
+TIME_KEYS = re.compile(r"time|date|created|host|dataset$|^model$|seconds|per_s")
 
 
 def log(message: str) -> None:

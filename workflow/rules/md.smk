@@ -1,15 +1,9 @@
-# MD stability: Langevin NVT with every trained run from test configurations of its dataset.
+# MD stability: Langevin NVT with every trained run from test configurations of its dataset
+# (Fu et al.'s protocol: stability, time to first failure, h(r) MAE, steps/s; with a committee
+# the force spread, and the frames above md.spread_threshold as a configurations table).
+from pilip.commands.md import workflow_options
+
 MD = config["md"]
-MD_OPTIONS = [
-    "temperature",
-    "timestep",
-    "steps",
-    "friction",
-    "bond_threshold",
-    "starts",
-    "seed",
-    "trajectory_interval",
-]
 
 
 rule md:
@@ -19,6 +13,8 @@ rule md:
     output:
         summary="results/{run}/md.json",
         trajectory="results/{run}/md.extxyz",
+        spread="results/{run}/md_spread.csv",
+        candidates="results/{run}/md_candidates.parquet",
     log:
         "logs/md/{run}.log",
     benchmark:
@@ -31,9 +27,7 @@ rule md:
         runtime=60,
     params:
         device=MD["device"],
-        options=" ".join(
-            f"--{name.replace('_', '-')} {MD[name]}" for name in MD_OPTIONS
-        ),
+        options=lambda wildcards: workflow_options(MD, TRAINING, wildcards.run),
     shell:
         "OMP_NUM_THREADS={threads} pilip md {input.model} {input.dataset}"
         " --out results/{wildcards.run} --device {params.device} {params.options} > {log} 2>&1"
