@@ -166,3 +166,19 @@ def test_mace_acac(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAILED" not in proc.stdout
     assert "| energy_painn_n8_s0 |" in proc.stdout and "| energy_mace_n8_s0 |" in proc.stdout
+
+
+@needs_acac
+@pytest.mark.slow
+def test_committee_md(tmp_path):
+    out = run("committee_md", "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    trained = {r["variant"] for r in rows if r["kind"] == "train"}
+    assert trained == {"pretrain", "energy", "delta", "finetune", "ceiling", "committee"}
+    committee = next(r for r in rows if r["variant"] == "committee")
+    assert len(committee["member_force_rmse"]) == 2 and committee["spearman_forces"] is not None
+    md = [r for r in rows if r["kind"] == "md"]
+    assert {r["variant"] for r in md} == {"delta", "committee"}
+    assert all(r["n_runs"] == 1 and r["steps_per_s"] > 0 for r in md)
+    assert next(r for r in md if r["variant"] == "committee")["force_spread_max"] > 0
+    assert "| committee | 300 |" in out
