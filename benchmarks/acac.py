@@ -83,21 +83,26 @@ def import_tables(
 ) -> tuple[Path, Path]:
     """``pilip import`` of the training pool and the test frames (once; cached in out), or of
     their first ``n_pool`` / ``n_test`` frames (smoke runs)."""
-    paths = []
-    for name, split, first in ((TRAIN_FILE, "train", n_pool), (TEST_FILE, "test", n_test)):
-        path = out / "tables" / f"{Path(name).stem}.parquet"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pilip("import", str(data / name), "-o", str(path), "--reference", "dft",
-                  "--split", split)  # fmt: skip
-        if first is not None:
-            part = path.with_name(f"{path.stem}-first{first}.parquet")
-            if not part.is_file():
-                table = tables.read_table(path).slice(0, first)
-                tables.write_table(table, part, "dataset", {"command": "benchmarks/acac.py"})
-            path = part
-        paths.append(path)
-    return paths[0], paths[1]
+    return (
+        import_table(data / TRAIN_FILE, out, "train", n_pool),
+        import_table(data / TEST_FILE, out, "test", n_test),
+    )
+
+
+def import_table(xyz: Path, out: Path, split: str, first: int | None = None) -> Path:
+    """``pilip import`` of one extended-XYZ file as split ``split`` into ``out/tables/`` (once),
+    or a table of its first ``first`` frames."""
+    path = out / "tables" / f"{xyz.stem}.parquet"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pilip("import", str(xyz), "-o", str(path), "--reference", "dft", "--split", split)
+    if first is not None:
+        part = path.with_name(f"{path.stem}-first{first}.parquet")
+        if not part.is_file():
+            table = tables.read_table(path).slice(0, first)
+            tables.write_table(table, part, "dataset", {"command": "benchmarks/acac.py"})
+        path = part
+    return path
 
 
 def xtb_tables(train: Path, test: Path, out: Path) -> tuple[Path, Path]:

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import acac, multifidelity
-from pilip import tables
 
 RECIPES = ("energy", "delta", "finetune", "ceiling")  # multifidelity variants
 COMMITTEE = "committee"
@@ -54,19 +53,7 @@ SMOKE = {"size": 8, "seeds": "0", "members": 2, "cpu_s": 0.5, "pretrain_cpu_s": 
 
 def md_table(data: Path, out: Path, temperature: int, n_test: int | None) -> Path:
     """The test frames MD starts from at ``temperature`` (K), as a dataset table (split test)."""
-    name = MD_TABLES[temperature]
-    path = out / "tables" / f"md-{Path(name).stem}.parquet"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        acac.pilip("import", str(data / name), "-o", str(path), "--reference", "dft",
-                   "--split", "test", "--system", "acac")  # fmt: skip
-    if n_test is not None:
-        part = path.with_name(f"{path.stem}-first{n_test}.parquet")
-        if not part.is_file():
-            table = tables.read_table(path).slice(0, n_test)
-            tables.write_table(table, part, "dataset", {"command": "benchmarks/committee_md.py"})
-        path = part
-    return path
+    return acac.import_table(data / MD_TABLES[temperature], out, "test", n_test)
 
 
 def train_committee(grid: multifidelity.Grid, size: int, seed: int, members: int,
