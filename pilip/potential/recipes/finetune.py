@@ -8,7 +8,9 @@ energies differ from the reference's by thousands of eV) and keeps the network a
 scale; the optimizer starts afresh. On the checkpoint's own training data the refit gives back
 its shifts, so the fine-tune starts exactly where the checkpoint ended.
 
-A checkpoint whose network alone is not the potential (a Delta model) fine-tunes only in a run
+The model asked for, by ``--model`` or by a ``--config`` (``training.model`` or the variant's),
+must be the checkpoint's: a MACE variant never trains a PaiNN checkpoint under its name. A
+checkpoint whose network alone is not the potential (a Delta model) fine-tunes only in a run
 of the same kind: every recipe that wraps inference compares its record in the checkpoint with
 its record in the run (``Recipe.init_problem``).
 """
