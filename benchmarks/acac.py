@@ -196,10 +196,19 @@ def study_config(path: Path, training: dict[str, Any], variants: dict[str, dict]
     return path
 
 
-def train(dataset: Path, run: Path, config: Path, variant: str, *extra: str) -> dict[str, Any]:
-    """``pilip train`` of one variant into ``run``; what its metrics.csv and train.log say."""
+def train(
+    dataset: Path,
+    run: Path,
+    config: Path,
+    variant: str,
+    *extra: str,
+    command: tuple[str, ...] = ("train",),
+) -> dict[str, Any]:
+    """``pilip train`` of one variant into ``run``; what its metrics.csv and train.log say.
+    ``command``: the words before ``dataset`` (``("distill", TEACHER)``: a student of TEACHER
+    on the pool ``dataset``)."""
     done = pilip(
-        "train", str(dataset), "--out", str(run), "--config", str(config), "--variant", variant,
+        *command, str(dataset), "--out", str(run), "--config", str(config), "--variant", variant,
         "--threads", "1", "--no-progress", "--no-resume", *extra,
     )  # fmt: skip
     with open(run / "metrics.csv", newline="") as handle:

@@ -111,10 +111,13 @@ def validate_config(
         specific = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
         error = jsonschema.exceptions.best_match(specific)
         raise PilipError(f"{source}: {describe_error(error)}")
+    from pilip.potential.study_models import check_study_models
     from pilip.reference.backends import check_reference_names
 
     try:  # every reference entry parsed, every reference name known, before any job
         check_reference_names(config, given)
+        if "training" in schema.get("properties", {}):
+            check_study_models(config)  # each run's hyper-parameters fit its model
     except PilipError as exc:
         raise PilipError(f"{source}: {exc}") from None
     return config

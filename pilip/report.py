@@ -1,10 +1,10 @@
 """Side-by-side summary of training variants (e.g. energy-only vs energy + weak losses).
 
 Each variant is a results folder written by ``pilip evaluate`` (metrics.json and plots) and,
-optionally, ``pilip md`` (md.json). The summary is Markdown: one table of energy and force
-errors, MD stability (stable runs, first failure, h(r) MAE, steps/s) and training time, one of
-force errors per element, the ratio of force RMSEs against the baseline variant stated
-plainly, and links to the plots.
+optionally, ``pilip md`` (md.json). The summary is Markdown: one table of the model,
+energy and force errors, MD stability (stable runs, first failure, h(r) MAE, steps/s) and
+training time, one of force errors per element, the ratio of force RMSEs against the
+baseline variant stated plainly, and links to the plots.
 """
 
 from __future__ import annotations
@@ -83,12 +83,14 @@ def choose_baseline(variants: list[Variant], name: str | None = None) -> Variant
     return variants[0]
 
 
+def is_alone(variant: Variant) -> bool:
+    """Whether a variant is a cheap level alone (``pilip baseline-model``: no network)."""
+    return any(r.get("alone") for r in variant.metrics.get("recipes") or [])
+
+
 def cheap_level_alone(variants: list[Variant]) -> Variant | None:
     """The variant that is a cheap level alone (``pilip baseline-model``), if any."""
-    for variant in variants:
-        if any(r.get("alone") for r in variant.metrics.get("recipes") or []):
-            return variant
-    return None
+    return next((variant for variant in variants if is_alone(variant)), None)
 
 
 def worse_than_cheap_level(variants: list[Variant]) -> list[str]:
@@ -121,6 +123,13 @@ def force_rmse_ratio(baseline: Variant, variant: Variant) -> float | None:
 
 def _num(value: Any, scale: float = 1.0, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _model_cell(variant: Variant) -> str:
+    """The architecture trained (painn, schnet, mace); none for a cheap level alone."""
+    if is_alone(variant):
+        return "none"
+    return str(variant.metrics.get("model_name") or "n/a")
 
 
 def _md_cells(md: dict[str, Any] | None) -> list[str]:
@@ -252,17 +261,17 @@ def render_summary(
         lines += ["", "**Warning:** the variants were evaluated on different datasets."]
     lines += [
         "",
-        "| variant | losses | energy RMSE (meV/atom) | energy MAE (meV/atom) "
+        "| variant | model | losses | energy RMSE (meV/atom) | energy MAE (meV/atom) "
         "| energy RMSE (meV) | force RMSE (eV/A) | force MAE (eV/A) "
         f"| force RMSE ratio {base.name}/variant | MD stable | MD first failure (ps) "
         "| h(r) MAE | MD steps/s | training time | epochs | recipe |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for v in variants:
         m = v.metrics
         ratio = force_rmse_ratio(base, v)
         lines.append(
-            f"| {v.name} | {_losses_cell(m)} "
+            f"| {v.name} | {_model_cell(v)} | {_losses_cell(m)} "
             f"| {_num(m.get('energy_rmse_mev_per_atom'), digits=2)} "
             f"| {_num(m.get('energy_mae_mev_per_atom'), digits=2)} "
             f"| {_num(m.get('energy_rmse'), scale=1000.0, digits=1)} "

@@ -91,7 +91,8 @@ class TrainConfig:
     model_params: dict[str, Any] = setting(
         {},
         "model hyper-parameters (pilip/potential/models/<model>.py); unset ones take the "
-        "model's defaults, and the run records them all (config.json, checkpoints)",
+        "model's defaults, and the run records them all (config.json, checkpoints); a variant "
+        "that sets another model inherits none of training's",
         cli=False,
     )
     losses: list[str] = setting(
@@ -372,7 +373,9 @@ def training_values(
 
     The settings hold TrainConfig's keys and the recipes' (``baseline``, ``init``, ...); the
     config's ``training.unlabelled`` feeds only runs with the weak losses, a variant's or an
-    option's any run. One-line PilipError for an unknown variant.
+    option's any run. ``model_params`` merge key by key while ``model`` stays the same; a
+    variant or an option that changes ``model`` starts from that model's defaults (see
+    :func:`_override`). One-line PilipError for an unknown variant.
     """
     values: dict[str, Any] = {}
     unlabelled, shared_unlabelled = None, False
@@ -391,22 +394,34 @@ def training_values(
             overrides = dict(variants[variant])
             if "unlabelled" in overrides:
                 unlabelled, shared_unlabelled = overrides.pop("unlabelled"), False
-            model_params = {**values.get("model_params", {}), **overrides.pop("model_params", {})}
-            values.update(overrides)
-            values["model_params"] = model_params
+            _override(values, overrides)
     elif variant:
         raise PilipError("--variant needs --config (the variants live in training.variants)")
     options = dict(options)
     if options.get("unlabelled") is not None:
         unlabelled, shared_unlabelled = options.pop("unlabelled"), False
     options.pop("unlabelled", None)
-    model_params = {**values.get("model_params", {}), **options.pop("model_params", {})}
-    values.update(options)
-    values["model_params"] = model_params
+    _override(values, options)
     weak = set(WEAK_TERMS) & set(loss_names(values.get("losses", default_of(_field("losses")))))
     if shared_unlabelled and not weak:
         unlabelled = None
     return values, unlabelled
+
+
+def _override(values: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``values`` updated with ``overrides`` in place; ``model_params`` merged key by key, but
+    only within one architecture: hyper-parameters belong to the model they were written for,
+    so overrides that change ``model`` bring that model's defaults and their own
+    ``model_params`` alone (a MACE variant of a PaiNN study takes none of PaiNN's)."""
+    overrides = dict(overrides)
+    own = overrides.pop("model_params", None) or {}
+    model = values.get("model", default_of(_field("model")))
+    if overrides.get("model", model) != model:
+        model_params = dict(own)
+    else:
+        model_params = {**(values.get("model_params") or {}), **own}
+    values.update(overrides)
+    values["model_params"] = model_params
 
 
 def split_values(values: Mapping[str, Any], source: str) -> tuple[TrainConfig, dict[str, Any]]:

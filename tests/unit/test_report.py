@@ -65,6 +65,7 @@ def test_summary_table_rows_and_ratio(results, tmp_path):
     weak_metrics = metrics(0.25, 10.0, ["energy", "pitc", "pisc"], 130.0)
     weak_metrics.update(loss_weights={"energy": 1.0, "pitc": 1.2, "pisc": 0.01}, weak_eps=0.01)
     weak_metrics["weak_k"] = 0.5
+    weak_metrics["model_name"] = "painn"
     weak = results("weak", weak_metrics, md(2))
     energy = results("energy", metrics(0.80, 12.5, ["energy"], 6.04), md(1, failure=0.123))
     out = tmp_path / "results" / "summary.md"
@@ -73,20 +74,21 @@ def test_summary_table_rows_and_ratio(results, tmp_path):
     assert out.read_text() == text
     row = _row(text, "weak").split("|")
     cells = [c.strip() for c in row[1:-1]]
-    assert cells[1] == "energy, pitc x1.2, pisc x0.01 (eps 0.01 A, k 0.5)"
-    assert cells[2] == "10.00"  # energy RMSE meV/atom
-    assert cells[4] == "90.0"  # energy RMSE meV (10 meV/atom x 9 atoms)
-    assert cells[5] == "0.250"  # force RMSE eV/A
-    assert cells[7] == "3.20"  # 0.80 / 0.25
-    assert cells[8] == "2/2 over 1 ps"  # MD stable
-    assert cells[9] == "—"  # first failure: none
-    assert cells[10:12] == ["n/a", "n/a"]  # an md.json from before h(r) and steps/s
-    assert cells[12] == "2.2 min"
+    assert cells[1] == "painn"  # the architecture (metrics.json's model_name)
+    assert cells[2] == "energy, pitc x1.2, pisc x0.01 (eps 0.01 A, k 0.5)"
+    assert cells[3] == "10.00"  # energy RMSE meV/atom
+    assert cells[5] == "90.0"  # energy RMSE meV (10 meV/atom x 9 atoms)
+    assert cells[6] == "0.250"  # force RMSE eV/A
+    assert cells[8] == "3.20"  # 0.80 / 0.25
+    assert cells[9] == "2/2 over 1 ps"  # MD stable
+    assert cells[10] == "—"  # first failure: none
+    assert cells[11:13] == ["n/a", "n/a"]  # an md.json from before h(r) and steps/s
+    assert cells[13] == "2.2 min"
     energy_cells = [c.strip() for c in _row(text, "energy").split("|")[1:-1]]
-    assert energy_cells[1] == "energy"
-    assert energy_cells[7] == "1.00"
-    assert energy_cells[12] == "6.0 s"
-    assert energy_cells[8:10] == ["1/2 over 1 ps", "0.123"]
+    assert energy_cells[2] == "energy"
+    assert energy_cells[8] == "1.00"
+    assert energy_cells[13] == "6.0 s"
+    assert energy_cells[9:11] == ["1/2 over 1 ps", "0.123"]
     assert "ratio energy/weak = **3.20**" in text
     assert "3.20x more accurate" in text
     assert "energy RMSE 12.50 -> 10.00 meV/atom" in text
@@ -136,8 +138,11 @@ def test_explicit_baseline_and_errors(results, tmp_path, capsys):
 def test_recipes_are_named_and_the_plain_energy_run_is_the_baseline(results, tmp_path):
     delta = metrics(0.20, 5.0, ["energy"])
     delta["recipe"] = "Delta over GFN2-xTB (tblite 0.4.0)"
+    delta["model_name"] = "mace"
     cheap = metrics(0.45, 9.0, [])
     cheap["recipe"] = "GFN2-xTB (tblite 0.4.0) alone"
+    cheap["model_name"] = "painn"  # pilip baseline-model's zero network: no model is trained
+    cheap["recipes"] = [{"name": "delta", "alone": True}]
     dirs = [
         results("delta", delta),
         results("xtb", cheap),
@@ -148,6 +153,8 @@ def test_recipes_are_named_and_the_plain_energy_run_is_the_baseline(results, tmp
     assert _row(text, "delta").split("|")[-2].strip() == "Delta over GFN2-xTB (tblite 0.4.0)"
     assert _row(text, "xtb").split("|")[-2].strip() == "GFN2-xTB (tblite 0.4.0) alone"
     assert _row(text, "energy").split("|")[-2].strip() == "plain"
+    models = {name: _row(text, name).split("|")[2].strip() for name in ("delta", "xtb", "energy")}
+    assert models == {"delta": "mace", "xtb": "none", "energy": "n/a"}
     assert "ratio energy/delta = **4.00**" in text
 
 
@@ -190,11 +197,11 @@ def test_md_columns_of_the_fu_et_al_protocol(results, tmp_path):
     ]
     text = write_summary(folders, tmp_path / "summary.md")
     header = [c.strip() for c in text.splitlines()[4].split("|")[1:-1]]
-    assert header[8:12] == ["MD stable", "MD first failure (ps)", "h(r) MAE", "MD steps/s"]
+    assert header[9:13] == ["MD stable", "MD first failure (ps)", "h(r) MAE", "MD steps/s"]
     energy = [c.strip() for c in _row(text, "energy").split("|")[1:-1]]
     delta = [c.strip() for c in _row(text, "delta").split("|")[1:-1]]
-    assert len(energy) == len(header) == 15
-    assert energy[8:12] == ["1/3 over 1 ps", "0.042", "0.012", "413"]
-    assert delta[8:12] == ["3/3 over 1 ps", "—", "0.500", "2000"]
+    assert len(energy) == len(header) == 16
+    assert energy[9:13] == ["1/3 over 1 ps", "0.042", "0.012", "413"]
+    assert delta[9:13] == ["3/3 over 1 ps", "—", "0.500", "2000"]
     assert "Langevin NVT at 500.0 K" in text and "more than 0.5 A" in text
     assert "two halves of the test structures differ by 0.010" in text

@@ -172,6 +172,23 @@ def test_bad_multifidelity_input_is_one_line_before_training(
     assert not (run / "model.pt").exists() and not (run / "baseline.parquet").exists()
 
 
+def test_a_config_asking_for_another_model_than_init_is_refused(dataset, tmp_path, capsys):
+    """A variant's (or training's) model is asked for as --model is: a MACE variant that names
+    a PaiNN checkpoint as init would otherwise train PaiNN under its name."""
+    pre = tmp_path / "pre.pt"
+    model = build_model("painn", n_features=8, n_interactions=1, cutoff=4.0)
+    save_checkpoint(pre, model=model, model_name="painn", meta={"config": {}, "elements": [1, 8]})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"training:\n  variants:\n    v: {{model: schnet, init: {pre}}}\n")
+    capsys.readouterr()
+    args = ["train", str(dataset), "--out", str(tmp_path / "run"), "--config", str(config),
+            "--variant", "v", "--epochs", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a painn model but --config" in err and "asks for schnet" in err
+    assert "set model: painn there" in err and "\n" not in err
+
+
 def test_psi4_is_refused_as_a_baseline_pointing_to_init(dataset, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text((Path(__file__).parents[2] / "config.yaml").read_text())

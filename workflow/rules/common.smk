@@ -2,6 +2,7 @@
 # here (included first), so no rule file depends on the order of the others. A name that one
 # rule file alone reads lives in that file. Keep logic in the pilip package.
 from pilip.config import SAFE_NAME, check_labelling_reference, seed_file, settings_json
+from pilip.potential.study_models import PRETRAIN_MODEL, models_not_installed
 from pilip.potential.terms import WEAK_TERMS  # the loss terms' registry (no torch)
 
 # The config's systems; a config without `systems:` (labelling only) works on the
@@ -25,6 +26,13 @@ if SYSTEMS:  # the DAG labels with labelling.reference: it must exist, default o
         check_labelling_reference(config)
     except PilipError as error:
         sys.exit(f"pilip: error: {CONFIG_SOURCE}: {error}")
+# A run whose model needs an extra that is not installed (mace-torch for model: mace) is
+# refused now, not by its train job after the labelling. Not with --use-conda: the jobs' own
+# environment (envs/pilip.yaml) is the one that must have it.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    problem = models_not_installed(config)
+    if problem:
+        sys.exit(f"pilip: error: {CONFIG_SOURCE}: {problem}")
 # Every rule runs pilip from the main environment (`--use-conda` builds it from this file).
 PILIP_ENV = "../../envs/pilip.yaml"
 # Keys that place a job (where and how fast it runs) but do not change what it computes.
@@ -47,7 +55,6 @@ TRAINING = config["training"]
 CHEAP = config["cheap_level"]
 CHEAP_ON = bool(CHEAP["enabled"] and SYSTEMS)
 CHEAP_RUN = "cheap_level"  # the cheap level alone, reported beside the trained runs
-PRETRAIN_MODEL = "models/pretrain/model.pt"
 CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
 
 # The runs: one per training variant (rule train), and the cheap level alone (rule

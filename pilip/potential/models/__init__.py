@@ -13,8 +13,10 @@ by the Snakefile). A new architecture is one file here and one line in :data:`MO
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
 from typing import Any
 
 from pilip.errors import PilipError
@@ -25,6 +27,8 @@ MODELS: dict[str, str] = {
     "schnet": "pilip.potential.models.schnet:SchNetConfig:SchNet",
     "mace": "pilip.potential.models.mace:MACEConfig:MACE",  # needs the mace extra
 }
+# name -> (the module a model needs beyond pilip's dependencies, the pilip extra that brings it)
+EXTRAS: dict[str, tuple[str, str]] = {"mace": ("mace", "mace")}
 
 
 def model_classes(name: str) -> tuple[type, type]:
@@ -34,6 +38,45 @@ def model_classes(name: str) -> tuple[type, type]:
     module, config_name, model_name = MODELS[name].split(":")
     loaded = importlib.import_module(module)
     return getattr(loaded, config_name), getattr(loaded, model_name)
+
+
+def hyperparameter_names(name: str) -> tuple[str, ...]:
+    """The hyper-parameters of model ``name`` (its dataclass's fields: the keys ``model_params``
+    may hold), read from the model file's source without importing it: the config check that
+    every command and the Snakefile run imports no torch (nor mace-torch, which may be absent).
+    """
+    if name not in MODELS:
+        raise PilipError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
+    module, config_name, _ = MODELS[name].split(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise PilipError(f"model {name!r}: its module {module} is not installed")
+    with open(spec.origin, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=spec.origin)
+    body = next(
+        node.body
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name == config_name
+    )
+    return tuple(
+        node.target.id
+        for node in body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    )
+
+
+def missing_extra(name: str) -> str | None:
+    """Why model ``name`` cannot be built in this environment (a one-line hint naming the pip
+    extra to install), or None when it can; imports nothing."""
+    if name not in EXTRAS:
+        return None
+    module, extra = EXTRAS[name]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return (
+        f"model {name} needs the {extra} extra (its module {module} is not installed): "
+        f"pip install 'pilip[{extra}]'"
+    )
 
 
 def model_config(name: str, **hparams: object) -> object:
@@ -78,4 +121,13 @@ def __getattr__(name: str) -> Any:  # the classes, imported on first use
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "build_model", "data_hparams", "model_classes", "model_config"]
+__all__ = [
+    "EXTRAS",
+    "MODELS",
+    "build_model",
+    "data_hparams",
+    "hyperparameter_names",
+    "missing_extra",
+    "model_classes",
+    "model_config",
+]

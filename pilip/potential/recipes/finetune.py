@@ -8,7 +8,9 @@ energies differ from the reference's by thousands of eV) and keeps the network a
 scale; the optimizer starts afresh. On the checkpoint's own training data the refit gives back
 its shifts, so the fine-tune starts exactly where the checkpoint ended.
 
-A checkpoint whose network alone is not the potential (a Delta model) fine-tunes only in a run
+The model asked for, by ``--model`` or by a ``--config`` (``training.model`` or the variant's),
+must be the checkpoint's: a MACE variant never trains a PaiNN checkpoint under its name. A
+checkpoint whose network alone is not the potential (a Delta model) fine-tunes only in a run
 of the same kind: every recipe that wraps inference compares its record in the checkpoint with
 its record in the run (``Recipe.init_problem``).
 
@@ -56,12 +58,18 @@ class Finetune(Recipe):
             problem = committee_problem(self.payload)
             if problem:
                 raise PilipError(f"--init {path}: {problem}")
+        # the model asked for: an option's, else a --config's (training.model or the
+        # variant's); none: the checkpoint's
+        model, asked_by = plan.given.get("model"), "--model"
+        if model is None and plan.study is not None:
+            model, asked_by = plan.config.model, f"--config {plan.config_path} (model)"
         check_compatible(
             self.payload,
             path,
-            model=plan.given.get("model"),
+            model=model,
             model_params=plan.config.model_params,
             elements=plan.elements,
+            asked_by=asked_by,
         )
         init = {r["name"]: r for r in recipe_records(self.payload["meta"])}
         run = {r["name"]: r for r in plan.records}
@@ -105,21 +113,27 @@ def check_compatible(
     model: str | None,
     model_params: dict[str, Any],
     elements: list[int],
+    asked_by: str = "--model",
 ) -> None:
     """One-line PilipError if the ``--init`` checkpoint cannot start this run.
 
     ``model`` / ``model_params``: the architecture the user asked for (None / absent: take the
-    checkpoint's); ``elements``: atomic numbers of the new data (training, validation and
-    unlabelled structures), each of which the checkpoint must have been trained on.
+    checkpoint's), ``asked_by`` where (``--model``, or a config's model); ``elements``: atomic
+    numbers of the new data (training, validation and unlabelled structures), each of which
+    the checkpoint must have been trained on.
     """
     from ase.data import chemical_symbols
 
     name = payload["model"]["name"]
     hparams = payload["model"]["hparams"]
     if model is not None and model != name:
+        if asked_by == "--model":
+            asked, fix = f"--model {model} was asked", "drop --model"
+        else:
+            asked, fix = f"{asked_by} asks for {model}", f"set model: {name} there"
         raise PilipError(
-            f"--init {path} is a {name} model but --model {model} was asked; drop --model "
-            "(fine-tuning keeps the checkpoint's architecture)"
+            f"--init {path} is a {name} model but {asked}; {fix} (fine-tuning keeps the "
+            "checkpoint's architecture)"
         )
     different = sorted(
         key for key, value in model_params.items() if key in hparams and hparams[key] != value
