@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
 from pilip.potential.terms import ENERGY, WEAK_TERMS
@@ -25,6 +27,7 @@ PLOTS = (
     ("parity_energy", "energy parity"),
     ("parity_forces", "force parity"),
     ("learning_curve", "learning curve"),
+    ("calibration", "committee calibration"),
 )
 
 
@@ -232,6 +235,67 @@ def _ratio_sentence(baseline: Variant, variant: Variant) -> str:
     return f"- **{variant.name}** vs **{baseline.name}**: {forces} ({verdict}); {energy}."
 
 
+def committee_members(variant: Variant) -> list[float]:
+    """The test force RMSEs (eV/A) of a committee's members alone ([] for a single model)."""
+    members = (variant.metrics.get("members") or {}).get("force_rmse") or []
+    return [float(x) for x in members if x is not None]
+
+
+def seed_spread_sentences(variants: list[Variant], base: Variant) -> list[str]:
+    """How far a single seed can move the force RMSE, as the committees measure it (their
+    members differ in seed only), and which differences from ``base`` are inside that; the
+    committee's calibration in one line. Without a committee: that it is not measured."""
+    committees = [v for v in variants if len(committee_members(v)) >= 2]
+    if not committees:
+        return [
+            "One training run (one seed) per variant: small differences may be seed-to-seed "
+            "noise rather than an effect of the recipe (train a variant with `ensemble: N` "
+            "to measure that noise)."
+        ]
+    lines = []
+    for c in committees:
+        members = np.asarray(committee_members(c))
+        std = float(members.std(ddof=1))
+        mean_rmse = c.metrics.get("force_rmse")
+        text = (
+            f"**Seed-to-seed spread.** The {len(members)} members of **{c.name}** differ only "
+            f"in their seed; alone, their test force RMSEs span {members.min():.3f}-"
+            f"{members.max():.3f} eV/A (standard deviation {std:.3f}), and their mean, the "
+            f"committee, reaches {_num(mean_rmse)} eV/A"
+        )
+        others = [v for v in variants if v is not base and v.metrics.get("force_rmse") is not None]
+        if base.metrics.get("force_rmse") is not None and std > 0:
+            inside, outside = [], []
+            for v in others:
+                diff = v.metrics["force_rmse"] - base.metrics["force_rmse"]
+                (inside if abs(diff) <= 2 * std else outside).append(f"{v.name} {diff:+.3f}")
+            if inside:
+                text += (
+                    f". Against **{base.name}**, differences within twice that ({2 * std:.3f} "
+                    f"eV/A) may be one seed's luck: {', '.join(inside)}"
+                )
+            if outside:
+                text += f"; larger than that: {', '.join(outside)}"
+        lines.append(
+            text + " (the spread is measured on this recipe; others, energy-only above all, "
+            "may vary more between seeds)."
+        )
+        calibration = c.metrics.get("calibration") or {}
+        forces, energy = calibration.get("forces") or {}, calibration.get("energy") or {}
+        if forces.get("spearman") is not None:
+            lines.append(
+                f"**Does {c.name}'s spread know its errors?** Spearman correlation of spread "
+                f"and error: {forces['spearman']:.2f} over the force components (at best "
+                f"{_num(forces.get('spearman_ideal'), digits=2)} for these spreads), "
+                f"{_num(energy.get('spearman'), digits=2)} over the test energies; "
+                f"miscalibration area of the forces {_num(forces.get('miscalibration_area'))}"
+                f" as is, {_num(forces.get('miscalibration_area_scaled'))} after the scale "
+                f"{_num(calibration.get('scale'), digits=2)} fitted on the validation energies "
+                "(0 is calibrated, 0.5 the worst; see its calibration plot)."
+            )
+    return lines
+
+
 def _link(target: Path, out_path: Path) -> str:
     return Path(os.path.relpath(target, out_path.parent)).as_posix()
 
@@ -304,11 +368,7 @@ def render_summary(
         worse = worse_than_cheap_level(variants)
         if worse:
             lines += ["", *worse]
-        lines += [
-            "",
-            "One training run (one seed) per variant: small differences may be seed-to-seed "
-            "noise rather than an effect of the recipe.",
-        ]
+        lines += ["", *seed_spread_sentences(variants, base)]
     lines += ["", "## Plots", "", "| variant | " + " | ".join(p[1] for p in PLOTS) + " |"]
     lines.append("|---|" + "---|" * len(PLOTS))
     for v in variants:

@@ -205,3 +205,35 @@ def test_md_columns_of_the_fu_et_al_protocol(results, tmp_path):
     assert delta[9:13] == ["3/3 over 1 ps", "—", "0.500", "2000"]
     assert "Langevin NVT at 500.0 K" in text and "more than 0.5 A" in text
     assert "two halves of the test structures differ by 0.010" in text
+
+
+def test_a_committee_measures_which_differences_one_seed_could_make(results, tmp_path):
+    committee = metrics(0.30, 4.0, ["energy"])
+    committee["members"] = {"force_rmse": [0.32, 0.34, 0.36], "energy_rmse": [0.04] * 3}
+    committee["calibration"] = {
+        "scale": 1.7,
+        "forces": {"spearman": 0.41, "spearman_ideal": 0.7, "miscalibration_area": 0.21,
+                   "miscalibration_area_scaled": 0.08},
+        "energy": {"spearman": 0.2},
+    }  # fmt: skip
+    committee["plots"]["calibration"] = "calibration.png"
+    folders = [
+        results("energy", metrics(0.80, 12.0, ["energy"])),
+        results("finetune", metrics(0.83, 9.0, ["energy"])),  # +0.03: inside 2 x 0.02
+        results("weak", metrics(1.60, 27.0, ["energy", "pitc", "pisc"])),
+        results("delta", committee),
+    ]
+    text = write_summary(folders, tmp_path / "summary.md")
+    assert "One training run (one seed) per variant" not in text
+    assert "The 3 members of **delta** differ only in their seed" in text
+    assert "span 0.320-0.360 eV/A (standard deviation 0.020)" in text
+    assert "committee, reaches 0.300 eV/A" in text
+    assert "within twice that (0.040 eV/A) may be one seed's luck: finetune +0.030" in text
+    assert "larger than that: weak +0.800, delta -0.500" in text
+    assert "0.41 over the force components (at best 0.70" in text
+    assert "0.210 as is, 0.080 after the scale 1.70" in text
+    assert "![delta committee calibration](results/delta/calibration.png)" in text
+    assert "| energy |" in text and text.count("| n/a |") >= 3  # single models: no calibration
+    # without a committee: the seed noise is not measured, and the summary says how to
+    text = write_summary(folders[:3], tmp_path / "single.md")
+    assert "One training run (one seed) per variant" in text and "`ensemble: N`" in text
