@@ -1,5 +1,6 @@
-# MD stability: Langevin NVT with every trained run from test configurations of its dataset.
-MD = config["md"]
+# MD stability: Langevin NVT with every run from test configurations of its dataset; not
+# with a run whose baseline runs only from labels tables (a Psi4 cheap level: its student
+# runs MD instead).
 MD_OPTIONS = [
     "temperature",
     "timestep",
@@ -23,6 +24,8 @@ rule md:
         "logs/md/{run}.log",
     benchmark:
         "logs/benchmarks/md/{run}.tsv"
+    wildcard_constraints:
+        run="|".join(MD_RUNS),
     conda:
         PILIP_ENV
     threads: 1
