@@ -351,6 +351,9 @@ def describe_error(error: Any) -> str:
         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
         return f"{key_path([*path, name])}: unknown key{hint}"
     where = key_path(path) or "top level"
+    if "propertyNames" in error.absolute_schema_path and kind == "enum":  # a closed key set
+        options = ", ".join(str(o) for o in error.validator_value)
+        return f"{where}: {_shown(value)} is an unknown key (allowed: {options})"
     if "propertyNames" in error.absolute_schema_path or (
         kind == "pattern" and error.validator_value == SAFE_NAME.pattern
     ):

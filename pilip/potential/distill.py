@@ -116,7 +116,7 @@ def read_frames(path: str | Path, log: Callable[[str], None]) -> pa.Table:
         system=[str(f.info.get("system") or path.stem) for f in kept],
         generator="frames",
         generator_params=[
-            {"source": str(path), **{k: f.info[k] for k in ("run", "step") if k in f.info}}
+            {"source": str(path), **{k: int(f.info[k]) for k in ("run", "step") if k in f.info}}
             for f in kept
         ],
         parent_id=[f.info.get("config_id") or f.info.get("id") for f in kept],
