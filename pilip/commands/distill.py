@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         "sha256": distill.file_sha256(teacher_path),
         "recipe": describe(meta),
         "pool": [str(p) for p in args.pool],
+        # what the files held (a rerun of the teacher's MD rewrites md.extxyz in place)
+        "pool_ids_sha256": distill.ids_sha256(pool),
     }
     given = {**given_options(args, recipes=False), **option_values(args, student_settings())}
     # every student setting is checked before the teacher labels anything

@@ -256,6 +256,11 @@ def write_pool_dataset(
     return tables.write_table(table, path, "dataset", provenance)
 
 
+def ids_sha256(pool: pa.Table) -> str:
+    """sha256 of the pool's configuration ids in order (the ids hash the structures)."""
+    return hashlib.sha256("\n".join(pool.column(keys.ID).to_pylist()).encode()).hexdigest()
+
+
 def pool_is_current(path: Path, teacher: dict[str, Any]) -> bool:
     """Whether ``path`` holds the labels of this teacher on this pool (a rerun reuses them)."""
     if not path.is_file():

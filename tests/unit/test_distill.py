@@ -292,3 +292,21 @@ def test_reference_rows_weigh_w_in_the_energy_loss_and_nothing_in_the_forces_los
     assert float(energy_term(ev_padded, padded, LossTerm("energy"), options)) == pytest.approx(
         float(energy)
     )
+
+
+def test_a_pool_file_rewritten_in_place_is_labelled_again(teacher, tmp_path):
+    """The teacher's MD is rerun into the same md.extxyz: the student's pool is relabelled."""
+    dataset, teacher_path = teacher
+    md = tmp_path / "md"
+    run_md = ["md", str(teacher_path), str(dataset), "--out", str(md), "--steps", "10",
+              "--trajectory-interval", "5", "--device", "cpu"]  # fmt: skip
+    assert main(run_md) == 0
+    student = tmp_path / "student"
+    args = ["distill", str(teacher_path), str(md / "md.extxyz"), str(dataset), "--out",
+            str(student), *TINY, "--epochs", "1", "--restart-if-changed"]  # fmt: skip
+    assert main(args) == 0
+    before = tables.read_table(student / POOL_FILE, kind="dataset").column(keys.ID).to_pylist()
+    assert main([*run_md[:-4], "--seed", "7", *run_md[-4:]]) == 0  # other frames, same file
+    assert main(args) == 0
+    after = tables.read_table(student / POOL_FILE, kind="dataset").column(keys.ID).to_pylist()
+    assert len(after) == len(before) and after != before
