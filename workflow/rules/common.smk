@@ -80,11 +80,17 @@ REPORTED = RUNS + ([CHEAP_RUN] if CHEAP_ON else [])
 MD_RUNS = [run for run in REPORTED if run not in TABLED]
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly ``names``; none at all when there are none (an
+    empty constraint would match every value)."""
+    return "|".join(names) or "(?!x)x"
+
+
 wildcard_constraints:
     system="[A-Za-z][A-Za-z0-9_-]*",
     reference="[A-Za-z][A-Za-z0-9_-]*",
     chunk=r"\d\d\d\d+",
-    run="|".join(REPORTED),
+    run=one_of(REPORTED),
     pool="sampled|extra",
 
 

@@ -22,7 +22,7 @@ rule distill:
     benchmark:
         "logs/benchmarks/train/{run}.tsv"
     wildcard_constraints:
-        run="|".join(STUDENTS),
+        run=one_of(STUDENTS),
     conda:
         PILIP_ENV
     threads: TRAINING["threads"]

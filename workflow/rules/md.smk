@@ -25,7 +25,7 @@ rule md:
     benchmark:
         "logs/benchmarks/md/{run}.tsv"
     wildcard_constraints:
-        run="|".join(MD_RUNS),
+        run=one_of(MD_RUNS),
     conda:
         PILIP_ENV
     threads: 1

@@ -18,7 +18,7 @@ rule train:
     wildcard_constraints:
         # the training variants (models/cheap_level comes from rule baseline_model, a
         # distilled student from rule distill)
-        run="|".join(TRAINED),
+        run=one_of(TRAINED),
     conda:
         PILIP_ENV
     threads: TRAINING["threads"]
