@@ -118,9 +118,45 @@ def validate_config(
         check_reference_names(config, given)
         if "training" in schema.get("properties", {}):
             check_study_models(config)  # each run's hyper-parameters fit its model
+        check_students(config)
     except PilipError as exc:
         raise PilipError(f"{source}: {exc}") from None
     return config
+
+
+def check_students(config: Mapping[str, Any]) -> None:
+    """Every distilled student variant (``teacher:``) names another variant that is a Delta
+    model (``baseline:``) and sets no recipe of its own; the student's keys appear only in a
+    student. One-line PilipError naming the key otherwise."""
+    variants = (config.get("training") or {}).get("variants") or {}
+    for name, variant in variants.items():
+        key = f"training.variants.{name}"
+        teacher = variant.get("teacher")
+        if teacher is None:
+            if variant.get("reference_weight") is not None:
+                raise PilipError(
+                    f"{key}.reference_weight: only a distilled student has one; add "
+                    "teacher: VARIANT (a Delta variant) or drop it"
+                )
+            continue
+        if teacher not in variants or teacher == name:
+            others = [v for v in variants if v != name and variants[v].get("baseline")]
+            raise PilipError(
+                f"{key}.teacher: {teacher!r} is not another variant in training.variants; "
+                f"name a Delta variant (one with baseline:; here: {', '.join(others) or 'none'})"
+            )
+        if not variants[teacher].get("baseline"):
+            what = "a student itself" if variants[teacher].get("teacher") else "no Delta model"
+            raise PilipError(
+                f"{key}.teacher: {teacher!r} is {what} (training.variants.{teacher} has no "
+                "baseline:); the teacher must be a Delta variant"
+            )
+        own = sorted(k for k in ("baseline", "init") if variant.get(k) is not None)
+        if own:
+            raise PilipError(
+                f"{key}: a distilled student (teacher: {teacher}) takes no {', '.join(own)}; "
+                "it is a plain model trained on its teacher's labels: drop them"
+            )
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -194,6 +230,49 @@ def check_labelling_reference(config: Mapping[str, Any]) -> None:
         f"labelling.reference: {name!r} (the default) is not a name in `references` (known: "
         f"{known}); set labelling.reference to the reference the models are trained on"
     )
+
+
+def runs_in_process(config: Mapping[str, Any], name: str) -> bool:
+    """Whether the reference (or inline method) ``name`` runs in this process (tblite), so a
+    model can call it at every MD step, rather than only through labels tables (Psi4)."""
+    from pilip.reference.backends import get_backend
+    from pilip.reference.labelling import resolve_reference
+
+    reference = resolve_reference(name, dict(config), "config")
+    return bool(get_backend(str(reference.spec["backend"])).in_process)
+
+
+def tabled_variants(config: Mapping[str, Any]) -> list[str]:
+    """The training variants whose Delta baseline runs only from labels tables (a Psi4 level):
+    the workflow trains and evaluates them with the cheap level's labels, and they cannot run
+    MD. One-line PilipError for such a baseline that is not the enabled cheap level (the only
+    level the workflow labels the structures with, with forces) or with the weak losses."""
+    from pilip.potential.terms import WEAK_TERMS
+
+    training = config.get("training") or {}
+    cheap = config.get("cheap_level") or {}
+    tabled = []
+    for name, variant in (training.get("variants") or {}).items():
+        baseline = variant.get("baseline")
+        if not baseline or runs_in_process(config, baseline):
+            continue
+        key = f"training.variants.{name}.baseline"
+        if not (cheap.get("enabled") and cheap.get("reference") == baseline):
+            raise PilipError(
+                f"{key}: {baseline!r} runs only from labels tables (Psi4), and the workflow "
+                f"labels the structures with forces at the cheap level only; set "
+                f"cheap_level.reference: {baseline} (enabled), or use a baseline that runs in "
+                "process (xtb)"
+            )
+        losses = variant.get("losses", training.get("losses") or [])
+        weak = [term for term in losses if term in WEAK_TERMS]
+        if weak:
+            raise PilipError(
+                f"training.variants.{name}.losses: {', '.join(weak)} need the baseline at "
+                f"perturbed geometries, but {baseline!r} runs only from labels tables; drop them"
+            )
+        tabled.append(name)
+    return tabled
 
 
 def seed_file(spec: Mapping[str, Any], config_dir: str | os.PathLike) -> Path | None:
@@ -275,6 +354,9 @@ def describe_error(error: Any) -> str:
         hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
         return f"{key_path([*path, name])}: unknown key{hint}"
     where = key_path(path) or "top level"
+    if "propertyNames" in error.absolute_schema_path and kind == "enum":  # a closed key set
+        options = ", ".join(str(o) for o in error.validator_value)
+        return f"{where}: {_shown(value)} is an unknown key (allowed: {options})"
     if "propertyNames" in error.absolute_schema_path or (
         kind == "pattern" and error.validator_value == SAFE_NAME.pattern
     ):

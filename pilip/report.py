@@ -4,7 +4,8 @@ Each variant is a results folder written by ``pilip evaluate`` (metrics.json and
 optionally, ``pilip md`` (md.json). The summary is Markdown: one table of the model,
 energy and force errors, MD stability (stable runs, first failure, h(r) MAE, steps/s) and
 training time, one of force errors per element, the ratio of force RMSEs against the
-baseline variant stated plainly, and links to the plots.
+baseline variant stated plainly, the seed-to-seed spread a committee measures, every distilled
+student beside its teacher (errors and MD steps per second), and links to the plots.
 """
 
 from __future__ import annotations
@@ -114,6 +115,85 @@ def worse_than_cheap_level(variants: list[Variant]) -> list[str]:
             "what the cheap level gives without training."
         )
     return lines
+
+
+def steps_per_second(md: dict[str, Any] | None) -> float | None:
+    """MD steps per wall-clock second of a run's md.json: its ``steps_per_s`` where it has one,
+    else every run's ``steps_done`` over their ``wall_time_s``; None without MD."""
+    if not md:
+        return None
+    if md.get("steps_per_s") is not None:
+        return float(md["steps_per_s"])
+    runs = md.get("runs") or []
+    steps = sum(r.get("steps_done") or 0 for r in runs)
+    seconds = sum(r.get("wall_time_s") or 0.0 for r in runs)
+    return steps / seconds if steps and seconds > 0 else None
+
+
+def teacher_of(student: Variant, variants: list[Variant]) -> tuple[str, Variant | None] | None:
+    """(the teacher's checkpoint, its variant among ``variants`` or None) of a distilled
+    student, matched by the checkpoint each variant was evaluated from; None if ``student``
+    is no student."""
+    record = next(
+        (r for r in student.metrics.get("recipes") or [] if r.get("name") == "distilled"), None
+    )
+    if record is None:
+        return None
+    path = os.path.normpath(str(record["teacher"]["path"]))
+    for variant in variants:
+        model = variant.metrics.get("model")
+        if variant is not student and model and os.path.normpath(str(model)) == path:
+            return path, variant
+    return path, None
+
+
+def _tabled(variant: Variant) -> bool:
+    return any(r.get("tabled") for r in variant.metrics.get("recipes") or [])
+
+
+def teacher_student_lines(variants: list[Variant]) -> list[str]:
+    """A table of every distilled student beside its teacher: force and energy errors and MD
+    steps per second (``[]`` without students)."""
+    rows = []
+    for student in variants:
+        found = teacher_of(student, variants)
+        if found is None:
+            continue
+        path, teacher = found
+        s, t = student.metrics, teacher.metrics if teacher else {}
+        ratio = None
+        if s.get("force_rmse") is not None and t.get("force_rmse"):
+            ratio = s["force_rmse"] / t["force_rmse"]
+        s_speed = steps_per_second(student.md)
+        t_speed = steps_per_second(teacher.md) if teacher else None
+        if teacher is not None and _tabled(teacher):
+            t_cell = "cannot run MD (baseline from labels tables)"
+        else:
+            t_cell = "not run" if t_speed is None else f"{t_speed:.0f}"
+        speed = ""
+        if s_speed is not None and t_speed:
+            speed = f" ({s_speed / t_speed:.1f}x the teacher's)"
+        rows.append(
+            f"| {student.name} | {teacher.name if teacher else path} "
+            f"| {_num(s.get('force_rmse'))} / {_num(t.get('force_rmse'))} "
+            f"| {'n/a' if ratio is None else f'{ratio:.2f}'} "
+            f"| {_num(s.get('energy_rmse_mev_per_atom'), digits=2)} / "
+            f"{_num(t.get('energy_rmse_mev_per_atom'), digits=2)} "
+            f"| {'not run' if s_speed is None else f'{s_speed:.0f}'}{speed} / {t_cell} |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Teachers and students",
+        "",
+        "A student (`pilip distill`) learns its teacher's energies and forces of a pool and "
+        "needs no baseline at run time; its error is the teacher's plus its own fitting error.",
+        "",
+        "| student | teacher | force RMSE student / teacher (eV/A) | student/teacher "
+        "| energy RMSE student / teacher (meV/atom) | MD steps/s student / teacher |",
+        "|---|---|---|---:|---|---|",
+        *rows,
+    ]
 
 
 def force_rmse_ratio(baseline: Variant, variant: Variant) -> float | None:
@@ -369,6 +449,9 @@ def render_summary(
         if worse:
             lines += ["", *worse]
         lines += ["", *seed_spread_sentences(variants, base)]
+    students = teacher_student_lines(variants)
+    if students:
+        lines += ["", *students]
     lines += ["", "## Plots", "", "| variant | " + " | ".join(p[1] for p in PLOTS) + " |"]
     lines.append("|---|" + "---|" * len(PLOTS))
     for v in variants:

@@ -46,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
         config = load_config(args.config)
     out = Path(args.out)
-    baseline = resolve_baseline(args.baseline, config, args.config)
+    # a level that cannot run in process (Psi4) is read from --baseline-labels: a tabled
+    # baseline, evaluated with the same tables (pilip evaluate --baseline-labels)
+    baseline = resolve_baseline(
+        args.baseline, config, args.config, tabled=bool(args.baseline_labels)
+    )
     data = {TRAIN: load_dataset(args.dataset)[TRAIN]}  # the offsets come from training data
     setup, shifted, _ = baseline_targets(
         baseline, data, dataset=args.dataset, run_dir=out, config_path=args.config,
@@ -65,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
         "n_train": len(train),
         "n_val": 0,
         "n_unlabelled": 0,
-        "recipes": [{"name": Delta.name, **setup.record(), "alone": True}],
+        "recipes": [
+            {
+                "name": Delta.name,
+                **setup.record(),
+                "alone": True,
+                **({} if baseline.in_process else {"tabled": True}),
+            }
+        ],
     }
     save_checkpoint(out / "model.pt", model=model, model_name=args.model, meta=meta)
     print(f"wrote {out / 'model.pt'}: {baseline.name} + per-element energies")

@@ -11,10 +11,15 @@ HELP = "label a pool with a teacher model's energies and forces and train a stud
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pilip.commands.train import add_run_options
+    from pilip.potential.recipes import student_settings
+    from pilip.potential.train_config import add_train_options
 
     parser.add_argument("teacher", help="the teacher's checkpoint (any pilip model.pt)")
     parser.add_argument(
-        "pool", nargs="+", help="configurations or dataset tables the teacher labels"
+        "pool",
+        nargs="+",
+        help="configurations or dataset tables, or structure files (extxyz: e.g. a pilip md "
+        "trajectory, md.extxyz), that the teacher labels",
     )
     parser.add_argument("--out", required=True, help="the student's run folder (+ pool.parquet)")
     parser.add_argument(
@@ -31,10 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher-batch-size", type=int, default=64, help="structures per teacher call"
     )
+    add_train_options(parser, student_settings())
     add_run_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from pilip.commands.train import given_options, resolve_settings, train_run
@@ -42,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from pilip.potential import distill
     from pilip.potential.checkpoint import load_model, read_checkpoint
     from pilip.potential.devices import resolve_device
-    from pilip.potential.recipes import describe
+    from pilip.potential.recipes import describe, student_settings
     from pilip.potential.recipes.distilled import Distilled
+    from pilip.potential.train_config import option_values
 
     def log(message: str) -> None:
         print(f"pilip distill: {message}", file=sys.stderr)
@@ -67,16 +75,23 @@ def run(args: argparse.Namespace) -> int:
         "sha256": distill.file_sha256(teacher_path),
         "recipe": describe(meta),
         "pool": [str(p) for p in args.pool],
+        # what the files held (a rerun of the teacher's MD rewrites md.extxyz in place)
+        "pool_ids_sha256": distill.ids_sha256(pool),
     }
-    given = given_options(args, recipes=False)
+    given = {**given_options(args, recipes=False), **option_values(args, student_settings())}
     # every student setting is checked before the teacher labels anything
     settings = resolve_settings(args, given, defaults={"losses": ["energy", "forces"]})
+    own = [f.name for f in dataclasses.fields(student_settings())]
+    student = {k: settings[2].pop(k) for k in own if k in settings[2]}
     recipe_options = {k: v for k, v in settings[2].items() if v is not None}
     if recipe_options:
         raise PilipError(
             f"the student takes no recipe settings, but --config/--variant give "
             f"{', '.join(sorted(recipe_options))}; choose a variant without them"
         )
+    reference = distill.reference_energies(
+        meta, str(teacher_path), student.get("reference_weight"), student.get("reference_dataset")
+    )
 
     dataset = out / distill.POOL_FILE
     if distill.pool_is_current(dataset, teacher):
@@ -93,4 +108,8 @@ def run(args: argparse.Namespace) -> int:
         distill.write_pool_dataset(pool, split, energy, forces, dataset, teacher)
     record = {"teacher": {k: teacher[k] for k in ("path", "sha256", "recipe")},
               "pool": teacher["pool"]}  # fmt: skip
-    return train_run(args, str(dataset), given, settings, extra=[Distilled(record)])
+    structures = None
+    if reference is not None:
+        record["reference"], structures = reference
+    recipe = Distilled(record, structures, trained_on=meta.get("reference"))
+    return train_run(args, str(dataset), given, settings, extra=[recipe])

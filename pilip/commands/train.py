@@ -86,14 +86,30 @@ def given_options(args: argparse.Namespace, recipes: bool = True) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pilip.errors import PilipError
+    from pilip.potential.recipes import student_settings
+
     given = given_options(args)
-    return train_run(args, args.dataset, given, resolve_settings(args, given))
+    settings = resolve_settings(args, given)
+    names = [f.name for f in dataclasses.fields(student_settings())]
+    student = sorted(k for k in names if settings[2].get(k) is not None)
+    if student:
+        teacher = settings[2].get("teacher")
+        raise PilipError(
+            f"{args.config}: training.variants.{args.variant} is a distilled student "
+            f"({', '.join(student)}{f': {teacher}' if teacher else ''}): train it with `pilip "
+            "distill TEACHER POOL --variant ...` (the workflow's rule distill), not pilip train"
+        )
+    return train_run(args, args.dataset, given, settings)
 
 
 def resolve_settings(args: argparse.Namespace, given: dict, defaults: dict | None = None):
     """(the validated --config or None, TrainConfig, the recipes' option values, unlabelled
-    table or None): the settings ``given`` as options over ``--config``/``--variant`` over
-    ``defaults`` over the declared ones, checked before any data are read."""
+    table or None): the settings ``given`` as options over ``--variant`` over ``defaults``
+    over the ``--config``'s training section over the declared ones, checked before any data
+    are read."""
     from pilip.potential.train_config import split_values, training_values
 
     study = None
@@ -102,7 +118,12 @@ def resolve_settings(args: argparse.Namespace, given: dict, defaults: dict | Non
 
         study = load_config(args.config)
     values, unlabelled_path = training_values(study, args.variant, given, args.config or "")
-    values.update({k: v for k, v in (defaults or {}).items() if k not in given})
+    # ``defaults`` (a command's own, e.g. the student's losses) win over the config's
+    # ``training`` section, not over what the variant or the options say
+    chosen = set(given)
+    if study is not None and args.variant:
+        chosen |= set(study["training"]["variants"][args.variant])
+    values.update({k: v for k, v in (defaults or {}).items() if k not in chosen})
     config, options = split_values(values, args.config or f"pilip {args.command}")
     config.validate()  # before reading any data (check_inputs adds the data's checks)
     return study, config, options, unlabelled_path

@@ -38,6 +38,10 @@ class Structures:
     offsets: torch.Tensor  # (n_structures + 1,) long, atoms of structure i: offsets[i]:offsets[i+1]
     energy: torch.Tensor | None = None  # (n_structures,) eV, None for unlabelled structures
     forces: torch.Tensor | None = None  # (n_atoms_total, 3) eV/A, None unless asked for
+    # (n_structures,) weight of each energy label in the energy loss (None: 1 for every one)
+    energy_weight: torch.Tensor | None = None
+    # (n_structures,) 1 where a structure's forces are trained on, 0 where it has none (None: 1)
+    force_weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
@@ -66,6 +70,8 @@ class Structures:
             offsets=move(self.offsets, False),
             energy=move(self.energy, True),
             forces=move(self.forces, True),
+            energy_weight=move(self.energy_weight, True),
+            force_weight=move(self.force_weight, True),
         )
 
     def _atom_index(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,6 +94,8 @@ class Structures:
             offsets=offsets,
             energy=None if self.energy is None else self.energy[index],
             forces=None if self.forces is None else self.forces[atoms],
+            energy_weight=None if self.energy_weight is None else self.energy_weight[index],
+            force_weight=None if self.force_weight is None else self.force_weight[index],
         )
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -104,6 +112,10 @@ class Structures:
             out[keys.ENERGY] = self.energy[index]
         if self.forces is not None:
             out[keys.FORCES] = self.forces[atoms]
+        if self.energy_weight is not None:
+            out[keys.ENERGY_WEIGHT] = self.energy_weight[index]
+        if self.force_weight is not None and self.forces is not None:
+            out[keys.FORCE_WEIGHT] = self.force_weight[index]
         return out
 
     def batches(
@@ -345,13 +357,45 @@ def structures_from_arrays(
     )
 
 
+def concat_structures(parts: list[Structures]) -> Structures:
+    """One :class:`Structures` of ``parts`` in order (same device and dtype). Labels and
+    weights are kept where every part has them; energy and force weights of a part without
+    them are 1."""
+    offsets, start = [parts[0].offsets[:1]], 0
+    for s in parts:
+        offsets.append(s.offsets[1:] + start)
+        start += int(s.offsets[-1])
+
+    def joined(name: str, fill: float | None = None) -> torch.Tensor | None:
+        values = [getattr(s, name) for s in parts]
+        if fill is not None:
+            if all(v is None for v in values):
+                return None
+            values = [
+                torch.full((len(s),), fill, dtype=parts[0].positions.dtype) if v is None else v
+                for s, v in zip(parts, values, strict=True)
+            ]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    return Structures(
+        numbers=joined("numbers"),
+        positions=joined("positions"),
+        offsets=torch.cat(offsets),
+        energy=joined("energy"),
+        forces=joined("forces"),
+        energy_weight=joined("energy_weight", 1.0),
+        force_weight=joined("force_weight", 1.0),
+    )
+
+
 def concat_batches(
     labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """One batch of labelled structures followed by unlabelled ones (weak losses only).
 
-    ``keys.ENERGY_WEIGHT`` (and ``keys.FORCE_WEIGHT`` when forces are present) is 1 for the
-    labelled and 0 for the unlabelled structures, whose label slots hold zeros.
+    ``keys.ENERGY_WEIGHT`` (and ``keys.FORCE_WEIGHT`` when forces are present) is the labelled
+    structures' own (1 where the batch has none) and 0 for the unlabelled structures, whose
+    label slots hold zeros.
     """
     n_lab = labelled[keys.N_ATOMS].shape[0]
     n_unl = unlabelled[keys.N_ATOMS].shape[0]
@@ -362,12 +406,14 @@ def concat_batches(
     out[keys.BATCH] = torch.cat([labelled[keys.BATCH], unlabelled[keys.BATCH] + n_lab])
     energy = labelled[keys.ENERGY]
     out[keys.ENERGY] = torch.cat([energy, energy.new_zeros(n_unl)])
-    out[keys.ENERGY_WEIGHT] = torch.cat([energy.new_ones(n_lab), energy.new_zeros(n_unl)])
+    weight = labelled.get(keys.ENERGY_WEIGHT, energy.new_ones(n_lab))
+    out[keys.ENERGY_WEIGHT] = torch.cat([weight, energy.new_zeros(n_unl)])
     if keys.FORCES in labelled:
         forces = labelled[keys.FORCES]
         n_atoms_unl = unlabelled[keys.POSITIONS].shape[0]
         out[keys.FORCES] = torch.cat([forces, forces.new_zeros((n_atoms_unl, 3))])
-        out[keys.FORCE_WEIGHT] = out[keys.ENERGY_WEIGHT].clone()
+        weight = labelled.get(keys.FORCE_WEIGHT, energy.new_ones(n_lab))
+        out[keys.FORCE_WEIGHT] = torch.cat([weight, energy.new_zeros(n_unl)])
     return out
 
 

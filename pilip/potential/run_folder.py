@@ -87,8 +87,8 @@ def data_fingerprint(
     unlabelled: Structures | None,
     init_weights: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """16 hex characters identifying the training, validation and unlabelled structures and
-    their labels, and the initial weights when given."""
+    """16 hex characters identifying the training, validation and unlabelled structures, their
+    labels and label weights, and the initial weights when given."""
     digest = hashlib.sha256()
     for s in (data[TRAIN], data[VAL], unlabelled):
         if s is None:
@@ -96,6 +96,9 @@ def data_fingerprint(
             continue
         for t in (s.numbers, s.positions, s.offsets, s.energy, s.forces):
             digest.update(b"-" if t is None else t.detach().cpu().double().numpy().tobytes())
+        for t in (s.energy_weight, s.force_weight):  # only where given: older runs resume
+            if t is not None:
+                digest.update(b"w" + t.detach().cpu().double().numpy().tobytes())
     for name, tensor in sorted((init_weights or {}).items()):
         digest.update(name.encode() + tensor.detach().cpu().double().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -441,17 +441,18 @@ def _field(name: str) -> dataclasses.Field:
 
 def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """Fill the config schema's ``training`` section from the declarations: TrainConfig's
-    settings with their defaults, and the keys a variant may override (TrainConfig's and the
-    recipes', without defaults: a variant inherits from ``training``). Also types the
-    ``cheap_level.pretrain`` overrides. Returns ``schema`` (changed in place)."""
-    from pilip.potential.recipes import recipe_settings
+    settings with their defaults, and the keys a variant may override (TrainConfig's, the
+    recipes' and a distilled student's, without defaults: a variant inherits from
+    ``training``). Also types the ``cheap_level.pretrain`` overrides. Returns ``schema``
+    (changed in place)."""
+    from pilip.potential.recipes import recipe_settings, student_settings
 
     training = schema["properties"]["training"]
     declared_keys = schema_properties()
     training["properties"] = {**declared_keys, **training.get("properties", {})}
     variant = training["properties"]["variants"]["additionalProperties"]
     overridable = schema_properties(with_default=False)
-    for settings in recipe_settings():
+    for settings in (*recipe_settings(), student_settings()):
         overridable.update(schema_properties(settings, with_default=False))
     overridable.update({k: v for k, v in variant.get("properties", {}).items()})
     variant["properties"] = overridable

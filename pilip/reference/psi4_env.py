@@ -184,8 +184,9 @@ def psi4_python(configured: str | None = None) -> Psi4Python:
 
 # the workflow's rules that lead to Psi4 labels (their jobs run before any label job)
 LABELLING_RULES = frozenset(
-    {"sample", "chunk", "label", "force_validation_subset", "label_force_validation"}
-)
+    {"sample", "chunk", "label", "force_validation_subset", "label_force_validation",
+     "sample_extra", "chunk_cheap", "label_cheap_chunk"}
+)  # fmt: skip
 
 
 def workflow_psi4_problem(config: Mapping[str, Any], pending_rules: Iterable[str]) -> str | None:
@@ -202,6 +203,9 @@ def workflow_psi4_problem(config: Mapping[str, Any], pending_rules: Iterable[str
     force_validation = config.get("force_validation") or {}
     if force_validation.get("enabled", True) and force_validation.get("reference"):
         used.append(force_validation["reference"])
+    cheap = config.get("cheap_level") or {}
+    if cheap.get("enabled", True) and cheap.get("reference"):  # a Psi4 cheap level (DFT)
+        used.append(cheap["reference"])
     psi4 = [name for name in used if (references.get(name) or {}).get("backend") == "psi4"]
     if not psi4:
         return None

@@ -96,3 +96,27 @@ def test_training_unlabelled_feeds_the_weak_variants_only(tmp_path):
     assert "pool.parquet" in inputs["weak"] and "own.parquet" not in inputs["weak"]
     assert "pool.parquet" not in inputs["energy"] and "own.parquet" not in inputs["energy"]
     assert "own.parquet" in inputs["own"] and "pool.parquet" not in inputs["own"]
+
+
+def test_the_default_study_distils_delta_from_its_extra_pool_and_md_frames(tmp_path):
+    """config.yaml's `distilled` (teacher: delta) is trained by rule distill, not train, on
+    the extra pool and delta's MD trajectory, and evaluated, run in MD and reported."""
+    from workflow_helpers import dry_run_jobs, snakemake
+
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    jobs = dry_run_jobs(tmp_path, "--cores", "2", "--configfile", "config.yaml")
+    runs = ("energy", "weak", "delta", "finetune", "distilled", "cheap_level")
+    assert {f"evaluate[run={run}]" for run in runs} <= jobs
+    assert {f"md[run={run}]" for run in runs} <= jobs
+    assert "distill[run=distilled]" in jobs and "train[run=distilled]" not in jobs
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", "config.yaml")
+    text = proc.stdout + proc.stderr
+    command = next(line for line in text.splitlines() if "pilip distill " in line)
+    assert command.split("pilip distill ")[1].split(" --out ")[0].split() == [
+        "models/delta/model.pt",
+        "cheap/ethanol.extra.parquet",
+        "cheap/water.extra.parquet",
+        "results/delta/md.extxyz",
+    ]
+    assert "--variant distilled" in command
+    assert "--reference-dataset datasets/mp2_cbs.parquet" in command

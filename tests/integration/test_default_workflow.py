@@ -1,9 +1,9 @@
 """The whole DAG through Snakemake on a tiny study (tests/e2e/config.yaml), with real Psi4.
 
 Checks the contents a user reads: labels with MP2/CBS energies that match the components,
-a dataset with splits and force-validation rows, the training variants (energy, weak, and
-the multi-fidelity delta and finetune), the cheap level's labels and pretraining, metrics in
-range, MD results, the summary table and the plots.
+a dataset with splits and force-validation rows, the training variants (energy, weak, the
+multi-fidelity delta and finetune, and delta's distilled student), the cheap level's labels and
+pretraining, metrics in range, MD results, the summary table and the plots.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_labels_keep_components(study):
 
 
 def test_every_variant_and_the_cheap_level_evaluated(study):
-    for run in ("energy", "weak", "delta", "finetune", "cheap_level"):
+    for run in ("energy", "weak", "delta", "finetune", "distilled", "cheap_level"):
         metrics = json.loads((study / "results" / run / "metrics.json").read_text())
         assert metrics["n_energy"] >= 1
         assert 0 < metrics["energy_rmse"] < 5.0  # eV: a few epochs, but not garbage
@@ -107,6 +107,23 @@ def test_summary_compares_the_variants(study):
     finetune = next(line for line in summary.splitlines() if line.startswith("| finetune |"))
     assert "fine-tuned from models/pretrain/model.pt" in finetune
     assert "GFN2-xTB (tblite" in summary and "alone |" in summary
+    student = next(line for line in summary.splitlines() if line.startswith("| distilled |"))
+    assert "distilled from models/delta/model.pt (Delta over GFN2-xTB" in student
+    # the student beside its teacher, with both MD speeds
+    pair = next(line for line in summary.splitlines() if line.startswith("| distilled | delta |"))
+    assert "not run" not in pair and "x the teacher's" in pair
+
+
+def test_the_student_learnt_from_the_extra_pool_and_the_teachers_md(study):
+    pool = pq.read_table(study / "models" / "distilled" / "pool.parquet").to_pylist()
+    generators = {row[keys.GENERATOR] for row in pool}
+    assert "frames" in generators  # delta's MD frames (step 0, a test structure, left out)
+    assert all(json.loads(r[keys.GENERATOR_PARAMS])["step"] > 0 for r in pool
+               if r[keys.GENERATOR] == "frames")  # fmt: skip
+    extra = pq.read_table(study / "cheap" / "water.extra.parquet").column(keys.ID).to_pylist()
+    assert set(extra) <= {row[keys.ID] for row in pool}
+    meta = json.loads((study / "results" / "distilled" / "metrics.json").read_text())
+    assert meta["recipes"][0]["reference"]["weight"] == 1.0
 
 
 def test_cheap_level_labels_every_configuration_and_its_extra_pool(study):

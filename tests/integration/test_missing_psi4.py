@@ -42,3 +42,19 @@ def test_no_check_when_nothing_leads_to_psi4_labels():
         "labelling": {**bad["labelling"], "reference": "xtb"},
     }
     assert workflow_psi4_problem(xtb, {"sample", "label"}) is None
+
+
+def test_a_psi4_cheap_level_is_checked_before_its_label_jobs():
+    config = {
+        **PSI4_CONFIG,
+        "references": {
+            "xtb": {"backend": "xtb", "method": "GFN2-xTB"},
+            "dft": {"backend": "psi4", "method": "b3lyp/def2-svp"},
+        },
+        "labelling": {**PSI4_CONFIG["labelling"], "reference": "xtb"},
+        "cheap_level": {"enabled": True, "reference": "dft"},
+    }
+    problem = workflow_psi4_problem(config, {"chunk_cheap", "label_cheap_chunk"})
+    assert problem.startswith("references.dft runs Psi4") and "no-such-env" in problem
+    off = {**config, "cheap_level": {"enabled": False, "reference": "dft"}}
+    assert workflow_psi4_problem(off, {"sample"}) is None

@@ -301,3 +301,32 @@ def test_resolved_config_reads_the_same_from_anywhere(tmp_path):
     mtime = out.stat().st_mtime_ns
     assert not write_config(resolved, out, header="# resolved\n")  # same text: untouched
     assert out.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("s: {teacher: delta}", "training.variants.s.teacher: 'delta' is not another variant"),
+        ("s: {teacher: s}", "training.variants.s.teacher: 's' is not another variant"),
+        ("e: {losses: [energy]}, s: {teacher: e}", "training.variants.s.teacher: 'e' is no Delta"),
+        (
+            "d: {baseline: gfn2-xtb}, s: {teacher: d, init: m.pt}",
+            "training.variants.s: a distilled student (teacher: d) takes no init",
+        ),
+        ("e: {reference_weight: 1.0}", "training.variants.e.reference_weight: only a distilled"),
+        ("d: {baseline: gfn2-xtb}, s: {teacher: d, reference_weight: -1}", "must be >= 0"),
+        ("d: {baseline: gfn2-xtb}, s: {teacher: d, reference_dataset: x}", "unknown key"),
+    ],
+)
+def test_a_student_variant_names_a_delta_teacher(tmp_path, variants, message):
+    """A variant with `teacher:` is a distilled student: its teacher must be another variant
+    that is a Delta model, refused in one line at config load naming the key."""
+    with pytest.raises(PilipError) as info:
+        load_config(write(tmp_path, f"training: {{variants: {{{variants}}}}}"))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_student_variant_loads_with_its_settings(tmp_path):
+    text = "training: {variants: {d: {baseline: gfn2-xtb}, s: {teacher: d, reference_weight: 2}}}"
+    config = load_config(write(tmp_path, text))
+    assert config["training"]["variants"]["s"] == {"teacher": "d", "reference_weight": 2}

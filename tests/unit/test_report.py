@@ -237,3 +237,40 @@ def test_a_committee_measures_which_differences_one_seed_could_make(results, tmp
     # without a committee: the seed noise is not measured, and the summary says how to
     text = write_summary(folders[:3], tmp_path / "single.md")
     assert "One training run (one seed) per variant" in text and "`ensemble: N`" in text
+
+
+def test_a_student_is_shown_beside_its_teacher_with_md_steps_per_second(results, tmp_path):
+    delta = {**metrics(0.16, 3.0, ["energy"]), "model": "models/delta/model.pt"}
+    delta["recipes"] = [{"name": "delta", "baseline": {}}]
+    student = metrics(0.18, 3.5, ["energy", "forces"])
+    student["model"] = "models/distilled/model.pt"
+    student["recipes"] = [
+        {"name": "distilled", "teacher": {"path": "models/./delta/model.pt", "recipe": "Delta"}}
+    ]
+
+    def timed(steps, seconds):  # md.json of pilip md: no steps_per_s key, runs with times
+        runs = [{"steps_done": steps, "wall_time_s": seconds}] * 2
+        return {**md(2), "runs": runs}
+
+    folders = [
+        results("energy", metrics(0.80, 12.0, ["energy"]), md(2)),
+        results("delta", delta, timed(2000, 16.0)),
+        results("distilled", student, timed(2000, 8.0)),
+    ]
+    text = write_summary(folders, tmp_path / "summary.md")
+    assert "## Teachers and students" in text
+    row = next(line for line in text.splitlines() if line.startswith("| distilled | delta |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2:] == ["0.180 / 0.160", "1.12", "3.50 / 3.00", "250 (2.0x the teacher's) / 125"]
+    # a teacher over a baseline from labels tables has no MD; a summary without students has
+    # no such section; an md.json with steps_per_s is read as it says
+    delta["recipes"][0]["tabled"] = True
+    (tmp_path / "results" / "delta" / "metrics.json").write_text(json.dumps(delta))
+    (tmp_path / "results" / "delta" / "md.json").unlink()
+    (tmp_path / "results" / "distilled" / "md.json").write_text(
+        json.dumps({**md(2), "steps_per_s": 300.0})
+    )
+    text = write_summary(folders, tmp_path / "summary.md")
+    row = next(line for line in text.splitlines() if line.startswith("| distilled | delta |"))
+    assert row.endswith("| 300 / cannot run MD (baseline from labels tables) |")
+    assert "Teachers and students" not in write_summary(folders[:2], tmp_path / "s.md")

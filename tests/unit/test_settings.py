@@ -14,7 +14,7 @@ import pytest
 from pilip.config import load_config, load_schema
 from pilip.errors import PilipError
 from pilip.potential.models import MODELS
-from pilip.potential.recipes import recipe_settings
+from pilip.potential.recipes import recipe_settings, student_settings
 from pilip.potential.terms import TERM_NAMES
 from pilip.potential.train_config import TrainConfig, default_of, training_values
 
@@ -54,11 +54,17 @@ def test_the_schema_training_section_is_the_declarations():
     assert training["losses"]["items"]["enum"] == list(TERM_NAMES)
     variant = training["variants"]["additionalProperties"]["propertyNames"]["enum"]
     recipe_keys = {
-        f.name for s in recipe_settings() for f in dataclasses.fields(s) if f.metadata["config"]
+        f.name
+        for s in (*recipe_settings(), student_settings())
+        for f in dataclasses.fields(s)
+        if f.metadata["config"]
     }
     expected = {f.name for f in dataclasses.fields(TrainConfig)} | recipe_keys | {"unlabelled"}
     assert set(variant) == expected
     assert {"baseline", "init"} <= recipe_keys and "baseline_labels" not in variant
+    # a distilled student's keys: its teacher and weight, not the files a rule passes
+    assert {"teacher", "reference_weight"} <= set(variant)
+    assert "reference_dataset" not in variant
 
 
 def test_config_yaml_documents_every_training_key():

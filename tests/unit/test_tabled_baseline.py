@@ -19,7 +19,7 @@ from pilip.errors import PilipError
 from pilip.potential.baselines import DeltaModel, resolve_baseline
 from pilip.potential.calculator import PilipCalculator
 from pilip.potential.checkpoint import load_model, read_checkpoint
-from pilip.potential.data import VAL, load_dataset
+from pilip.potential.data import VAL, load_dataset, structures_from_arrays
 from pilip.potential.evaluate import predict
 from pilip.reference import labels
 from pilip.reference.labelling import read_configs
@@ -131,3 +131,37 @@ def test_tabled_baseline_refusals_are_one_line_before_training(dataset, tmp_path
         error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
         assert error.startswith("pilip train: error: ") and words in error, error
         assert not (run / "model.pt").exists()
+
+
+def test_the_tabled_level_alone_is_a_baseline_model_evaluated_from_its_labels(
+    dataset, tmp_path, capsys
+):
+    """The workflow's run `cheap_level` with a Psi4 cheap level: `pilip baseline-model` over
+    the tabled level, evaluated with its labels; MD refuses it in one line."""
+    table = write_labels(dataset, tmp_path / "dft.parquet")
+    out = tmp_path / "alone"
+    args = ["baseline-model", str(dataset), "--baseline", LEVEL, "--out", str(out)]
+    assert main(args) == 2  # without labels a Psi4 level cannot be a baseline
+    assert "--baseline-labels" in capsys.readouterr().err
+    assert main([*args, "--baseline-labels", str(table)]) == 0
+    (record,) = read_checkpoint(out / "model.pt")["meta"]["recipes"]
+    assert record["alone"] and record["tabled"]
+    results = tmp_path / "results"
+    assert main(["evaluate", str(out / "model.pt"), str(dataset), "--out", str(results),
+                 "--baseline-labels", str(table)]) == 0  # fmt: skip
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["recipe"].startswith(LEVEL) and metrics["recipe"].endswith(" alone")
+    assert metrics["force_rmse"] is not None
+    # the level alone: its forces are the labels' (the per-element energies add no force)
+    model, _ = load_model(out / "model.pt", baseline_labels=[table], structures=dataset)
+    test = read_configs(dataset)[-3:]
+    numbers = [np.asarray(c["numbers"]) for c in test]
+    positions = [np.asarray(c["positions"]) for c in test]
+    _, forces = predict(model, structures_from_arrays(numbers, positions), torch.device("cpu"),
+                        forces=True)  # fmt: skip
+    expected = np.concatenate([fake_dft(p)[1] for p in positions])
+    np.testing.assert_allclose(forces, expected, atol=1e-6)
+    capsys.readouterr()
+    assert main(["md", str(out / "model.pt"), str(dataset), "--out", str(tmp_path / "md"),
+                 "--steps", "2", "--device", "cpu"]) == 2  # fmt: skip
+    assert "distill" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 # The cheap level (multi-fidelity; cheap_level in the config): energies and forces of every
 # sampled configuration and of an extra pool that gets no reference label (cheap/), the
 # pretraining run the fine-tune variants start from (models/pretrain), and the cheap level
-# alone as a reported run (models/cheap_level). Each labels table is one job per system:
-# GFN2-xTB takes milliseconds per configuration.
+# alone as a reported run (models/cheap_level). A level that runs in process (GFN2-xTB:
+# milliseconds per configuration) labels each system's pool in one job (rule label_cheap); a
+# Psi4 level (DFT gradients: seconds each) in chunks, one label job per chunk, as the
+# reference does (checkpoint chunk_cheap, rule label_cheap_chunk).
 rule sample_extra:
     input:
         seed_input,
@@ -46,6 +48,47 @@ rule label_cheap:
         ' --config "$PILIP_WORKFLOW_CONFIG" --threads {threads} -o {output} > {log} 2>&1'
 
 
+checkpoint chunk_cheap:
+    input:
+        cheap_configurations,
+    output:
+        directory("cheap/chunks/{system}.{pool}"),
+    log:
+        "logs/cheap/chunk/{system}.{pool}.log",
+    conda:
+        PILIP_ENV
+    params:
+        size=LABELLING["chunk_size"],
+    shell:
+        "pilip chunk {input} --size {params.size} -o {output} > {log} 2>&1"
+
+
+rule label_cheap_chunk:
+    input:
+        "cheap/chunks/{system}.{pool}/chunk-{chunk}.parquet",
+    output:
+        "cheap/labels/{system}.{pool}/chunk-{chunk}.parquet",
+    log:
+        "logs/cheap/label/{system}.{pool}/chunk-{chunk}.log",
+    benchmark:
+        "logs/benchmarks/cheap/label/{system}.{pool}/chunk-{chunk}.tsv"
+    conda:
+        PILIP_ENV
+    threads: LABELLING["threads"]
+    resources:
+        mem_mb=LABELLING["mem_mb"],
+        # a chunk killed at its time limit resumes on retry, with a longer limit
+        runtime=lambda wildcards, attempt: LABELLING["runtime"] * attempt,
+    params:
+        reference=CHEAP["reference"],
+        # a changed recipe reruns the job, and pilip label then refuses the old results
+        recipe=lambda wildcards: reference_recipe(CHEAP["reference"]),
+    shell:
+        "pilip label {input} --reference {params.reference} --forces"
+        ' --config "$PILIP_WORKFLOW_CONFIG" --threads {threads} --mem-mb {resources.mem_mb}'
+        " -o {output} > {log} 2>&1"
+
+
 rule collect_cheap:
     input:
         configurations=expand("configurations/{system}.parquet", system=SYSTEMS)
@@ -54,7 +97,8 @@ rule collect_cheap:
             if "extra" in CHEAP_POOLS
             else []
         ),
-        labels=cheap_labels(("sampled", "extra")),
+        chunks=cheap_chunk_folders(("sampled", "extra")),
+        labels=lambda wildcards: cheap_labels(("sampled", "extra")),
     output:
         dataset="cheap/dataset.parquet",
         summary="cheap/dataset.summary.txt",
@@ -105,7 +149,8 @@ rule pretrain:
 rule baseline_model:
     input:
         dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
-        labels=cheap_labels(),
+        chunks=cheap_chunk_folders(),
+        labels=lambda wildcards: cheap_labels(),
     output:
         model=f"models/{CHEAP_RUN}/model.pt",
     log:

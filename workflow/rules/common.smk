@@ -1,7 +1,14 @@
 # Names and helpers shared by the rules: every name that more than one file reads is defined
 # here (included first), so no rule file depends on the order of the others. A name that one
 # rule file alone reads lives in that file. Keep logic in the pilip package.
-from pilip.config import SAFE_NAME, check_labelling_reference, seed_file, settings_json
+from pilip.config import (
+    SAFE_NAME,
+    check_labelling_reference,
+    runs_in_process,
+    seed_file,
+    settings_json,
+    tabled_variants,
+)
 from pilip.potential.study_models import PRETRAIN_MODEL, models_not_installed
 from pilip.potential.terms import WEAK_TERMS  # the loss terms' registry (no torch)
 
@@ -50,24 +57,47 @@ FORCE_VALIDATION_PLANNED = (
     and FORCE_VALIDATION["reference"] in config["references"]
 )
 TRAINING = config["training"]
+MD = config["md"]
 
 # --- the cheap level (multi-fidelity; workflow/rules/cheap.smk) ------------------------------
 CHEAP = config["cheap_level"]
 CHEAP_ON = bool(CHEAP["enabled"] and SYSTEMS)
 CHEAP_RUN = "cheap_level"  # the cheap level alone, reported beside the trained runs
 CHEAP_POOLS = ["sampled"] + (["extra"] if CHEAP["extra_pool"] > 0 else [])
+try:
+    # a cheap level that cannot run in process (a Psi4 DFT level with gradients) labels
+    # through chunks and label jobs like the reference; its Delta models read those labels
+    # (tabled baselines: evaluated with them, no MD; their students run MD)
+    CHEAP_IN_PROCESS = not CHEAP_ON or runs_in_process(config, CHEAP["reference"])
+    TABLED = tabled_variants(config) + ([] if CHEAP_IN_PROCESS else [CHEAP_RUN])
+except PilipError as error:
+    sys.exit(f"pilip: error: {CONFIG_SOURCE}: {error}")
 
-# The runs: one per training variant (rule train), and the cheap level alone (rule
-# baseline_model). Each is evaluated (rule evaluate), run in MD and reported.
+# The runs: one per training variant (rule train, or rule distill for a distilled student,
+# whose variant names its teacher), and the cheap level alone (rule baseline_model). Each is
+# evaluated (rule evaluate), run in MD unless its baseline runs only from tables, and reported.
 RUNS = list(TRAINING["variants"])  # in the config's order: the summary keeps it
+STUDENTS = {
+    run: variant["teacher"]
+    for run, variant in TRAINING["variants"].items()
+    if variant.get("teacher")
+}
+TRAINED = [run for run in RUNS if run not in STUDENTS]
 REPORTED = RUNS + ([CHEAP_RUN] if CHEAP_ON else [])
+MD_RUNS = [run for run in REPORTED if run not in TABLED]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly ``names``; none at all when there are none (an
+    empty constraint would match every value)."""
+    return "|".join(names) or "(?!x)x"
 
 
 wildcard_constraints:
     system="[A-Za-z][A-Za-z0-9_-]*",
     reference="[A-Za-z][A-Za-z0-9_-]*",
     chunk=r"\d\d\d\d+",
-    run="|".join(REPORTED),
+    run=one_of(REPORTED),
     pool="sampled|extra",
 
 
@@ -151,12 +181,35 @@ def cheap_configurations(wildcards):
 
 
 def cheap_labels(pools=("sampled",)):
-    """The cheap labels tables of every system for ``pools`` (sampled, extra)."""
-    return expand(
-        "cheap/{system}.{pool}.labels.parquet",
-        system=SYSTEMS,
-        pool=[p for p in pools if p in CHEAP_POOLS],
-    )
+    """The cheap labels tables of every system for ``pools`` (sampled, extra): one table per
+    system and pool, or, for a level that runs in label jobs (Psi4), every chunk's table
+    (known once the chunk_cheap checkpoints ran: call it from an input function)."""
+    pools = [p for p in pools if p in CHEAP_POOLS]
+    if CHEAP_IN_PROCESS:
+        return expand(
+            "cheap/{system}.{pool}.labels.parquet", system=SYSTEMS, pool=pools
+        )
+    files = []
+    for system in SYSTEMS:
+        for pool in pools:
+            folder = checkpoints.chunk_cheap.get(system=system, pool=pool).output[0]
+            chunks = sorted(glob_wildcards(f"{folder}/chunk-{{chunk}}.parquet").chunk)
+            files += expand(
+                "cheap/labels/{system}.{pool}/chunk-{chunk}.parquet",
+                system=system,
+                pool=pool,
+                chunk=chunks,
+            )
+    return files
+
+
+def cheap_chunk_folders(pools=("sampled",)):
+    """The chunk folders of a cheap level that runs in label jobs, as plain inputs: Snakemake
+    then plans every chunk job at once (see rule collect)."""
+    if CHEAP_IN_PROCESS:
+        return []
+    pools = [p for p in pools if p in CHEAP_POOLS]
+    return expand("cheap/chunks/{system}.{pool}", system=SYSTEMS, pool=pools)
 
 
 def init_input(wildcards):
@@ -170,5 +223,48 @@ def baseline_labels_input(wildcards):
     """The cheap labels a Delta variant reads when its baseline is the cheap level."""
     baseline = config["training"]["variants"][wildcards.run].get("baseline")
     if CHEAP_ON and baseline == CHEAP["reference"]:
-        return expand("cheap/{system}.sampled.labels.parquet", system=SYSTEMS)
+        return cheap_labels()
     return []
+
+
+def tabled_labels_input(wildcards):
+    """The cheap labels of the reference dataset's structures, for evaluating a run whose
+    baseline runs only from labels tables (a Psi4 cheap level)."""
+    return cheap_labels() if wildcards.run in TABLED else []
+
+
+# --- distilled students (workflow/rules/distill.smk) ------------------------------------------
+def student_pool(wildcards):
+    """The pool files of a student (see the top of this file)."""
+    teacher = STUDENTS[wildcards.run]
+    pool = []
+    if CHEAP_ON and "extra" in CHEAP_POOLS:
+        pool += expand("cheap/{system}.extra.parquet", system=SYSTEMS)
+    if teacher in MD_RUNS and MD["enabled"]:
+        pool.append(f"results/{teacher}/md.extxyz")
+    else:
+        pool.append(f"datasets/{TRAIN_REFERENCE}.parquet")
+    return pool
+
+
+def student_md_summary(wildcards):
+    """md.json beside the teacher's trajectory (it says which frames failed)."""
+    pool = student_pool(wildcards)
+    return (
+        [f"results/{STUDENTS[wildcards.run]}/md.json"]
+        if any(p.endswith(".extxyz") for p in pool)
+        else []
+    )
+
+
+def student_baseline_labels(wildcards):
+    """The cheap labels of the whole pool, for a teacher whose baseline runs only from them."""
+    if STUDENTS[wildcards.run] in TABLED:
+        return cheap_labels(("sampled", "extra"))
+    return []
+
+
+def student_reference(wildcards):
+    """The teacher's training set, when the student also fits its reference energies."""
+    weight = TRAINING["variants"][wildcards.run].get("reference_weight") or 0
+    return [f"datasets/{TRAIN_REFERENCE}.parquet"] if weight > 0 else []

@@ -1,5 +1,6 @@
 # Evaluation: every run on the held-out rows of the training reference's dataset (energies:
-# test split; forces: force-validation rows, never used in training).
+# test split; forces: force-validation rows, never used in training). A run whose baseline
+# runs only from labels tables (a Psi4 cheap level) reads it from the cheap level's labels.
 EVALUATION = config["evaluation"]
 
 
@@ -8,6 +9,7 @@ rule evaluate:
         model="models/{run}/model.pt",
         training_log=training_log_of,
         dataset=f"datasets/{TRAIN_REFERENCE}.parquet",
+        baseline_labels=tabled_labels_input,
     output:
         metrics="results/{run}/metrics.json",
         parity_energy=report(
@@ -46,7 +48,13 @@ rule evaluate:
         training_log=lambda wildcards, input: (
             f"--training-log {input.training_log}" if input.training_log else ""
         ),
+        # a baseline that runs only from tables (a Psi4 cheap level) is read from its labels
+        baseline_labels=lambda wildcards, input: (
+            f"--baseline-labels {input.baseline_labels}"
+            if input.baseline_labels
+            else ""
+        ),
     shell:
         "OMP_NUM_THREADS={threads} pilip evaluate {input.model} {input.dataset}"
-        " --out {params.out} {params.training_log}"
+        " --out {params.out} {params.training_log} {params.baseline_labels}"
         " --device {params.device} --batch-size {params.batch_size} > {log} 2>&1"

@@ -1,9 +1,9 @@
-# MD stability: Langevin NVT with every trained run from test configurations of its dataset
-# (Fu et al.'s protocol: stability, time to first failure, h(r) MAE, steps/s; with a committee
-# the force spread, and the frames above md.spread_threshold as a configurations table).
+# MD stability: Langevin NVT with every run from test configurations of its dataset (Fu et
+# al.'s protocol: stability, time to first failure, h(r) MAE, steps/s; with a committee the
+# force spread, and the frames above md.spread_threshold as a configurations table); not with
+# a run whose baseline runs only from labels tables (a Psi4 cheap level: its student runs MD
+# instead).
 from pilip.commands.md import workflow_options
-
-MD = config["md"]
 
 
 rule md:
@@ -19,6 +19,8 @@ rule md:
         "logs/md/{run}.log",
     benchmark:
         "logs/benchmarks/md/{run}.tsv"
+    wildcard_constraints:
+        run=one_of(MD_RUNS),
     conda:
         PILIP_ENV
     threads: 1

@@ -6,7 +6,7 @@ rule report:
     input:
         metrics=expand("results/{run}/metrics.json", run=REPORTED),
         md=(
-            expand("results/{run}/md.json", run=REPORTED)
+            expand("results/{run}/md.json", run=MD_RUNS)
             if config["md"]["enabled"]
             else []
         ),

@@ -16,8 +16,9 @@ rule train:
     benchmark:
         "logs/benchmarks/train/{run}.tsv"
     wildcard_constraints:
-        # the training variants (models/cheap_level comes from rule baseline_model)
-        run="|".join(RUNS),
+        # the training variants (models/cheap_level comes from rule baseline_model, a
+        # distilled student from rule distill)
+        run=one_of(TRAINED),
     conda:
         PILIP_ENV
     threads: TRAINING["threads"]

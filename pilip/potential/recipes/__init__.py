@@ -45,9 +45,18 @@ def recipe_settings() -> list[type]:
     return [cls.settings for cls in map(recipe_class, RECIPES) if cls.settings is not None]
 
 
+def student_settings() -> type:
+    """The settings of a distilled student (``pilip distill``; a variant with ``teacher:``)."""
+    from pilip.potential.recipes.distilled import StudentSettings
+
+    return StudentSettings
+
+
 def recipe_options(values: dict[str, Any]) -> dict[str, Any]:
-    """Of ``values`` (settings by name), those that belong to recipes."""
-    names = {f.name for settings in recipe_settings() for f in dataclasses.fields(settings)}
+    """Of ``values`` (settings by name), those that belong to recipes (a student's included:
+    ``pilip distill`` reads them, ``pilip train`` refuses them)."""
+    every = [*recipe_settings(), student_settings()]
+    names = {f.name for settings in every for f in dataclasses.fields(settings)}
     return {k: v for k, v in values.items() if k in names}
 
 
@@ -103,4 +112,5 @@ __all__ = [
     "recipe_records",
     "recipe_settings",
     "select",
+    "student_settings",
 ]
