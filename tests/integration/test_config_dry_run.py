@@ -40,10 +40,10 @@ def test_dry_run_refuses_a_mace_fine_tune_of_the_painn_pretraining_run(tmp_path)
     """Fine-tuning keeps the checkpoint's architecture: a `model: mace` fine-tune variant of
     the PaiNN pretraining run would train PaiNN under its name (tests/unit/test_study_models.py
     has the other architecture checks)."""
-    old = "      init: models/pretrain/model.pt\n    # Options"
+    old = "      init: models/pretrain/model.pt\n    distilled:"
     text = (REPO / "config.yaml").read_text()
     assert old in text
-    new = "      init: models/pretrain/model.pt\n      model: mace\n    # Options"
+    new = "      init: models/pretrain/model.pt\n      model: mace\n    distilled:"
     (tmp_path / "bad.yaml").write_text(text.replace(old, new, 1))
     done = subprocess.run(
         [str(BIN / "snakemake"), "-n", "-s", str(REPO / "Snakefile"), "--cores", "1",
