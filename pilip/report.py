@@ -344,22 +344,33 @@ def seed_spread_sentences(variants: list[Variant], base: Variant) -> list[str]:
             f"committee, reaches {_num(mean_rmse)} eV/A"
         )
         others = [v for v in variants if v is not base and v.metrics.get("force_rmse") is not None]
+        ranked = [v for v in variants if v.metrics.get("force_rmse") is not None]
         if base.metrics.get("force_rmse") is not None and std > 0:
             inside, outside = [], []
             for v in others:
                 diff = v.metrics["force_rmse"] - base.metrics["force_rmse"]
                 (inside if abs(diff) <= 2 * std else outside).append(f"{v.name} {diff:+.3f}")
+            text += f". Differences in force RMSE from **{base.name}**"
+            if outside:
+                text += f" larger than twice that ({2 * std:.3f} eV/A): {', '.join(outside)}"
             if inside:
                 text += (
-                    f". Against **{base.name}**, differences within twice that ({2 * std:.3f} "
-                    f"eV/A) may be one seed's luck: {', '.join(inside)}"
+                    f"{';' if outside else ''} within twice that ({2 * std:.3f} eV/A), so "
+                    f"possibly one seed's luck: {', '.join(inside)}"
                 )
-            if outside:
-                text += f"; larger than that: {', '.join(outside)}"
-        lines.append(
+        close = [
+            f"{a.name} and {b.name} ({abs(a.metrics['force_rmse'] - b.metrics['force_rmse']):.3f})"
+            for i, a in enumerate(ranked)
+            for b in ranked[i + 1 :]
+            if a is not base and abs(a.metrics["force_rmse"] - b.metrics["force_rmse"]) <= 2 * std
+        ]
+        if close:
+            text += f". Other pairs of runs within twice the spread: {', '.join(close)}"
+        lines += [
             text + " (the spread is measured on this recipe; others, energy-only above all, "
-            "may vary more between seeds)."
-        )
+            "may vary more between seeds).",
+            "",
+        ]
         calibration = c.metrics.get("calibration") or {}
         forces, energy = calibration.get("forces") or {}, calibration.get("energy") or {}
         if forces.get("spearman") is not None:
@@ -371,9 +382,9 @@ def seed_spread_sentences(variants: list[Variant], base: Variant) -> list[str]:
                 f"miscalibration area of the forces {_num(forces.get('miscalibration_area'))}"
                 f" as is, {_num(forces.get('miscalibration_area_scaled'))} after the scale "
                 f"{_num(calibration.get('scale'), digits=2)} fitted on the validation energies "
-                "(0 is calibrated, 0.5 the worst; see its calibration plot)."
+                "(0 is calibrated, 0.5 the worst; see its calibration plot).",
             )
-    return lines
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _link(target: Path, out_path: Path) -> str:

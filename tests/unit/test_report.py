@@ -228,12 +228,19 @@ def test_a_committee_measures_which_differences_one_seed_could_make(results, tmp
     assert "The 3 members of **delta** differ only in their seed" in text
     assert "span 0.320-0.360 eV/A (standard deviation 0.020)" in text
     assert "committee, reaches 0.300 eV/A" in text
-    assert "within twice that (0.040 eV/A) may be one seed's luck: finetune +0.030" in text
-    assert "larger than that: weak +0.800, delta -0.500" in text
+    assert (
+        "Differences in force RMSE from **energy** larger than twice that (0.040 eV/A): weak "
+        "+0.800, delta -0.500; within twice that (0.040 eV/A), so possibly one seed's luck: "
+        "finetune +0.030"
+    ) in text
+    assert "Other pairs of runs within twice the spread" not in text  # only finetune is close
     assert "0.41 over the force components (at best 0.70" in text
     assert "0.210 as is, 0.080 after the scale 1.70" in text
     assert "![delta committee calibration](results/delta/calibration.png)" in text
     assert "| energy |" in text and text.count("| n/a |") >= 3  # single models: no calibration
+    folders.append(results("student", metrics(0.32, 5.0, ["energy", "forces"])))
+    text = write_summary(folders, tmp_path / "summary.md")
+    assert "Other pairs of runs within twice the spread: delta and student (0.020)" in text
     # without a committee: the seed noise is not measured, and the summary says how to
     text = write_summary(folders[:3], tmp_path / "single.md")
     assert "One training run (one seed) per variant" in text and "`ensemble: N`" in text
