@@ -120,6 +120,8 @@ def write_committee(
         model, val = surface.wrap(committee, dtype), surface.labels(val)
     rmse = validation_errors(model, val.to(device, dtype), val, config.val_batch_size)
     payload["meta"]["val_energy_rmse"] = float(rmse["energy_rmse"])
+    for k, member in enumerate(payload["meta"]["members"]):  # for reports: the whole cost
+        member["train_time_s"] = last_wall_time(member_dir(out_dir, k) / METRICS_FILE)
 
     with atomic_path(out_dir / METRICS_FILE) as tmp:
         tmp.write_bytes((member_dir(out_dir, 0) / METRICS_FILE).read_bytes())
@@ -128,3 +130,12 @@ def write_committee(
     with atomic_path(out_dir / BEST_FILE) as tmp:
         torch.save(payload, tmp)
     return float(rmse["energy_rmse"])
+
+
+def last_wall_time(metrics_csv: Path) -> float | None:
+    """Seconds of training (over all sessions) in a run folder's metrics.csv, None if empty."""
+    import csv
+
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return float(rows[-1]["wall_time_s"]) if rows and rows[-1].get("wall_time_s") else None

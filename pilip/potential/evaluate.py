@@ -359,7 +359,8 @@ def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, A
     """What the report shows about training: model, losses, weights, epochs, wall time (s).
 
     From the checkpoint ``meta`` (written by ``pilip train``) and, for the wall time and the
-    epoch count, the last row of the training log.
+    epoch count, the last row of the training log (a committee's: member 0's epochs, the wall
+    time of all members).
     """
     config = meta.get("config") or {}
     losses = config.get("losses")
@@ -387,6 +388,9 @@ def training_summary(meta: dict[str, Any], log_path: Path | None) -> dict[str, A
                 summary["epochs"] = int(log["epoch"].iloc[-1])
             if "wall_time_s" in log.columns:
                 summary["train_time_s"] = float(log["wall_time_s"].iloc[-1])
+    members = [m.get("train_time_s") for m in meta.get("members") or []]
+    if members and None not in members:  # a committee's log is member 0's: the cost of all
+        summary["train_time_s"] = float(sum(members))
     return summary
 
 

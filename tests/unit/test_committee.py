@@ -300,6 +300,9 @@ def test_pilip_train_ensemble_writes_one_committee_that_evaluate_and_the_calcula
                  "--device", "cpu"]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["ensemble"] == 2 and metrics["plots"]["learning_curve_trained"]
+    member_times = [read_metrics(out / "members" / str(k) / "metrics.csv")[-1]["wall_time_s"]
+                    for k in (0, 1)]  # fmt: skip
+    assert metrics["train_time_s"] == pytest.approx(sum(float(t) for t in member_times))
     # the mean is never worse than its members on average (triangle inequality), per set
     for key in ("energy_rmse", "force_rmse"):
         members = metrics["members"][key]
