@@ -11,6 +11,7 @@ only ``pilip evaluate`` reads. Training and evaluation go through the ``pilip`` 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -263,6 +264,33 @@ def force_shape(model: Path, dataset: Path, device: str = "cpu") -> dict[str, fl
         "test_force_rms_pred_eV_per_A": float(np.sqrt(np.mean(p**2))),
         "test_force_cosine": float((p * r).sum() / (np.linalg.norm(p) * np.linalg.norm(r))),
     }
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def add_grid_options(p: argparse.ArgumentParser, smoke: dict[str, Any]) -> None:
+    """The options every acac benchmark has: --n-pool, --n-test, --smoke (``smoke``: the
+    options it sets) and --table."""
+    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
+    p.add_argument("--n-test", type=int, help="the first N test frames only (default: all 650)")
+    p.add_argument("--smoke", action="store_true", help="a tiny grid in seconds (tests): " +
+                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in smoke.items()))  # fmt: skip
+    p.add_argument("--table", action="store_true", help="print the tables of results.json")
+
+
+def nothing_to_run(args: argparse.Namespace, smoke: dict[str, Any], summarise: Any) -> bool:
+    """Apply --smoke; True when the benchmark is done already: --table printed the tables of
+    ``--out``'s results.json, or the data are absent (skipped, exit code 0)."""
+    if args.smoke:
+        vars(args).update(smoke)
+    if args.table:
+        print(summarise(load_rows(args.out)))
+        return True
+    if not available(args.data):
+        print(f"skipped: no acac data at {args.data} (pass --data)")
+        return True
+    return False
 
 
 # --- results ---------------------------------------------------------------------------------

@@ -193,18 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(test_MD_600K)")  # fmt: skip
     p.add_argument("--md-ps", type=float, default=50.0, help="ps per MD run")
     p.add_argument("--starts", type=int, default=5, help="MD runs per model and temperature")
-    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
-    p.add_argument("--n-test", type=int, help="the first N test frames only (default: all)")
-    p.add_argument("--smoke", action="store_true", help="a tiny run in seconds (tests)")
-    p.add_argument("--table", action="store_true", help="print the tables of results.json")
+    acac.add_grid_options(p, SMOKE)
     args = p.parse_args(argv)
-    if args.smoke:
-        vars(args).update(SMOKE)
-    if args.table:
-        print(summarise(acac.load_rows(args.out)))
-        return 0
-    if not acac.available(args.data):
-        print(f"skipped: no acac data at {args.data} (pass --data)")
+    if acac.nothing_to_run(args, SMOKE, summarise):
         return 0
     seeds = [int(s) for s in str(args.seeds).split(",")]
     md_seeds = [int(s) for s in (args.md_seeds or str(args.seeds)).split(",")]

@@ -343,25 +343,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="the delta run a distilled student learns from: the student's own "
                    "model's (same) or this model's")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
-    p.add_argument("--n-test", type=int, help="the first N test frames only (default: all 650)")
-    p.add_argument("--smoke", action="store_true", help="a tiny grid in seconds (tests): " +
-                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
-    p.add_argument("--table", action="store_true", help="print the tables of results.json")
+    acac.add_grid_options(p, SMOKE)
     args = p.parse_args(argv)
-    if args.smoke:
-        vars(args).update(SMOKE)
-    if args.table:
-        print(summarise(acac.load_rows(args.out)))
+    if acac.nothing_to_run(args, SMOKE, summarise):
         return 0
     recipes, models = args.recipes.split(","), args.models.split(",")
     for given, known, what in ((recipes, RECIPES, "recipe"), (models, MODELS, "model")):
         unknown = [n for n in given if n not in known]
         if unknown:
             p.error(f"unknown {what}(s) {unknown}; known: {', '.join(known)}")
-    if not acac.available(args.data):
-        print(f"skipped: no acac data at {args.data} (pass --data)")
-        return 0
     if "mace" in models:
         from pilip.potential.models import missing_extra
 

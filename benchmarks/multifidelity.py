@@ -224,20 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--cpu-s", type=float, default=40.0, help="CPU seconds per training run")
     p.add_argument("--pretrain-cpu-s", type=float, default=150.0)
-    p.add_argument("--n-pool", type=int, help="the first N frames of train_300K only (smoke)")
-    p.add_argument("--n-test", type=int, help="the first N test frames only (default: all 650)")
-    p.add_argument("--smoke", action="store_true", help="a tiny grid in seconds (tests): " +
-                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
-    p.add_argument("--table", action="store_true", help="print the table of results.json")
-    p.add_argument("--rescore", action="store_true", help="re-evaluate every run's model.pt")
+    acac.add_grid_options(p, SMOKE)
     args = p.parse_args(argv)
-    if args.smoke:
-        vars(args).update(SMOKE)
-    if args.table:
-        print(summarise(acac.load_rows(args.out)))
-        return 0
-    if not acac.available(args.data):
-        print(f"skipped: no acac data at {args.data} (pass --data)")
+    if acac.nothing_to_run(args, SMOKE, summarise):
         return 0
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]

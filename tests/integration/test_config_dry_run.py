@@ -23,6 +23,12 @@ pytestmark = pytest.mark.workflow
 )
 def test_dry_run_refuses_a_misspelt_reference(tmp_path, old, new, message):
     """Issue 14, defect 10: `labelling.reference: mp2cbs` used to fail inside 16 label jobs."""
+    assert_refused(tmp_path, old, new, message)
+
+
+def assert_refused(tmp_path, old: str, new: str, message: str) -> None:
+    """`snakemake -n` on config.yaml with ``old`` replaced by ``new`` stops with the one-line
+    pilip error ``message`` and plans nothing."""
     text = (REPO / "config.yaml").read_text()
     assert old in text
     (tmp_path / "bad.yaml").write_text(text.replace(old, new, 1))
@@ -40,20 +46,12 @@ def test_dry_run_refuses_a_mace_fine_tune_of_the_painn_pretraining_run(tmp_path)
     """Fine-tuning keeps the checkpoint's architecture: a `model: mace` fine-tune variant of
     the PaiNN pretraining run would train PaiNN under its name (tests/unit/test_study_models.py
     has the other architecture checks)."""
-    old = "      init: models/pretrain/model.pt\n    distilled:"
-    text = (REPO / "config.yaml").read_text()
-    assert old in text
-    new = "      init: models/pretrain/model.pt\n      model: mace\n    distilled:"
-    (tmp_path / "bad.yaml").write_text(text.replace(old, new, 1))
-    done = subprocess.run(
-        [str(BIN / "snakemake"), "-n", "-s", str(REPO / "Snakefile"), "--cores", "1",
-         "--configfile", "bad.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode != 0
-    message = "training.variants.finetune.model: mace, but variant finetune fine-tunes from"
-    assert f"pilip: error: {tmp_path / 'bad.yaml'}: {message}" in done.stderr
-    assert "Job stats" not in done.stdout + done.stderr
+    assert_refused(
+        tmp_path,
+        "      init: models/pretrain/model.pt\n    distilled:",
+        "      init: models/pretrain/model.pt\n      model: mace\n    distilled:",
+        "training.variants.finetune.model: mace, but variant finetune fine-tunes from",
+    )
 
 
 def test_training_unlabelled_feeds_the_weak_variants_only(tmp_path):
