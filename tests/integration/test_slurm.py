@@ -332,7 +332,7 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
         assert np.isfinite(metrics["energy_rmse"]) and np.isfinite(metrics["force_rmse"])
         assert (tmp_path / "results" / run_name / "md.json").is_file()
     summary = (tmp_path / "results" / "summary.md").read_text()
-    assert "| energy | energy |" in summary and "| weak | energy, pitc" in summary
+    assert "| energy | painn | energy |" in summary and "| weak | painn | energy, pitc" in summary
 
     # On the cluster: every rule but `all` was a SLURM job; both label chunks in one; both
     # training runs in the GPU partition with one GPU each.

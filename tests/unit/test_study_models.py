@@ -61,6 +61,7 @@ def test_a_mace_study_pretrains_and_fine_tunes_mace():
     runs = run_architectures(validate_config(config))
     assert {run: model for run, (model, _) in runs.items()} == {
         "energy": "mace", "weak": "mace", "delta": "mace", "finetune": "mace", "pretrain": "mace",
+        "distilled": "mace",  # the student trains the study's model
     }  # fmt: skip
 
 
