@@ -91,16 +91,18 @@ def train_committee(grid: multifidelity.Grid, size: int, seed: int, members: int
 
 
 def run_md(model: Path, table: Path, out: Path, temperature: int, ps: float,
-           starts: int) -> dict[str, Any]:  # fmt: skip
+           starts: int, proton_transfer: str) -> dict[str, Any]:  # fmt: skip
     """``pilip md`` of ``model`` from ``table``'s test frames; what its md.json says."""
     steps = max(1, round(ps * 1000 / TIMESTEP_FS))
     acac.pilip("md", str(model), str(table), "--out", str(out), "--device", "cpu",
                "--temperature", str(temperature), "--steps", str(steps),
                "--timestep", str(TIMESTEP_FS), "--starts", str(starts),
-               "--trajectory-interval", str(max(1, steps // 400)))  # fmt: skip
+               "--trajectory-interval", str(max(1, steps // 400)),
+               "--proton-transfer", proton_transfer)  # fmt: skip
     md = json.loads((out / "md.json").read_text())
     return {
         "n_stable": md["n_stable"], "n_runs": md["n_runs"], "md_ps": ps,
+        "proton_transfer": proton_transfer, "n_proton_transfers": md["n_proton_transfers"],
         "min_time_to_failure_ps": md.get("min_time_to_failure_ps"),
         "median_time_to_failure_ps": md.get("median_time_to_failure_ps"),
         "hr_mae": md.get("hr_mae"), "hr_mae_reference_halves": md.get("hr_mae_reference_halves"),
@@ -108,6 +110,11 @@ def run_md(model: Path, table: Path, out: Path, temperature: int, ps: float,
         "force_spread_mean": md.get("force_spread_mean"),
         "force_spread_max": md.get("force_spread_max"),
     }  # fmt: skip
+
+
+def md_mode(row: dict[str, Any]) -> str | None:
+    """An MD row's --proton-transfer (rows from before the option: fail); None for training."""
+    return row.get("proton_transfer", "fail") if row["kind"] == "md" else None
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -146,14 +153,16 @@ def summarise(rows: list[dict]) -> str:
             )
     md = [r for r in rows if r.get("kind") == "md"]
     if md:
-        lines += ["", "| run | T (K) | ps per run | stable | first failure (ps) | h(r) MAE "
-                  "(floor) | steps/s | force spread mean / max (eV/A) |",
-                  "|---|---:|---:|---:|---:|---|---:|---|"]  # fmt: skip
-        keys = sorted({(r["variant"], r["temperature"], r["md_ps"]) for r in md},
-                      key=lambda k: ((*RECIPES, COMMITTEE).index(k[0]), k[1], k[2]))  # fmt: skip
-        for name, temperature, ps in keys:
-            group = [r for r in md if (r["variant"], r["temperature"], r["md_ps"])
-                     == (name, temperature, ps)]  # fmt: skip
+        lines += ["", "| run | T (K) | ps per run | proton transfer | stable | first failure "
+                  "(ps) | proton transfers | h(r) MAE (floor) | steps/s | force spread mean / "
+                  "max (eV/A) |",
+                  "|---|---:|---:|---|---:|---:|---:|---|---:|---|"]  # fmt: skip
+        order = (*RECIPES, COMMITTEE)
+        keys = sorted({(r["variant"], r["temperature"], r["md_ps"], md_mode(r)) for r in md},
+                      key=lambda k: (order.index(k[0]), *k[1:]))  # fmt: skip
+        for name, temperature, ps, mode in keys:
+            group = [r for r in md if (r["variant"], r["temperature"], r["md_ps"], md_mode(r))
+                     == (name, temperature, ps, mode)]  # fmt: skip
             failures = [r["min_time_to_failure_ps"] for r in group
                         if r["min_time_to_failure_ps"] is not None]  # fmt: skip
             spreads = [r for r in group if r.get("force_spread_mean") is not None]
@@ -166,9 +175,10 @@ def summarise(rows: list[dict]) -> str:
                 else "–"
             )
             lines.append(
-                f"| {name} | {temperature} | {ps:g} | "
+                f"| {name} | {temperature} | {ps:g} | {mode} | "
                 f"{sum(r['n_stable'] for r in group)}/{sum(r['n_runs'] for r in group)} | "
                 f"{fmt(min(failures) if failures else None, '.3f')} | "
+                f"{sum(r.get('n_proton_transfers') or 0 for r in group)} | "
                 f"{acac.stat(group, 'hr_mae', '.3f')} "
                 f"({acac.stat(group, 'hr_mae_reference_halves', '.3f')}) | "
                 f"{acac.stat(group, 'steps_per_s', '.0f')} | {spread} |"
@@ -193,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(test_MD_600K)")  # fmt: skip
     p.add_argument("--md-ps", type=float, default=50.0, help="ps per MD run")
     p.add_argument("--starts", type=int, default=5, help="MD runs per model and temperature")
+    p.add_argument("--proton-transfer", choices=("fail", "allow"), default="allow",
+                   help="pilip md --proton-transfer: acac's enol proton moves between its two "
+                   "oxygens at 500 K (allow: counted, not a failure)")  # fmt: skip
     acac.add_grid_options(p, SMOKE)
     args = p.parse_args(argv)
     if acac.nothing_to_run(args, SMOKE, summarise):
@@ -203,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     grid = multifidelity.Grid(args.data, args.out, args.n_pool, args.n_test)
     rows = acac.load_rows(args.out)
-    done = {(r["kind"], r["variant"], r["seed"], r.get("temperature"), r.get("md_ps"))
-            for r in rows}  # fmt: skip
+    done = {(r["kind"], r["variant"], r["seed"], r.get("temperature"), r.get("md_ps"),
+             md_mode(r)) for r in rows}  # fmt: skip
     t0 = time.perf_counter()
 
     def record(row: dict[str, Any], what: str) -> None:
@@ -213,15 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {what}", flush=True)
 
     for seed in seeds:
-        if "finetune" in recipes and ("train", "pretrain", seed, None, None) not in done:
+        if "finetune" in recipes and ("train", "pretrain", seed, None, None, None) not in done:
             row = grid.run_one("pretrain", None, seed, args.pretrain_cpu_s)
             record({"kind": "train", **row}, f"pretrain seed {seed}")
         for name in recipes:
-            if ("train", name, seed, None, None) not in done:
+            if ("train", name, seed, None, None, None) not in done:
                 row = grid.run_one(name, args.size, seed, args.cpu_s)
                 record({"kind": "train", **row},
                        f"{name} seed {seed}: F {row[multifidelity.F_KEY]:.3f} eV/A")  # fmt: skip
-        if args.members > 1 and ("train", COMMITTEE, seed, None, None) not in done:
+        if args.members > 1 and ("train", COMMITTEE, seed, None, None, None) not in done:
             row = train_committee(grid, args.size, seed, args.members, args.cpu_s)
             record({"kind": "train", **row},
                    f"committee seed {seed}: F {row[multifidelity.F_KEY]:.3f} eV/A, members "
@@ -231,12 +244,15 @@ def main(argv: list[str] | None = None) -> int:
         table = md_table(args.data, args.out, temperature, args.n_test)
         for seed in md_seeds:
             for name in args.md_recipes.split(","):
-                key = ("md", name, seed, temperature, args.md_ps)
+                key = ("md", name, seed, temperature, args.md_ps, args.proton_transfer)
                 model = grid.run_dir(name, args.size, seed) / "model.pt"
                 if key in done or not model.is_file():
                     continue
-                out = grid.run_dir(name, args.size, seed) / f"md-{temperature}K-{args.md_ps:g}ps"
-                row = run_md(model, table, out, temperature, args.md_ps, args.starts)
+                out = grid.run_dir(name, args.size, seed) / (
+                    f"md-{temperature}K-{args.md_ps:g}ps-{args.proton_transfer}"
+                )
+                row = run_md(model, table, out, temperature, args.md_ps, args.starts,
+                             args.proton_transfer)  # fmt: skip
                 record({"kind": "md", "variant": name, "seed": seed, "temperature": temperature,
                         **row},
                        f"md {name} seed {seed} {temperature} K: {row['n_stable']}/"

@@ -27,6 +27,7 @@ SETTINGS = (
     "bond_threshold",
     "seed",
     "trajectory_interval",
+    "proton_transfer",
 )
 
 
@@ -77,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed of run 0 (default 0)")
     parser.add_argument(
         "--trajectory-interval", type=int, help="steps between saved frames (default 10)"
+    )
+    parser.add_argument(
+        "--proton-transfer",
+        choices=("fail", "allow"),
+        help="fail: every broken starting bond ends a run (Fu et al.; default); allow: a "
+        "hydrogen that leaves an N, O, F or S for another one is a proton transfer, counted "
+        "in md.json, not a failure",
     )
     parser.add_argument(
         "--spread-threshold",

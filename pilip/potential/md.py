@@ -42,6 +42,9 @@ from pilip.tables import atoms_list, read_table
 # Two atoms are bonded when closer than BOND_SCALE times the sum of their covalent radii
 # (the usual 20 % tolerance: every bond of common organic molecules, no geminal H...H pairs).
 BOND_SCALE = 1.2
+# the atoms a proton moves between in a proton transfer (N, O, F, S)
+PROTON_PARTNERS = frozenset({7, 8, 9, 16})
+PROTON_TRANSFER = ("fail", "allow")
 
 
 @dataclass
@@ -55,6 +58,10 @@ class MDSettings:
     bond_threshold: float = 0.5  # A, largest allowed change of a starting bond length
     trajectory_interval: int = 10  # steps between saved frames (the failing frame is always saved)
     seed: int = 0  # random seed of velocities and thermostat noise
+    # "fail": every broken starting bond ends the run (Fu et al.); "allow": a hydrogen that
+    # leaves an N, O, F or S for another one is a proton transfer (counted; the topology is
+    # taken afresh), not a failure
+    proton_transfer: str = "fail"
 
 
 @dataclass
@@ -68,6 +75,7 @@ class MDResult:
     time_to_failure_ps: float | None  # None when stable
     mean_temperature_K: float  # over the steps done (nan when none)
     max_bond_deviation: float  # A, largest |d - d0| seen over all bonds and steps
+    n_proton_transfers: int  # proton transfers let through (proton_transfer "allow")
     n_bonds: int
     wall_time_s: float
     steps_per_s: float  # MD steps / wall_time_s
@@ -144,6 +152,7 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
     frames = [_frame(atoms, 0, settings.timestep)]
     temperatures: list[float] = []
     max_deviation = 0.0
+    transfers = 0
     reason = "completed"
     step = 0
     while step < settings.steps:
@@ -158,9 +167,17 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
         else:
             temperatures.append(atoms.get_temperature())
             if len(pairs):
-                deviation = float(np.max(np.abs(bond_lengths(atoms, pairs) - reference)))
-                max_deviation = max(max_deviation, deviation)
-                if deviation > settings.bond_threshold:
+                change = np.abs(bond_lengths(atoms, pairs) - reference)
+                max_deviation = max(max_deviation, float(np.max(change)))
+                broken = pairs[change > settings.bond_threshold]
+                if (
+                    len(broken)
+                    and settings.proton_transfer == "allow"
+                    and all(proton_transferred(atoms, pair) for pair in broken)
+                ):
+                    transfers += 1
+                    pairs, reference = bonded_pairs(atoms)  # the new topology from here on
+                elif len(broken):
                     reason = "bond"
         if (
             reason != "completed"
@@ -182,12 +199,33 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
         time_to_failure_ps=None if stable else time_ps,
         mean_temperature_K=float(np.mean(temperatures)) if temperatures else float("nan"),
         max_bond_deviation=max_deviation,
+        n_proton_transfers=transfers,
         n_bonds=len(pairs),
         wall_time_s=wall_time_s,
         steps_per_s=step / wall_time_s if wall_time_s > 0 else float("nan"),
         mean_force_spread=spread["mean"],
         max_force_spread=spread["max"],
         frames=frames,
+    )
+
+
+def proton_transferred(atoms: Atoms, pair: np.ndarray) -> bool:
+    """Whether the broken bond ``pair`` (a row of ``bonded_pairs``) is a proton transfer: a
+    hydrogen bonded to an N, O, F or S at the start that is now bonded (``BOND_SCALE`` x the
+    covalent radii) to another of them. Molecules only (no image shift)."""
+    i, j = int(pair[0]), int(pair[1])
+    numbers = atoms.numbers
+    if numbers[i] == 1 and numbers[j] in PROTON_PARTNERS:
+        hydrogen, donor = i, j
+    elif numbers[j] == 1 and numbers[i] in PROTON_PARTNERS:
+        hydrogen, donor = j, i
+    else:
+        return False
+    radii = natural_cutoffs(atoms, mult=BOND_SCALE)
+    distances = atoms.get_distances(hydrogen, range(len(atoms)))
+    return any(
+        k != donor and numbers[k] in PROTON_PARTNERS and distances[k] < radii[k] + radii[hydrogen]
+        for k in range(len(atoms))
     )
 
 
@@ -306,6 +344,7 @@ def stability_test(
             [r["time_to_failure_ps"] for r in runs]
         ),
         "mean_time_ps": float(np.mean([r["time_ps"] for r in runs])) if runs else None,
+        "n_proton_transfers": int(sum(r["n_proton_transfers"] for r in runs)),
         "mean_temperature_K": float(np.average(temps[weighted], weights=steps[weighted]))
         if weighted.any()
         else None,

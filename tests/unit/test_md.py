@@ -354,3 +354,40 @@ def test_workflow_passes_the_spread_threshold_to_committee_runs_only():
         assert "--spread-threshold" not in workflow_options(md, training, single)
     everyone = {**training, "ensemble": 3}
     assert "--spread-threshold 0.3" in workflow_options(md, everyone, "energy")
+
+
+class PushHydrogen(Calculator):
+    """A constant force ``push`` (eV/A) along +x on every hydrogen, nothing else."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, push: float = 1.0):
+        super().__init__()
+        self.push = push
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        hydrogen = self.atoms.numbers == 1
+        forces = np.zeros_like(self.atoms.positions)
+        forces[hydrogen, 0] = self.push
+        energy = -self.push * float(self.atoms.positions[hydrogen, 0].sum())
+        self.results = {"energy": energy, "forces": forces}
+
+
+@pytest.mark.parametrize(("donor", "allowed"), [("O", True), ("C", False)])
+def test_a_proton_moving_between_oxygens_is_a_transfer_only_where_allowed(donor, allowed):
+    """O-H...O at 0 K, the H pushed to the other O: its O-H bond breaks by 0.5 A when it is
+    1.03 A from the other O. "fail" (Fu et al.) ends the run there; "allow" counts a proton
+    transfer and goes on with the new topology. A C-H bond broken the same way is no proton
+    transfer."""
+    atoms = Atoms(f"{donor}HO", positions=[[0, 0, 0], [0.97, 0, 0], [2.5, 0, 0]])
+    mass = atoms.get_masses()[1]
+    reach_fs = math.sqrt(2 * 0.8 * mass / 1.0) / units.fs  # H moved 0.8 A: 0.73 A from O
+    steps = int(reach_fs / 0.1)
+    strict = MDSettings(temperature=0.0, timestep=0.1, steps=steps, friction=0.0)
+    result = run_langevin(atoms, PushHydrogen(), strict)
+    assert not result.stable and result.reason == "bond" and result.n_proton_transfers == 0
+    loose = MDSettings(**{**strict.__dict__, "proton_transfer": "allow"})
+    result = run_langevin(atoms, PushHydrogen(), loose)
+    assert result.stable == allowed
+    assert result.n_proton_transfers == (1 if allowed else 0)
