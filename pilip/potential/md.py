@@ -59,8 +59,8 @@ class MDSettings:
     trajectory_interval: int = 10  # steps between saved frames (the failing frame is always saved)
     seed: int = 0  # random seed of velocities and thermostat noise
     # "fail": every broken starting bond ends the run (Fu et al.); "allow": a hydrogen that
-    # leaves an N, O, F or S for another one is a proton transfer (counted; the topology is
-    # taken afresh), not a failure
+    # leaves an N, O, F or S for another one (bonded to it, or nearer to it than to the one
+    # it left) is a proton transfer (counted; the topology is taken afresh), not a failure
     proton_transfer: str = "fail"
 
 
@@ -212,7 +212,9 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
 def proton_transferred(atoms: Atoms, pair: np.ndarray) -> bool:
     """Whether the broken bond ``pair`` (a row of ``bonded_pairs``) is a proton transfer: a
     hydrogen bonded to an N, O, F or S at the start that is now bonded (``BOND_SCALE`` x the
-    covalent radii) to another of them. Molecules only (no image shift)."""
+    covalent radii) to another of them, or closer to another of them than to the one it left
+    (past the midpoint of the hop: when the bond has stretched by the threshold, a proton
+    between two oxygens 2.6 A apart is ~1.2 A from each). Molecules only (no image shift)."""
     i, j = int(pair[0]), int(pair[1])
     numbers = atoms.numbers
     if numbers[i] == 1 and numbers[j] in PROTON_PARTNERS:
@@ -224,7 +226,9 @@ def proton_transferred(atoms: Atoms, pair: np.ndarray) -> bool:
     radii = natural_cutoffs(atoms, mult=BOND_SCALE)
     distances = atoms.get_distances(hydrogen, range(len(atoms)))
     return any(
-        k != donor and numbers[k] in PROTON_PARTNERS and distances[k] < radii[k] + radii[hydrogen]
+        k != donor
+        and numbers[k] in PROTON_PARTNERS
+        and distances[k] < max(radii[k] + radii[hydrogen], distances[donor])
         for k in range(len(atoms))
     )
 

@@ -374,15 +374,21 @@ class PushHydrogen(Calculator):
         self.results = {"energy": energy, "forces": forces}
 
 
-@pytest.mark.parametrize(("donor", "allowed"), [("O", True), ("C", False)])
-def test_a_proton_moving_between_oxygens_is_a_transfer_only_where_allowed(donor, allowed):
+@pytest.mark.parametrize(
+    ("donor", "acceptor_x", "allowed"),
+    [("O", 2.5, True), ("O", 2.75, True), ("C", 2.5, False), ("O", -2.5, False)],
+)
+def test_a_proton_moving_between_oxygens_is_a_transfer_only_where_allowed(
+    donor, acceptor_x, allowed
+):
     """O-H...O at 0 K, the H pushed to the other O: its O-H bond breaks by 0.5 A when it is
-    1.03 A from the other O. "fail" (Fu et al.) ends the run there; "allow" counts a proton
-    transfer and goes on with the new topology. A C-H bond broken the same way is no proton
-    transfer."""
-    atoms = Atoms(f"{donor}HO", positions=[[0, 0, 0], [0.97, 0, 0], [2.5, 0, 0]])
+    1.03 A (O...O 2.5 A: bonded) or 1.28 A (2.75 A: nearer than to its donor) from the other
+    O. "fail" (Fu et al.) ends the run there; "allow" counts a proton transfer and goes on
+    with the new topology. A C-H bond broken the same way, or an H pushed away from the
+    other O, is no proton transfer."""
+    atoms = Atoms(f"{donor}HO", positions=[[0, 0, 0], [0.97, 0, 0], [acceptor_x, 0, 0]])
     mass = atoms.get_masses()[1]
-    reach_fs = math.sqrt(2 * 0.8 * mass / 1.0) / units.fs  # H moved 0.8 A: 0.73 A from O
+    reach_fs = math.sqrt(2 * 0.6 * mass / 1.0) / units.fs  # H moved 0.6 A past its start
     steps = int(reach_fs / 0.1)
     strict = MDSettings(temperature=0.0, timestep=0.1, steps=steps, friction=0.0)
     result = run_langevin(atoms, PushHydrogen(), strict)
