@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-s", type=float, default=40.0, help="CPU seconds per training run")
     p.add_argument("--pretrain-cpu-s", type=float, default=150.0)
     acac.add_grid_options(p, SMOKE)
+    p.add_argument("--rescore", action="store_true", help="re-evaluate every run's model.pt")
     args = p.parse_args(argv)
     if acac.nothing_to_run(args, SMOKE, summarise):
         return 0
