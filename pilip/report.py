@@ -343,8 +343,8 @@ def seed_spread_sentences(variants: list[Variant], base: Variant) -> list[str]:
             f"{members.max():.3f} eV/A (standard deviation {std:.3f}), and their mean, the "
             f"committee, reaches {_num(mean_rmse)} eV/A"
         )
-        others = [v for v in variants if v is not base and v.metrics.get("force_rmse") is not None]
         ranked = [v for v in variants if v.metrics.get("force_rmse") is not None]
+        others = [v for v in ranked if v is not base]
         if base.metrics.get("force_rmse") is not None and std > 0:
             inside, outside = [], []
             for v in others:

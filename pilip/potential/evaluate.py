@@ -27,7 +27,8 @@ from pilip import __version__, keys, units
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
 from pilip.potential import recipes
-from pilip.potential.committee import ensemble_size
+from pilip.potential.calibration import committee_calibration
+from pilip.potential.committee import ensemble_size, predict_with_spread
 from pilip.potential.data import Structures, structures_from_arrays
 from pilip.potential.forces import energy_and_forces, total_energy
 from pilip.potential.metrics import energy_metrics, force_metrics, rmse
@@ -230,8 +231,6 @@ def predict_committee(
     ``energy``, ``energy_std`` (n,) eV, ``members`` (n_members, n) eV, ``forces``,
     ``forces_std`` (n_atoms_total, 3) eV/A and ``member_forces`` (n_members, n_atoms_total, 3)
     eV/A (pilip.potential.committee.predict_with_spread, batch by batch)."""
-    from pilip.potential.committee import predict_with_spread
-
     names = ("energy", "energy_std", "members", "forces", "forces_std", "member_forces")
     if len(structures) == 0:
         m = ensemble_size(model)
@@ -318,7 +317,6 @@ def committee_metrics(
     (pilip.potential.calibration.committee_calibration: one scale factor fitted on the
     validation energies, then Spearman, miscalibration area and NLL of the test energies and
     of the force components). Runs from :func:`predict_committee`; references in eV, eV/A."""
-    from pilip.potential.calibration import committee_calibration
 
     def member_rmse(values: np.ndarray, reference: np.ndarray) -> list[float | None]:
         return [rmse(v - reference) if reference.size else None for v in values]

@@ -234,13 +234,18 @@ def tabled_labels_input(wildcards):
 
 
 # --- distilled students (workflow/rules/distill.smk) ------------------------------------------
+def teacher_md_frames(run):
+    """Whether the student ``run`` learns its teacher's MD frames (the teacher runs MD)."""
+    return STUDENTS[run] in MD_RUNS and MD["enabled"]
+
+
 def student_pool(wildcards):
     """The pool files of a student (see the top of this file)."""
     teacher = STUDENTS[wildcards.run]
     pool = []
     if CHEAP_ON and "extra" in CHEAP_POOLS:
         pool += expand("cheap/{system}.extra.parquet", system=SYSTEMS)
-    if teacher in MD_RUNS and MD["enabled"]:
+    if teacher_md_frames(wildcards.run):
         pool.append(f"results/{teacher}/md.extxyz")
     else:
         pool.append(f"datasets/{TRAIN_REFERENCE}.parquet")
@@ -249,12 +254,9 @@ def student_pool(wildcards):
 
 def student_md_summary(wildcards):
     """md.json beside the teacher's trajectory (it says which frames failed)."""
-    pool = student_pool(wildcards)
-    return (
-        [f"results/{STUDENTS[wildcards.run]}/md.json"]
-        if any(p.endswith(".extxyz") for p in pool)
-        else []
-    )
+    if teacher_md_frames(wildcards.run):
+        return [f"results/{STUDENTS[wildcards.run]}/md.json"]
+    return []
 
 
 def student_baseline_labels(wildcards):
