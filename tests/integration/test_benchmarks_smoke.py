@@ -82,6 +82,28 @@ def test_label_overhead(tmp_path):
     assert set(record["median_wall_s"]) == {"bare", "bare_jobs", "pilip", "two_1t", "one_2t"}
 
 
+@pytest.mark.slow
+@pytest.mark.psi4
+def test_ethanol_mp2(tmp_path):
+    from pilip.errors import PilipError
+    from pilip.reference.psi4_env import find_psi4_python
+
+    try:
+        find_psi4_python()
+    except PilipError as exc:
+        pytest.skip(f"no Psi4 interpreter: {exc}")
+    out = run("ethanol_mp2", "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    trained = {r["run"] for r in rows if r["kind"] == "train"}
+    students = {"student_xtb", "student_dft", "student_dft_p4", "student_dft_mace"}
+    assert trained == {"energy", "delta_xtb", "delta_dft", "ceiling", "xtb", "dft", *students}
+    assert all(r["test_force_rmse_eV_per_A"] >= 0 for r in rows if r["kind"] == "train")
+    md = [r for r in rows if r["kind"] == "md"]
+    assert {r["run"] for r in md} == {"student_xtb", "delta_xtb"}
+    assert all(r["n_runs"] == 1 and r["steps_per_s"] > 0 for r in md)
+    assert "student_dft / delta_dft" in out
+
+
 @needs_acac
 def test_weak_precision(tmp_path):
     run("weak_precision", "--smoke", "--out", str(tmp_path))
