@@ -104,7 +104,7 @@ def test_a_tiny_dft_cheap_level_study_runs(tmp_path):
     assert {r["program"] for r in rows} == {"psi4"}
     results = tmp_path / "results"
     delta = json.loads((results / "delta" / "metrics.json").read_text())
-    assert delta["recipe"].startswith("Delta over") and "wb97x-d/def2-svp" in delta["recipe"]
+    assert delta["recipe"].startswith("Delta over") and "b3lyp/def2-svp" in delta["recipe"]
     assert delta["recipes"][0].get("tabled") and delta["force_rmse"] is not None
     assert not (results / "delta" / "md.json").exists()
     student = json.loads((results / "distilled" / "metrics.json").read_text())
