@@ -23,7 +23,8 @@ one thread; seeds change the initial weights and batch order, not the data):
   student_xtb  ``pilip distill`` of delta_xtb on the pool (its own budget, ``--student-cpu-s``)
   student_dft  ``pilip distill`` of delta_dft on the pool
   xtb, dft     the cheap level alone (``pilip baseline-model``: + per-element energies)
-and a learning curve of the DFT teacher's student against pool size (seed 0).
+and a learning curve of the DFT teacher's student against pool size (nested random subsets
+of the pool, seed 0) and a MACE student of the DFT teacher (``student_dft_mace``, lr 1e-2).
 
 MD (``--stage md``): ``pilip md`` at 500 K, Langevin, 0.5 fs, ``--starts`` starts from the test
 structures, ``--md-ps`` ps each, for the models that run without a table (Delta over DFT
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import yaml
 
 from benchmarks import acac
@@ -101,7 +103,7 @@ LEVEL_NAMES = {"xtb": "GFN2-xTB", "b3lyp_svp": "B3LYP/def2-SVP"}
 TIMESTEP_FS = 0.5
 SMOKE = {"n_test": 3, "n_val": 3, "n_train": 6, "n_pool": 8, "reference": "xtb",
          "cpu_s": 1.0, "student_cpu_s": 1.0, "seeds": "0", "md_ps": 0.01, "starts": 1,
-         "pool_sizes": "4", "mace_cpu_s": 1.0, "md_runs": "student_xtb,delta_xtb"}  # fmt: skip
+         "pool_sizes": "8", "mace_cpu_s": 1.0, "md_runs": "student_xtb,delta_xtb"}  # fmt: skip
 
 
 class Data:
@@ -125,7 +127,8 @@ class Data:
         study = {
             "systems": {"ethanol": {"seed": "CH3CH2OH"}},
             "sampling": {"seed": 0, "generators": SAMPLING if not a.smoke else
-                         [{"kind": "rattle", "n": a.n_test + a.n_val + a.n_train + a.n_pool}]},
+                         [{"kind": "md", "n": a.n_test + a.n_val + a.n_train + a.n_pool,
+                           "interval": 5, "equilibration": 10}]},
             "references": REFERENCES,
             "labelling": {"threads": 1, "mem_mb": 2000},
             "training": {**TRAINING, "variants": VARIANTS},
@@ -212,11 +215,19 @@ def evaluate(model: Path, dataset: Path, out: Path, baseline: list[str]) -> dict
     """``pilip evaluate`` on the test structures (MP2 gradients): energy (meV), force RMSE."""
     extra = ["--baseline-labels", *baseline] if baseline else []
     acac.pilip("evaluate", str(model), str(dataset), "--out", str(out), "--device", "cpu", *extra)
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {E_KEY: 1000 * metrics["energy_rmse"], F_KEY: metrics["force_rmse"]}
+    return test_errors(out / "metrics.json")
+
+
+def test_errors(metrics_json: Path) -> dict[str, float]:
+    """Energy RMSE (meV), force RMSE and MAE (eV/A) of an evaluation's metrics.json."""
+    metrics = json.loads(metrics_json.read_text())
+    return {E_KEY: 1000 * metrics["energy_rmse"], F_KEY: metrics["force_rmse"],
+            FMAE_KEY: metrics["force_mae"]}  # fmt: skip
 
 
 E_KEY, F_KEY = "test_energy_rmse_meV", "test_force_rmse_eV_per_A"
+FMAE_KEY = "test_force_mae_eV_per_A"
+E_MD_KEY, F_MD_KEY = "md_frames_energy_rmse_meV", "md_frames_force_rmse_eV_per_A"
 
 
 class Runs:
@@ -227,13 +238,57 @@ class Runs:
         self.rows = acac.load_rows(data.out)
         self.lock = threading.Lock()
         self.t0 = time.perf_counter()
+        for row in self.rows:  # rows from before a key was added, from the evaluations' files
+            run = self.run_dir(row["run"], row["seed"])
+            if row["kind"] == "train" and FMAE_KEY not in row:
+                row.update(test_errors(run / "test" / "metrics.json"))
+            if row["kind"] == "train" and F_MD_KEY not in row:
+                md_frames = run / "test-md-frames" / "metrics.json"
+                if md_frames.is_file():
+                    got = test_errors(md_frames)
+                    row.update({E_MD_KEY: got[E_KEY], F_MD_KEY: got[F_KEY]})
+
+    def rescore(self) -> None:
+        """Add the errors on the test MD frames to rows that lack them."""
+        for row in self.rows:
+            if row["kind"] == "train" and F_MD_KEY not in row:
+                base, _, _ = parse_run(row["run"])
+                level = RUNS[base][1]
+                delta = RUNS[base][0] in (None, "delta")
+                baseline = self.data.cheap(level, ("labelled",)) if delta and level else []
+                row.update(self.evaluate_md_frames(row["run"], row["seed"], baseline))
+                self.record(None, f"rescored {row['run']} seed {row['seed']}")
+
+    def evaluate_md_frames(self, name: str, seed: int, baseline: list[str]) -> dict[str, float]:
+        """Test errors on the test structures from GFN2-xTB MD only (the 500 K frames, as in
+        an MD data set; normal-mode samples at 500 K reach far-off geometries)."""
+        path = self.data.tables / "dataset-md-test.parquet"
+        if not path.is_file():
+            table = tables.read_table(self.data.dataset)
+            split = table.column(keys.SPLIT).to_pylist()
+            md = [g == "md" for g in table.column("generator").to_pylist()]
+            if not any(s == "test" and m for s, m in zip(split, md, strict=True)):
+                return {}  # no MD frame among the test structures
+            keep = [s != "test" or m for s, m in zip(split, md, strict=True)]
+            tables.write_table(table.filter(pa.array(keep)), path, "dataset",
+                               {"command": "benchmarks/ethanol_mp2.py"})  # fmt: skip
+        run = self.run_dir(name, seed)
+        got = evaluate(run / "model.pt", path, run / "test-md-frames", baseline)
+        return {E_MD_KEY: got[E_KEY], F_MD_KEY: got[F_KEY]}
 
     def done(self, kind: str, name: str, seed: int) -> bool:
         return any((r["kind"], r["run"], r["seed"]) == (kind, name, seed) for r in self.rows)
 
-    def record(self, row: dict[str, Any], what: str) -> None:
+    def record(self, row: dict[str, Any] | None, what: str) -> None:
+        """Append ``row`` (None: rows changed in place) and rewrite the results at once."""
         with self.lock:
-            self.rows.append(row)
+            if row is not None:
+                self.rows.append(row)
+            # another process of the same --out (an MD stage beside a train stage) may have
+            # written rows since: keep them
+            mine = {(r["kind"], r["run"], r["seed"]) for r in self.rows}
+            self.rows += [r for r in acac.load_rows(self.data.out)
+                          if (r["kind"], r["run"], r["seed"]) not in mine]  # fmt: skip
             acac.write_results(self.data.out, self.rows, summarise(self.rows))
             print(f"[{time.perf_counter() - self.t0:6.0f} s] {what}", flush=True)
 
@@ -273,16 +328,19 @@ class Runs:
             row.update(acac.train(d.dataset, run, d.study, recipe, *common))
             baseline = []
         row.update(evaluate(run / "model.pt", d.dataset, run / "test", baseline))
+        row.update(self.evaluate_md_frames(name, seed, baseline))
         self.record(row, f"{name} seed {seed}: F {row[F_KEY]:.3f} eV/A, E {row[E_KEY]:.1f} meV")
 
     def pool(self, n: int | None) -> tuple[Path, int]:
-        """The student's pool: all of it (``n`` None), or its first ``n`` structures."""
+        """The student's pool: all of it (``n`` None), or ``n`` of its structures, the first
+        ``n`` of one seeded order (nested subsets; the pool's file order is by sampler)."""
         table = tables.read_table(self.data.pool)
         if n is None:
             return self.data.pool, table.num_rows
-        path = self.data.tables / f"pool-first{n}.parquet"
+        path = self.data.tables / f"pool-subset{n}.parquet"
         if not path.is_file():
-            acac.configurations(table, np.arange(n), path)
+            order = np.random.default_rng(0).permutation(table.num_rows)
+            acac.configurations(table, order[:n], path)
         return path, n
 
     def md(self, name: str, seed: int) -> None:
@@ -314,7 +372,7 @@ class Runs:
 
 def parse_run(name: str) -> tuple[str, int | None, str]:
     """A run name's (entry of ``RUNS``, pool size or None, model): ``student_dft_p75`` is
-    student_dft on the first 75 pool structures, ``student_dft_mace`` a MACE student."""
+    student_dft on 75 pool structures (``Runs.pool``), ``student_dft_mace`` a MACE student."""
     model = "mace" if name.endswith("_mace") else "painn"
     base = name.removesuffix("_mace")
     n_pool = None
@@ -331,22 +389,26 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     trained = [r for r in rows if r["kind"] == "train"]
     names = list(dict.fromkeys(r["run"] for r in trained))
     order = [n for n in RUNS if n in names] + sorted(n for n in names if n not in RUNS)
-    lines = ["| run | seeds | test energy RMSE (meV) | test force RMSE (eV/A) | CPU s |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| run | seeds | test energy RMSE (meV) | test force RMSE (eV/A) | test force MAE "
+             "(eV/A) | MD test frames: energy RMSE (meV) | MD test frames: force RMSE (eV/A) "
+             "| CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name in order:
         group = [r for r in trained if r["run"] == name]
         pool = f" (pool {group[0]['n_pool']})" if "n_pool" in group[0] else ""
         lines.append(f"| {name}{pool} | {len(group)} | {acac.stat(group, E_KEY, '.1f')} | "
-                     f"{acac.stat(group, F_KEY, '.3f')} | {group[0]['cpu_s']:.0f} |")  # fmt: skip
-    by = {(r["run"], r["seed"]): r[F_KEY] for r in trained}
-    ratios = []
-    for a, b in (("delta_dft", "delta_xtb"), ("delta_dft", "ceiling"),
-                 ("student_xtb", "delta_xtb"), ("student_dft", "delta_dft")):  # fmt: skip
-        pairs = [by[(a, s)] / by[(b, s)] for (n, s) in by if n == a and (b, s) in by]
-        if pairs:
-            ratios.append(f"{a} / {b}: {', '.join(f'{x:.2f}' for x in pairs)}")
-    if ratios:
-        lines += ["", "Force RMSE ratios per seed: " + "; ".join(ratios) + "."]
+                     f"{acac.stat(group, F_KEY, '.3f')} | {acac.stat(group, FMAE_KEY, '.3f')} | "
+                     f"{acac.stat(group, E_MD_KEY, '.1f')} | {acac.stat(group, F_MD_KEY, '.3f')} | "
+                     f"{group[0]['cpu_s']:.0f} |")  # fmt: skip
+    for key, what in ((F_KEY, "all test structures"), (F_MD_KEY, "MD test frames")):
+        by = {(r["run"], r["seed"]): r[key] for r in trained if key in r}
+        ratios = []
+        for a, b in (("delta_dft", "delta_xtb"), ("delta_dft", "ceiling"),
+                     ("student_xtb", "delta_xtb"), ("student_dft", "delta_dft")):  # fmt: skip
+            pairs = [by[(a, s)] / by[(b, s)] for (n, s) in by if n == a and (b, s) in by]
+            if pairs:
+                ratios.append(f"{a} / {b}: {', '.join(f'{x:.2f}' for x in pairs)}")
+        if ratios:
+            lines += ["", f"Force RMSE ratios per seed ({what}): " + "; ".join(ratios) + "."]
     md = [r for r in rows if r["kind"] == "md"]
     if md:
         lines += ["", "| run (500 K) | seeds | ps per run | stable | first failure (ps) | "
@@ -378,9 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--runs", default="energy,delta_xtb,delta_dft,ceiling,xtb,dft",
                    help="teachers, models and cheap levels of the train stage")  # fmt: skip
-    p.add_argument("--students", default="student_xtb,student_dft",
-                   help="students of the train stage (student_dft_pN: on the first N pool "
-                   "structures; seed 0 only)")  # fmt: skip
+    p.add_argument(
+        "--students",
+        default="student_xtb,student_dft",
+        help="students of the train stage (student_dft_pN: on N pool structures)",
+    )
     p.add_argument("--cpu-s", type=float, default=180.0, help="CPU seconds per training run")
     p.add_argument("--student-cpu-s", type=float, default=300.0, help="per student")
     p.add_argument("--pool-sizes", default="75,150", help="learning curve of student_dft")
@@ -396,14 +460,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--starts", type=int, default=5, help="MD runs per model")
     p.add_argument("--smoke", action="store_true", help="a tiny run in seconds (tests)")
     p.add_argument("--table", action="store_true", help="print the tables of results.json")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="add the errors on the test MD frames to runs evaluated without them",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         vars(args).update(SMOKE)
+    data = Data(args.out, args)
     if args.table:
-        print(summarise(acac.load_rows(args.out)))
+        print(summarise(Runs(data, args).rows))
+        return 0
+    if args.rescore:
+        Runs(data, args).rescore()
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    data = Data(args.out, args)
     if args.stage in ("data", "all"):
         data.make()
     data.write_study()
