@@ -99,11 +99,11 @@ RUNS = {
     "xtb": (None, "xtb"),
     "dft": (None, "b3lyp_svp"),
 }
-LEVEL_NAMES = {"xtb": "GFN2-xTB", "b3lyp_svp": "B3LYP/def2-SVP"}
 TIMESTEP_FS = 0.5
 SMOKE = {"n_test": 3, "n_val": 3, "n_train": 6, "n_pool": 8, "reference": "xtb",
          "cpu_s": 1.0, "student_cpu_s": 1.0, "seeds": "0", "md_ps": 0.01, "starts": 1,
-         "pool_sizes": "8", "mace_cpu_s": 1.0, "md_runs": "student_xtb,delta_xtb"}  # fmt: skip
+         "pool_sizes": "8", "seed0_runs": "student_dft_mace", "mace_cpu_s": 1.0,
+         "md_runs": "student_xtb,delta_xtb"}  # fmt: skip
 
 
 class Data:
@@ -307,6 +307,7 @@ class Runs:
         extra: tuple[str, ...] = ()
         if model == "mace":  # lr 1e-2: MACE's (README); float32 and its small-molecule defaults
             budget, extra = a.mace_cpu_s, ("--model", "mace", "--lr", "0.01")
+        budget = cpu_budget(name, budget)
         common = ("--seed", str(seed), "--cpu-minutes", repr(budget / 60.0), *extra)
         baseline = d.cheap(level, ("labelled",)) if level else []
         row: dict[str, Any] = {"kind": "train", "run": name, "seed": seed, "cpu_s": budget}
@@ -372,7 +373,9 @@ class Runs:
 
 def parse_run(name: str) -> tuple[str, int | None, str]:
     """A run name's (entry of ``RUNS``, pool size or None, model): ``student_dft_p75`` is
-    student_dft on 75 pool structures (``Runs.pool``), ``student_dft_mace`` a MACE student."""
+    student_dft on 75 pool structures (``Runs.pool``), ``student_dft_mace`` a MACE student;
+    ``_cpuN`` (last) sets the run's CPU budget to N s (``cpu_budget``)."""
+    name = name.split("_cpu")[0]
     model = "mace" if name.endswith("_mace") else "painn"
     base = name.removesuffix("_mace")
     n_pool = None
@@ -382,6 +385,11 @@ def parse_run(name: str) -> tuple[str, int | None, str]:
     if base not in RUNS:
         raise SystemExit(f"unknown run {name!r}: one of {', '.join(RUNS)} (+ _pN, _mace)")
     return base, n_pool, model
+
+
+def cpu_budget(name: str, default: float) -> float:
+    """The CPU seconds of a run: ``_cpuN`` at the end of its name, else ``default``."""
+    return float(name.split("_cpu")[1]) if "_cpu" in name else default
 
 
 def summarise(rows: list[dict[str, Any]]) -> str:
@@ -447,11 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cpu-s", type=float, default=180.0, help="CPU seconds per training run")
     p.add_argument("--student-cpu-s", type=float, default=300.0, help="per student")
-    p.add_argument("--pool-sizes", default="75,150", help="learning curve of student_dft")
+    p.add_argument("--pool-sizes", default="100,200", help="learning curve of student_dft")
     p.add_argument(
         "--seed0-runs",
-        default="student_dft_mace",
-        help="more runs, first seed only (e.g. student_dft_mace, student_xtb_p75)",
+        default="student_dft_mace,student_dft_cpu900",
+        help="more runs, first seed only (e.g. student_dft_mace, student_xtb_p75, "
+        "student_dft_cpu900: 900 CPU s)",
     )
     p.add_argument("--mace-cpu-s", type=float, default=600.0, help="per MACE student")
     p.add_argument("--md-runs", default="student_xtb,student_dft,delta_xtb,ceiling,energy")
