@@ -33,6 +33,16 @@ def run(name: str, *argv: str) -> str:
     return proc.stdout
 
 
+def skip_without_psi4() -> None:
+    from pilip.errors import PilipError
+    from pilip.reference.psi4_env import find_psi4_python
+
+    try:
+        find_psi4_python()
+    except PilipError as exc:
+        pytest.skip(f"no Psi4 interpreter: {exc}")
+
+
 def test_table_checksums(tmp_path):
     run("table_checksums", "--smoke", "--out", str(tmp_path))
     record = json.loads((tmp_path / "table_checksums.json").read_text())
@@ -69,13 +79,7 @@ def test_dag_scale(tmp_path):
 @pytest.mark.slow
 @pytest.mark.psi4
 def test_label_overhead(tmp_path):
-    from pilip.errors import PilipError
-    from pilip.reference.psi4_env import find_psi4_python
-
-    try:
-        find_psi4_python()
-    except PilipError as exc:
-        pytest.skip(f"no Psi4 interpreter: {exc}")
+    skip_without_psi4()
     run("label_overhead", "--smoke", "--out", str(tmp_path))
     record = json.loads((tmp_path / "label_overhead.json").read_text())
     assert record["method"] == "scf/sto-3g" and record["n"] == 2
@@ -85,13 +89,7 @@ def test_label_overhead(tmp_path):
 @pytest.mark.slow
 @pytest.mark.psi4
 def test_ethanol_mp2(tmp_path):
-    from pilip.errors import PilipError
-    from pilip.reference.psi4_env import find_psi4_python
-
-    try:
-        find_psi4_python()
-    except PilipError as exc:
-        pytest.skip(f"no Psi4 interpreter: {exc}")
+    skip_without_psi4()
     out = run("ethanol_mp2", "--smoke", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     trained = {r["run"] for r in rows if r["kind"] == "train"}
