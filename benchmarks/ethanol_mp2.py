@@ -207,7 +207,8 @@ class Data:
                    "-o", str(self.dataset),
                    *[a for i, s in split.items() for a in ("--id-split", f"{i}={s}")])  # fmt: skip
 
-    def cheap(self, level: str, subsets: tuple[str, ...] = ("labelled", "pool")) -> list[str]:
+    def cheap(self, level: str, subsets: tuple[str, ...]) -> list[str]:
+        """The labels tables (paths) of ``subsets`` at the cheap ``level``."""
         return [str(p) for s in subsets for p in self.labels(s, level)]
 
 
@@ -230,6 +231,11 @@ FMAE_KEY = "test_force_mae_eV_per_A"
 E_MD_KEY, F_MD_KEY = "md_frames_energy_rmse_meV", "md_frames_force_rmse_eV_per_A"
 
 
+def as_md_frames(errors: dict[str, float]) -> dict[str, float]:
+    """An evaluation's errors on the test MD frames, under the keys of that column."""
+    return {E_MD_KEY: errors[E_KEY], F_MD_KEY: errors[F_KEY]}
+
+
 class Runs:
     """Training, evaluation and MD runs of one ``--out`` folder; ``results.json`` rows."""
 
@@ -245,17 +251,13 @@ class Runs:
             if row["kind"] == "train" and F_MD_KEY not in row:
                 md_frames = run / "test-md-frames" / "metrics.json"
                 if md_frames.is_file():
-                    got = test_errors(md_frames)
-                    row.update({E_MD_KEY: got[E_KEY], F_MD_KEY: got[F_KEY]})
+                    row.update(as_md_frames(test_errors(md_frames)))
 
     def rescore(self) -> None:
         """Add the errors on the test MD frames to rows that lack them."""
         for row in self.rows:
             if row["kind"] == "train" and F_MD_KEY not in row:
-                base, _, _ = parse_run(row["run"])
-                level = RUNS[base][1]
-                delta = RUNS[base][0] in (None, "delta")
-                baseline = self.data.cheap(level, ("labelled",)) if delta and level else []
+                baseline = self.evaluation_baseline(row["run"])
                 row.update(self.evaluate_md_frames(row["run"], row["seed"], baseline))
                 self.record(None, f"rescored {row['run']} seed {row['seed']}")
 
@@ -273,8 +275,13 @@ class Runs:
             tables.write_table(table.filter(pa.array(keep)), path, "dataset",
                                {"command": "benchmarks/ethanol_mp2.py"})  # fmt: skip
         run = self.run_dir(name, seed)
-        got = evaluate(run / "model.pt", path, run / "test-md-frames", baseline)
-        return {E_MD_KEY: got[E_KEY], F_MD_KEY: got[F_KEY]}
+        return as_md_frames(evaluate(run / "model.pt", path, run / "test-md-frames", baseline))
+
+    def evaluation_baseline(self, name: str) -> list[str]:
+        """The labels tables ``pilip evaluate`` needs for a run: the cheap level's of the
+        labelled set for a Delta run or the cheap level alone; none for a plain model."""
+        recipe, level = RUNS[parse_run(name)[0]]
+        return self.data.cheap(level, ("labelled",)) if recipe in (None, "delta") else []
 
     def done(self, kind: str, name: str, seed: int) -> bool:
         return any((r["kind"], r["run"], r["seed"]) == (kind, name, seed) for r in self.rows)
@@ -309,7 +316,7 @@ class Runs:
             budget, extra = a.mace_cpu_s, ("--model", "mace", "--lr", "0.01")
         budget = cpu_budget(name, budget)
         common = ("--seed", str(seed), "--cpu-minutes", repr(budget / 60.0), *extra)
-        baseline = d.cheap(level, ("labelled",)) if level else []
+        baseline = self.evaluation_baseline(name)
         row: dict[str, Any] = {"kind": "train", "run": name, "seed": seed, "cpu_s": budget}
         if recipe is None:  # the cheap level alone
             acac.pilip("baseline-model", str(d.dataset), "--baseline", level, "--out", str(run),
@@ -321,13 +328,11 @@ class Runs:
             row.update(n_pool=n_pool, **acac.train(
                 pool, run, d.study, recipe, *common, "--baseline-labels",
                 *d.cheap(level, ("pool",)), command=("distill", str(teacher))))  # fmt: skip
-            baseline = []  # a student is a plain model
         elif recipe == "delta":
             row.update(acac.train(d.dataset, run, d.study, recipe, *common,
                                   "--baseline", level, "--baseline-labels", *baseline))  # fmt: skip
         else:
             row.update(acac.train(d.dataset, run, d.study, recipe, *common))
-            baseline = []
         row.update(evaluate(run / "model.pt", d.dataset, run / "test", baseline))
         row.update(self.evaluate_md_frames(name, seed, baseline))
         self.record(row, f"{name} seed {seed}: F {row[F_KEY]:.3f} eV/A, E {row[E_KEY]:.1f} meV")
