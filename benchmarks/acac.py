@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,21 @@ def write_results(out: Path, rows: list[dict[str, Any]], table: str) -> None:
     ):
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
+
+
+def merge_results(out: Path, rows: list[dict[str, Any]], key: Callable[[dict], tuple],
+                  summarise: Callable[[list[dict]], str]) -> None:  # fmt: skip
+    """Add to ``rows`` (in place) the rows another process of the same ``out`` has written
+    since (those whose ``key`` is not among ``rows``'), then write the results: two stages
+    or runs of one benchmark side by side keep each other's rows. Read and write hold a
+    lock on ``out/results.lock``."""
+    import fcntl
+
+    with open(out / "results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mine = {key(r) for r in rows}
+        rows += [r for r in load_rows(out) if key(r) not in mine]
+        write_results(out, rows, summarise(rows))
 
 
 def stat(group: list[dict], key: str, fmt: str) -> str:

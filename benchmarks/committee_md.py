@@ -25,8 +25,9 @@ committee's MD also records its force spread along the trajectory.
     python -m benchmarks.committee_md --out DIR --smoke       # a tiny run (tests)
 
 Every finished training, evaluation or MD run is appended to ``--out/results.json`` at once,
-so an interrupted benchmark resumes where it stopped. Skips with exit code 0 when the data are
-absent.
+so an interrupted benchmark resumes where it stopped; processes of one ``--out`` side by side
+(the trained models' MD split by ``--md-recipes`` or ``--temperatures``, one per core) keep each
+other's rows. Skips with exit code 0 when the data are absent.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def run_md(model: Path, table: Path, out: Path, temperature: int, ps: float,
 def md_mode(row: dict[str, Any]) -> str | None:
     """An MD row's --proton-transfer (rows from before the option: fail); None for training."""
     return row.get("proton_transfer", "fail") if row["kind"] == "md" else None
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """What a results row is a result of: training (kind, variant, seed) or MD (also its
+    temperature, length and --proton-transfer)."""
+    return (row["kind"], row["variant"], row["seed"], row.get("temperature"), row.get("md_ps"),
+            md_mode(row))  # fmt: skip
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -216,13 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     grid = multifidelity.Grid(args.data, args.out, args.n_pool, args.n_test)
     rows = acac.load_rows(args.out)
-    done = {(r["kind"], r["variant"], r["seed"], r.get("temperature"), r.get("md_ps"),
-             md_mode(r)) for r in rows}  # fmt: skip
+    done = {row_key(r) for r in rows}
     t0 = time.perf_counter()
 
     def record(row: dict[str, Any], what: str) -> None:
         rows.append(row)
-        acac.write_results(args.out, rows, summarise(rows))  # an interrupted run resumes
+        # at once, so that an interrupted run resumes; keeps the rows of another process of
+        # the same --out (MD of other recipes or temperatures side by side)
+        acac.merge_results(args.out, rows, row_key, summarise)
         print(f"[{time.perf_counter() - t0:6.0f} s] {what}", flush=True)
 
     for seed in seeds:

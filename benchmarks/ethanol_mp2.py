@@ -293,10 +293,8 @@ class Runs:
                 self.rows.append(row)
             # another process of the same --out (an MD stage beside a train stage) may have
             # written rows since: keep them
-            mine = {(r["kind"], r["run"], r["seed"]) for r in self.rows}
-            self.rows += [r for r in acac.load_rows(self.data.out)
-                          if (r["kind"], r["run"], r["seed"]) not in mine]  # fmt: skip
-            acac.write_results(self.data.out, self.rows, summarise(self.rows))
+            acac.merge_results(self.data.out, self.rows,
+                               lambda r: (r["kind"], r["run"], r["seed"]), summarise)  # fmt: skip
             print(f"[{time.perf_counter() - self.t0:6.0f} s] {what}", flush=True)
 
     def run_dir(self, name: str, seed: int) -> Path:

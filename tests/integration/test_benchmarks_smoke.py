@@ -226,3 +226,27 @@ def test_committee_md(tmp_path):
     assert all(r["n_runs"] == 1 and r["steps_per_s"] > 0 for r in md)
     assert next(r for r in md if r["variant"] == "committee")["force_spread_max"] > 0
     assert "| committee | 300 |" in out
+
+
+def test_results_of_two_processes_side_by_side_are_kept(tmp_path):
+    """Two benchmark processes of one --out (MD of different recipes, one per core) each
+    rewrite results.json after every run: neither may drop the other's rows."""
+    from benchmarks import acac
+
+    def key(row: dict) -> tuple:
+        return row["kind"], row["variant"]
+
+    def table(rows: list[dict]) -> str:
+        return " ".join(sorted(r["variant"] for r in rows))
+
+    first = acac.load_rows(tmp_path)  # both start from the same (empty) results
+    second = acac.load_rows(tmp_path)
+    first.append({"kind": "md", "variant": "delta"})
+    acac.merge_results(tmp_path, first, key, table)
+    second.append({"kind": "md", "variant": "ceiling"})
+    acac.merge_results(tmp_path, second, key, table)
+    first.append({"kind": "md", "variant": "energy"})
+    acac.merge_results(tmp_path, first, key, table)
+    assert sorted(key(r) for r in acac.load_rows(tmp_path)) == [
+        ("md", "ceiling"), ("md", "delta"), ("md", "energy")]  # fmt: skip
+    assert (tmp_path / "results.md").read_text() == "ceiling delta energy\n"
