@@ -242,9 +242,11 @@ def load_dataset(
     rows :func:`pilip.rows.stage_rows` gives the ``FIT`` and ``SELECT`` stages.
 
     Rows flagged ``force_validation`` are excluded from every split returned here. Forces are
-    read only when ``forces`` is true and only for the training split; a training row without
-    forces is then an error. ``n_train`` subsamples the training split (see
-    :func:`subsample_indices`). Energies must be present on every returned row.
+    read only when ``forces`` is true: those of the training split (a training row without
+    forces is then an error) and those of the validation split when every validation row has
+    them (else the validation split has none: model selection then looks at energies only).
+    ``n_train`` subsamples the training split (see :func:`subsample_indices`). Energies must
+    be present on every returned row.
     """
     path = Path(path)
     names = _schema_names(path, ("dataset",))
@@ -281,31 +283,36 @@ def load_dataset(
             raise PilipError(f"{path}: split '{name}' has rows without an energy; re-run collect")
         s = all_structures.subset(rows)
         out[name] = replace(s, energy=torch.tensor(np.asarray(energy, dtype=np.float64)))
-        if name == TRAIN and forces:
-            out[name] = replace(out[name], forces=_train_forces(path, names, flags, rows, s))
+        if forces:
+            out[name] = replace(out[name], forces=_split_forces(path, names, flags, rows, s, name))
     return out
 
 
-def _train_forces(
-    path: Path, names: list[str], flags: RowFlags, rows: np.ndarray, s: Structures
-) -> torch.Tensor:
-    """Forces (n_atoms_total, 3) of the training rows ``rows``, read with a row filter.
+def _split_forces(
+    path: Path, names: list[str], flags: RowFlags, rows: np.ndarray, s: Structures, split: str
+) -> torch.Tensor | None:
+    """Forces (n_atoms_total, 3) of the rows ``rows`` of ``split`` (train or val), read with
+    a row filter; None for the validation split when a row of it has no forces.
 
-    The filter (split == 'train' and not force_validation) is applied inside the reader
+    The filter (split == ``split`` and not force_validation) is applied inside the reader
     (``tables.read_parquet``, after verifying the column's checksum), so force-validation
     forces never reach this process's tables.
     """
     if keys.FORCES not in names:
+        if split == VAL:
+            return None
         raise PilipError(f"{path}: no 'forces' column; drop 'force' from --losses")
-    filters = [(keys.SPLIT, "=", TRAIN)]
+    filters = [(keys.SPLIT, "=", split)]
     if keys.FORCE_VALIDATION in names:
         filters.append((keys.FORCE_VALIDATION, "=", False))
     table = tables.read_parquet(path, columns=[keys.FORCES], filters=filters)
-    # The filtered rows come in file order: map them to positions among train & ~fv rows.
-    eligible = stage_rows(FIT, flags)
+    # The filtered rows come in file order: map them to positions among split & ~fv rows.
+    eligible = stage_rows(FIT if split == TRAIN else SELECT, flags)
     if table.num_rows != len(eligible):
-        raise PilipError(f"{path}: force_validation has nulls among training rows; fix collect")
+        raise PilipError(f"{path}: force_validation has nulls among {split} rows; fix collect")
     taken = table.column(keys.FORCES).take(pa.array(np.searchsorted(eligible, rows)))
+    if taken.null_count and split == VAL:
+        return None
     if taken.null_count:
         raise PilipError(
             f"{path}: {taken.null_count} training row(s) have no forces; "

@@ -43,6 +43,7 @@ CONFIG_FILE = "config.json"
 MEMBERS_DIR = "members"  # a committee's members' run folders: members/0, members/1, ...
 # validation columns of metrics.csv: "val_" + the energy keys of metrics.json
 VAL_KEYS = ("energy_rmse", "energy_mae", "energy_rmse_mev_per_atom", "energy_mae_mev_per_atom")
+VAL_FORCE_KEYS = ("force_rmse", "loss")  # where the validation structures have forces
 
 
 class TrainingInterrupted(Exception):  # noqa: N818 - like KeyboardInterrupt
@@ -108,14 +109,23 @@ class RunFolder:
     """The run's files: config.json, metrics.csv (from the state's history), last.pt, model.pt."""
 
     def __init__(
-        self, out_dir: Path, config: TrainConfig, model: nn.Module, meta: dict[str, Any]
+        self,
+        out_dir: Path,
+        config: TrainConfig,
+        model: nn.Module,
+        val_forces: bool,
+        meta: dict[str, Any],
     ) -> None:
+        """``val_forces``: the validation has forces (metrics.csv's val_force_rmse, val_loss;
+        model selection on the loss, pilip.potential.train.selection_score)."""
         self.out_dir, self.config, self.model = out_dir, config, model
-        self.meta = {"config": config.to_dict(), **meta}
+        self.meta = {"config": config.to_dict(), **meta,
+                     "selected_on": "val_loss" if val_forces else "val_energy_rmse"}  # fmt: skip
         self.loss_names = [t.name for t in config.terms() if t.weight > 0] + [TOTAL]
         self.columns = ["epoch", "wall_time_s", "cpu_time_s", "lr",
                         *(f"train_{n}" for n in self.loss_names)]  # fmt: skip
-        self.columns += [f"val_{k}" for k in VAL_KEYS] + ["best"]
+        self.val_keys = VAL_KEYS + (VAL_FORCE_KEYS if val_forces else ())
+        self.columns += [f"val_{k}" for k in self.val_keys] + ["best"]
 
     def restore(
         self,

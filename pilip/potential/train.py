@@ -1,8 +1,12 @@
 """The training loop: energies (and optionally forces) plus the weak losses PITC and PISC.
 
 AdamW, reduce-on-plateau, an exponential moving average (EMA) of the weights, gradient
-clipping, and early stopping and model selection on the VALIDATION ENERGY error only (an
-energy-only user has no validation forces). The budget is epochs, wall-clock minutes and/or CPU
+clipping, and early stopping and model selection on the validation energy RMSE (an energy-only
+user has no validation forces) or, when forces are trained and every validation structure has
+them (a ceiling, a pretraining run, a distilled student), on the validation loss of both,
+``w_energy * MSE(E) + w_forces * MSE(F)`` (:func:`selection_score`): a run that learns forces is
+not kept at an epoch whose forces are worse because a few validation energies were better.
+The budget is epochs, wall-clock minutes and/or CPU
 minutes, whichever ends first. The settings: :mod:`pilip.potential.train_config`; the run
 folder, resuming and signals: :mod:`pilip.potential.run_folder`; what a recipe (Delta,
 fine-tuning, ...) changes arrives as data: the targets, initial weights and a loss surface
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,9 +39,8 @@ from pilip.potential.data import TRAIN, VAL, Structures, UnlabelledStream, conca
 from pilip.potential.devices import resolve_device
 from pilip.potential.ema import EMA, swapped_weights
 from pilip.potential.evaluate import predict
-from pilip.potential.metrics import energy_metrics
+from pilip.potential.metrics import energy_metrics, force_metrics
 from pilip.potential.run_folder import (
-    VAL_KEYS,
     RunFolder,
     StopSignals,
     TrainingInterrupted,
@@ -119,6 +123,10 @@ def train(
         init_weights = init_weights[0]
     train_set, val_set = data[TRAIN], data[VAL]
     check_inputs(config, train_set, unlabelled)
+    with_forces = selects_on_forces(config, val_set)
+    if FORCES in config.losses and not with_forces:
+        log("model selection on validation energies only: the validation structures have no "
+            "forces (label them with forces to select on both)")  # fmt: skip
     device, dtype = resolve_device(config.device), getattr(torch, config.dtype)
     max_atoms = max(int(s.n_atoms.max()) for s in (train_set, unlabelled) if s is not None)
     static, capture = plan_static(config.static_shapes, device, max_atoms)
@@ -150,7 +158,7 @@ def train(
         components["unlabelled"] = stream
     state = TrainState(components)
     fingerprint = data_fingerprint(data, unlabelled, init_weights)
-    run = RunFolder(Path(out_dir), config, model, {
+    run = RunFolder(Path(out_dir), config, model, with_forces, {
         **(meta or {}), "elements": train_set.elements(), "n_train": len(train_set),
         "n_val": len(val_set), "n_unlabelled": 0 if unlabelled is None else len(unlabelled),
         "data_fingerprint": fingerprint,
@@ -195,17 +203,19 @@ def train(
             state.finish_epoch()
             ema_weights = ema.weights_of(model)
             with swapped_weights(model, ema_weights):
-                val = validation_errors(loss_model, val_dev, val_set, config.val_batch_size)
-            if not math.isfinite(val["energy_rmse"]):
+                val = validation_errors(loss_model, val_dev, val_set, config.val_batch_size,
+                                        config if with_forces else None)  # fmt: skip
+            score = selection_score(config, val)
+            if not math.isfinite(score):
                 raise TrainingDiverged(f"validation energy RMSE is {val['energy_rmse']} at "
                                        f"epoch {state.epoch}; stopped; lower --lr")  # fmt: skip
-            scheduler.step(val["energy_rmse"])
-            improved = state.record_validation(val["energy_rmse"], ema_weights)
+            scheduler.step(score)
+            improved = state.record_validation(score, val["energy_rmse"], ema_weights)
             clock.record()
             run.append(state, {
                 "epoch": state.epoch, "wall_time_s": state.elapsed_s, "cpu_time_s": state.cpu_s,
                 "lr": optimizer.param_groups[0]["lr"], **train_losses,
-                **{f"val_{k}": val[k] for k in VAL_KEYS}, "best": int(improved),
+                **{f"val_{k}": val[k] for k in run.val_keys}, "best": int(improved),
             })  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{train_losses[f'train_{TOTAL}']:.3g}",
@@ -323,11 +333,43 @@ def budget_spent(config: TrainConfig, state: TrainState) -> str:
     return ""
 
 
+def selects_on_forces(config: TrainConfig, val_set: Structures) -> bool:
+    """Whether model selection looks at validation forces: forces are trained (a weight > 0)
+    and every validation structure has them."""
+    return FORCES in config.losses and config.w_forces > 0 and val_set.forces is not None
+
+
+def selection_score(config: TrainConfig, val: dict[str, Any]) -> float:
+    """What model selection, the learning-rate schedule and early stopping minimise: the
+    validation energy RMSE (eV), or, where ``val`` has forces (:func:`validation_errors` with
+    ``forces``), the validation loss ``w_energy * MSE(E) + w_forces * MSE(F)`` (eV^2 and
+    (eV/A)^2; energies per atom with ``per_atom``), the supervised part of the training loss."""
+    if "loss" in val:
+        return float(val["loss"])
+    return float(val["energy_rmse"])
+
+
 def validation_errors(
-    model: nn.Module, structures: Structures, labelled: Structures, batch_size: int
+    model: nn.Module,
+    structures: Structures,
+    labelled: Structures,
+    batch_size: int,
+    config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Energy errors (pilip.potential.metrics keys) of ``model`` on ``structures`` (on the
-    model's device), against the float64 labels of ``labelled`` (the same structures)."""
+    model's device), against the float64 labels of ``labelled`` (the same structures); with
+    ``config``, also the force errors (``force_rmse``, eV/A; ``labelled`` has forces) and
+    ``loss`` (:func:`selection_score`, with ``config``'s weights)."""
     device = next(model.parameters()).device
-    predicted, _ = predict(model, structures, device, batch_size)
-    return energy_metrics(predicted, labelled.energy.numpy(), labelled.n_atoms.numpy())
+    forces = config is not None
+    predicted, predicted_forces = predict(model, structures, device, batch_size, forces=forces)
+    energy, n_atoms = labelled.energy.numpy(), labelled.n_atoms.numpy()
+    errors = energy_metrics(predicted, energy, n_atoms)
+    if config is not None:
+        reference = labelled.forces.numpy()
+        errors.update(force_metrics(predicted_forces, reference, labelled.numbers.numpy(),
+                                    len(labelled)))  # fmt: skip
+        energy_mse = np.mean(((predicted - energy) / (n_atoms if config.per_atom else 1.0)) ** 2)
+        force_mse = np.mean((predicted_forces - reference) ** 2)
+        errors["loss"] = float(config.w_energy * energy_mse + config.w_forces * force_mse)
+    return errors

@@ -19,9 +19,10 @@ import torch
 from pilip.errors import PilipError
 
 # Bumped when the saved layout changes; a last.pt of another layout cannot be resumed.
-STATE_VERSION = 2
+STATE_VERSION = 3
 _COUNTERS = (
-    "epoch", "best_epoch", "best_rmse", "bad_epochs", "elapsed_s", "cpu_s", "step_in_epoch",
+    "epoch", "best_epoch", "best_score", "best_rmse", "bad_epochs", "elapsed_s", "cpu_s",
+    "step_in_epoch",
 )  # fmt: skip
 
 
@@ -75,6 +76,7 @@ class TrainState:
     components: dict[str, Stateful] = field(default_factory=dict, repr=False)
     epoch: int = 0  # finished epochs
     best_epoch: int = 0  # the epoch whose EMA weights are ``best_weights`` (0: none yet)
+    best_score: float = math.inf  # its selection score (pilip.potential.train.selection_score)
     best_rmse: float = math.inf  # eV, its validation energy RMSE
     bad_epochs: int = 0  # epochs since the last improvement
     elapsed_s: float = 0.0  # training wall time over all sessions
@@ -86,11 +88,15 @@ class TrainState:
     step_in_epoch: int = 0
     epoch_sums: dict[str, float] = field(default_factory=dict)
 
-    def record_validation(self, rmse: float, weights: dict[str, torch.Tensor]) -> bool:
-        """Count a finished epoch with validation energy RMSE ``rmse`` (eV) and EMA ``weights``;
-        True when it is the best so far (its weights are then kept)."""
-        if rmse < self.best_rmse:
-            self.best_rmse, self.best_epoch, self.bad_epochs = rmse, self.epoch, 0
+    def record_validation(
+        self, score: float, rmse: float, weights: dict[str, torch.Tensor]
+    ) -> bool:
+        """Count a finished epoch with selection ``score`` (lower is better), validation energy
+        RMSE ``rmse`` (eV) and EMA ``weights``; True when it is the best so far (its weights
+        are then kept)."""
+        if score < self.best_score:
+            self.best_score, self.best_rmse = score, rmse
+            self.best_epoch, self.bad_epochs = self.epoch, 0
             self.best_weights = {k: v.detach().cpu() for k, v in weights.items()}
             return True
         self.bad_epochs += 1

@@ -8,6 +8,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -179,6 +180,29 @@ def test_train_forces_match_the_table(dataset):
     ]
     expected = np.concatenate([np.array(table["forces"][i].as_py()) for i in rows])
     np.testing.assert_array_equal(data[TRAIN].forces.numpy(), expected)
+
+
+def test_validation_forces_are_read_with_the_training_forces_when_every_row_has_them(
+    dataset, tmp_path
+):
+    data = load_dataset(dataset, forces=True)
+    table = pq.read_table(dataset)
+    rows = [i for i, s in enumerate(table["split"].to_pylist()) if s == "val"]
+    expected = np.concatenate([np.array(table["forces"][i].as_py()) for i in rows])
+    np.testing.assert_array_equal(data[VAL].forces.numpy(), expected)
+    assert load_dataset(dataset)[VAL].forces is None  # energy-only training reads none
+    # one validation row without forces: the validation split has none (selection on
+    # energies), the training split keeps its forces
+    forces = table["forces"].to_pylist()
+    forces[rows[0]] = None
+    partial = tmp_path / "partial.parquet"
+    column = table.schema.get_field_index("forces")
+    table = table.set_column(
+        column, table.schema.field(column), pa.array(forces, table["forces"].type)
+    )
+    tables.write_table(table, partial, "dataset", {"command": "test"})
+    data = load_dataset(partial, forces=True)
+    assert data[VAL].forces is None and data[TRAIN].forces.shape == (14 * 3, 3)
 
 
 def test_unlabelled_reads_geometry_only(dataset):
@@ -484,6 +508,40 @@ def test_static_shapes_train_the_same_numbers_as_plain_batches(dataset, tmp_path
     assert all(float(r["train_pitc"]) > 0 for r in rows)
     with pytest.raises(PilipError, match="static-shapes 'on'"):
         config(static_shapes="on").validate()
+
+
+def test_a_run_trained_on_forces_is_selected_on_its_validation_loss(dataset, tmp_path):
+    """With forces trained and validation forces at hand, the kept epoch is the one with the
+    lowest w_energy * MSE(E) + w_forces * MSE(F) on the validation structures, not the lowest
+    energy error; the checkpoint's weights give that epoch's validation forces."""
+    data = load_dataset(dataset, forces=True)
+    out = tmp_path / "forces"
+    cfg = config(losses="energy,forces", epochs=10, lr=2e-2, w_energy=0.5)
+    result = train(cfg, data, out)
+    rows = read_metrics(out / "metrics.csv")
+    loss = [float(r["val_loss"]) for r in rows]
+    for row in rows:  # the loss of the training loop's own form and weights
+        expected = 0.5 * float(row["val_energy_rmse"]) ** 2 + float(row["val_force_rmse"]) ** 2
+        assert float(row["val_loss"]) == pytest.approx(expected, rel=1e-6)
+    best = int(np.argmin(loss))
+    assert result.best_epoch == best + 1
+    assert [int(r["best"]) for r in rows] == [int(v < min(loss[:i], default=np.inf))
+                                              for i, v in enumerate(loss)]  # fmt: skip
+    model, meta = load_model(out / "model.pt")
+    assert meta["selected_on"] == "val_loss" and meta["best_epoch"] == best + 1
+    energy, forces = predict(model, data[VAL], torch.device("cpu"), forces=True)
+    rmse = float(np.sqrt(np.mean((forces - data[VAL].forces.numpy()) ** 2)))
+    assert rmse == pytest.approx(float(rows[best]["val_force_rmse"]), rel=1e-6)
+    assert meta["val_energy_rmse"] == pytest.approx(float(rows[best]["val_energy_rmse"]), rel=1e-6)
+    # energy-only training (no validation forces read) selects on the energy RMSE, as before
+    energy_only = train(config(epochs=4), load_dataset(dataset), tmp_path / "energy")
+    rows = read_metrics(tmp_path / "energy" / "metrics.csv")
+    assert "val_force_rmse" not in rows[0] and "val_loss" not in rows[0]
+    rmse = [float(r["val_energy_rmse"]) for r in rows]
+    assert energy_only.best_epoch == int(np.argmin(rmse)) + 1
+    assert read_checkpoint(tmp_path / "energy" / "model.pt")["meta"]["selected_on"] == (
+        "val_energy_rmse"
+    )
 
 
 def test_unlabelled_structures_feed_the_weak_losses(dataset, tmp_path, monkeypatch):
