@@ -215,7 +215,9 @@ def train(
     )  # fmt: skip
     with open(run / "metrics.csv", newline="") as handle:
         log = list(csv.DictReader(handle))
-    best = min(log, key=lambda r: float(r["val_energy_rmse"]))
+    # the saved model's epoch: the last one flagged best (selected on the validation energy
+    # RMSE, or on the validation loss where the run trains forces and has validation forces)
+    best = [r for r in log if r["best"] == "1"][-1]
     stopped = re.findall(r"stopped \((\w+)\)", (run / "train.log").read_text())
     return {
         "val_energy_rmse_meV": 1000 * float(best["val_energy_rmse"]),

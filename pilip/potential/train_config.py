@@ -160,11 +160,14 @@ class TrainConfig:
         0.5, "reduce-on-plateau factor", exclusive_minimum=0, exclusive_maximum=1
     )
     lr_patience: int = setting(
-        25, "epochs without a better validation energy before the lr drops", minimum=0
+        25,
+        "epochs without a better validation score (energy RMSE; the loss of energies and "
+        "forces where both are trained and validated) before the lr drops",
+        minimum=0,
     )
     min_lr: float = setting(1e-6, "lower bound of the learning rate", minimum=0)
     patience: int = setting(
-        100, "early stopping: epochs without a better validation energy", minimum=1
+        100, "early stopping: epochs without a better validation score", minimum=1
     )
     dtype: str = setting("float32", "model and data precision", choices=DTYPES)
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
