@@ -39,7 +39,7 @@ from pilip.potential.data import TRAIN, VAL, Structures, UnlabelledStream, conca
 from pilip.potential.devices import resolve_device
 from pilip.potential.ema import EMA, swapped_weights
 from pilip.potential.evaluate import predict
-from pilip.potential.metrics import energy_metrics, force_metrics
+from pilip.potential.metrics import energy_metrics
 from pilip.potential.run_folder import (
     RunFolder,
     StopSignals,
@@ -124,7 +124,7 @@ def train(
     train_set, val_set = data[TRAIN], data[VAL]
     check_inputs(config, train_set, unlabelled)
     with_forces = selects_on_forces(config, val_set)
-    if FORCES in config.losses and not with_forces:
+    if FORCES in config.losses and config.w_forces > 0 and val_set.forces is None:
         log("model selection on validation energies only: the validation structures have no "
             "forces (label them with forces to select on both)")  # fmt: skip
     device, dtype = resolve_device(config.device), getattr(torch, config.dtype)
@@ -205,7 +205,7 @@ def train(
             with swapped_weights(model, ema_weights):
                 val = validation_errors(loss_model, val_dev, val_set, config.val_batch_size,
                                         config if with_forces else None)  # fmt: skip
-            score = selection_score(config, val)
+            score = selection_score(val)
             if not math.isfinite(score):
                 raise TrainingDiverged(f"validation energy RMSE is {val['energy_rmse']} at "
                                        f"epoch {state.epoch}; stopped; lower --lr")  # fmt: skip
@@ -339,7 +339,7 @@ def selects_on_forces(config: TrainConfig, val_set: Structures) -> bool:
     return FORCES in config.losses and config.w_forces > 0 and val_set.forces is not None
 
 
-def selection_score(config: TrainConfig, val: dict[str, Any]) -> float:
+def selection_score(val: dict[str, Any]) -> float:
     """What model selection, the learning-rate schedule and early stopping minimise: the
     validation energy RMSE (eV), or, where ``val`` has forces (:func:`validation_errors` with
     ``forces``), the validation loss ``w_energy * MSE(E) + w_forces * MSE(F)`` (eV^2 and
@@ -366,10 +366,8 @@ def validation_errors(
     energy, n_atoms = labelled.energy.numpy(), labelled.n_atoms.numpy()
     errors = energy_metrics(predicted, energy, n_atoms)
     if config is not None:
-        reference = labelled.forces.numpy()
-        errors.update(force_metrics(predicted_forces, reference, labelled.numbers.numpy(),
-                                    len(labelled)))  # fmt: skip
         energy_mse = np.mean(((predicted - energy) / (n_atoms if config.per_atom else 1.0)) ** 2)
-        force_mse = np.mean((predicted_forces - reference) ** 2)
+        force_mse = float(np.mean((predicted_forces - labelled.forces.numpy()) ** 2))
+        errors["force_rmse"] = math.sqrt(force_mse)
         errors["loss"] = float(config.w_energy * energy_mse + config.w_forces * force_mse)
     return errors
