@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pilip.potential.md_runs import RUNS_DIR
+
 if TYPE_CHECKING:
     from pilip.potential.md import MDSettings
 
@@ -60,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o",
         type=Path,
         required=True,
-        help=f"folder for {MD_FILE}, {TRAJECTORY_FILE}, {SPREAD_FILE} and {CANDIDATES_FILE}",
+        help=f"folder for {MD_FILE}, {TRAJECTORY_FILE}, {SPREAD_FILE} and {CANDIDATES_FILE}; "
+        f"finished runs are kept in {RUNS_DIR}/ and reused by a rerun with the same model, "
+        "starts and settings",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--temperature", type=float, help="thermostat, K (default 300)")
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         test_structures,
         write_trajectory,
     )
+    from pilip.potential.md_runs import RunStore, file_digest
     from pilip.potential.md_spread import (
         candidates_table,
         require_committee,
@@ -151,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     calculator = PilipCalculator(args.model, device=args.device)
     if threshold is not None:
         require_committee(calculator, starts[0], f"--spread-threshold {threshold:g}", args.model)
-    summary, frames = stability_test(starts, calculator, settings, by_system(structures))
+    # finished runs are kept in --out/md_runs: a rerun after a kill simulates only the rest
+    store = RunStore(args.out, file_digest(args.model))
+    summary, frames = stability_test(starts, calculator, settings, by_system(structures), store)
     candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(
         spread_threshold=threshold,

@@ -35,6 +35,7 @@ from pilip import keys
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
 from pilip.potential.distances import BINS, R_MAX, runs_hr
+from pilip.potential.md_runs import RunStore
 from pilip.potential.md_spread import FORCE_SPREAD, force_spread, spread_statistics
 from pilip.rows import MD_START, RowFlags, stage_rows
 from pilip.tables import atoms_list, read_table
@@ -316,6 +317,7 @@ def stability_test(
     calculator: Calculator,
     settings: MDSettings,
     references: dict[str, list[Atoms]] | None = None,
+    store: RunStore | None = None,
 ) -> tuple[dict[str, object], list[Atoms]]:
     """One Langevin run per start (seed ``settings.seed + k``): md.json content and all frames.
 
@@ -324,15 +326,25 @@ def stability_test(
     test_structures(dataset))``) the summary and every run get the h(r) MAE against them
     (:func:`pilip.potential.distances.runs_hr`). A committee model's force spread is
     summarised (``force_spread_mean``, ``force_spread_max``; None for a single model).
+    With a ``store`` (:class:`pilip.potential.md_runs.RunStore`) every finished run is kept
+    on disk and a run it already holds for this model, start and settings is not simulated
+    again (its wall time is the one measured then).
     """
     runs, frames = [], []
     for k, atoms in enumerate(starts):
-        result = run_langevin(atoms, calculator, replace(settings, seed=settings.seed + k))
-        system, config_id = atoms.info.get("system"), atoms.info.get("id")
-        runs.append({"run": k, "system": system, "config_id": config_id, **result.summary()})
-        for frame in result.frames:
-            frame.info.update(run=k, system=system, config_id=config_id)
-        frames.extend(result.frames)
+        run_settings = replace(settings, seed=settings.seed + k)
+        stored = None if store is None else store.load(k, atoms, run_settings)
+        if stored is None:
+            result = run_langevin(atoms, calculator, run_settings)
+            system, config_id = atoms.info.get("system"), atoms.info.get("id")
+            run = {"run": k, "system": system, "config_id": config_id, **result.summary()}
+            for frame in result.frames:
+                frame.info.update(run=k, system=system, config_id=config_id)
+            if store is not None:
+                store.save(k, atoms, run_settings, run, result.frames)
+            stored = run, result.frames
+        runs.append(stored[0])
+        frames.extend(stored[1])
     failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
     steps = np.array([r["steps_done"] for r in runs], dtype=float)
     temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan

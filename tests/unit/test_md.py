@@ -397,3 +397,97 @@ def test_a_proton_moving_between_oxygens_is_a_transfer_only_where_allowed(
     result = run_langevin(atoms, PushHydrogen(), loose)
     assert result.stable == allowed
     assert result.n_proton_transfers == (1 if allowed else 0)
+
+
+def _count_runs(monkeypatch):
+    """Wrap pilip.potential.md.run_langevin; the returned list grows by one per MD run."""
+    import pilip.potential.md as md_module
+
+    calls, original = [], md_module.run_langevin
+
+    def counted(atoms, calculator, settings):
+        calls.append(settings.seed)
+        return original(atoms, calculator, settings)
+
+    monkeypatch.setattr(md_module, "run_langevin", counted)
+    return calls
+
+
+def _without_timings(summary):
+    timing = ("wall_time_s", "steps_per_s")
+    return {
+        **{k: v for k, v in summary.items() if k not in (*timing, "runs")},
+        "runs": [{k: v for k, v in r.items() if k not in timing} for r in summary["runs"]],
+    }
+
+
+def test_an_interrupted_md_command_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
+    import json
+
+    from pilip.cli import main
+    from pilip.potential.md_runs import RUNS_DIR
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    calls = _count_runs(monkeypatch)
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "test", "test", "train"])
+    out = tmp_path / "md"
+    options = "--device cpu --steps 20 --trajectory-interval 5 --starts 2 --seed 7".split()
+    argv = ["md", str(checkpoint), str(dataset), "--out", str(out), *options]
+    assert main(argv) == 0 and calls == [7, 8, 9]
+    whole = json.loads((out / "md.json").read_text())
+    whole_frames = ase.io.read(out / "md.extxyz", index=":")
+    # killed during the second of three runs: only the first is finished, nothing else written
+    for name in ("md.json", "md.extxyz", "md_spread.csv", "md_candidates.parquet"):
+        (out / name).unlink()
+    for path in (out / RUNS_DIR).glob("run-000[12].*"):
+        path.unlink()
+    (out / RUNS_DIR / "run-0001.extxyz").write_text("3\ncut short")  # a frames file, no record
+    calls.clear()
+    assert main(argv) == 0
+    assert calls == [8, 9]  # runs 1 and 2 (seeds 8, 9) again, run 0 taken as it was
+    resumed = json.loads((out / "md.json").read_text())
+    assert resumed["runs"][0]["wall_time_s"] == whole["runs"][0]["wall_time_s"]
+    assert _without_timings(resumed) == _without_timings(whole)
+    frames = ase.io.read(out / "md.extxyz", index=":")
+    assert [f.info["run"] for f in frames] == [f.info["run"] for f in whole_frames]
+    assert [f.info["config_id"] for f in frames] == [f.info["config_id"] for f in whole_frames]
+    for frame, before in zip(frames, whole_frames, strict=True):
+        np.testing.assert_allclose(frame.positions, before.positions, atol=1e-7)
+        np.testing.assert_allclose(frame.get_forces(), before.get_forces(), atol=1e-6)
+    # everything finished: a rerun simulates nothing; other settings simulate everything
+    calls.clear()
+    assert main(argv) == 0 and calls == []
+    assert main([*argv, "--temperature", "400"]) == 0 and calls == [7, 8, 9]
+    assert json.loads((out / "md.json").read_text())["settings"]["temperature"] == 400.0
+
+
+def test_kept_runs_belong_to_one_model_start_and_settings(tmp_path):
+    from pilip.potential.md_runs import RunStore
+
+    atoms = molecule("H2O")
+    atoms.info.update(system="H2O", id="0017")
+    settings = MDSettings(steps=10, trajectory_interval=5)
+    result = run_langevin(atoms, BondCalculator(atoms), settings)
+    run = {"run": 0, "system": "H2O", "config_id": "0017", **result.summary()}
+    for frame in result.frames:
+        frame.info.update(run=0, system="H2O", config_id="0017")
+    store = RunStore(tmp_path, "model-a")
+    assert store.load(0, atoms, settings) is None  # nothing kept yet
+    store.save(0, atoms, settings, run, result.frames)
+    kept, frames = store.load(0, atoms, settings)
+    assert kept == run
+    assert [f.info["config_id"] for f in frames] == ["0017"] * 3  # a string id stays a string
+    assert [f.info["step"] for f in frames] == [0, 5, 10]
+    moved = atoms.copy()
+    moved.positions[0, 0] += 1e-6
+    assert store.load(0, moved, settings) is None  # another start
+    assert store.load(0, atoms, replace_seed(settings, 1)) is None  # another seed
+    assert RunStore(tmp_path, "model-b").load(0, atoms, settings) is None  # another model
+    assert store.load(1, atoms, settings) is None  # another run index
+
+
+def replace_seed(settings, seed):
+    from dataclasses import replace
+
+    return replace(settings, seed=seed)
