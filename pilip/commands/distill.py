@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pilip.commands.train import given_options, resolve_settings, train_run
+    from pilip.digests import file_sha256
     from pilip.errors import PilipError
     from pilip.potential import distill
     from pilip.potential.checkpoint import load_model, read_checkpoint
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     distill.check_tabled_coverage(meta, pool, args.baseline_labels, str(teacher_path))
     teacher = {
         "path": str(teacher_path),
-        "sha256": distill.file_sha256(teacher_path),
+        "sha256": file_sha256(teacher_path),
         "recipe": describe(meta),
         "pool": [str(p) for p in args.pool],
         # what the files held (a rerun of the teacher's MD rewrites md.extxyz in place)

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from pilip.atomic_io import atomic_path
+    from pilip.digests import file_sha256
     from pilip.potential.calculator import PilipCalculator
     from pilip.potential.md import (
         by_system,
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         test_structures,
         write_trajectory,
     )
-    from pilip.potential.md_runs import RunStore, file_digest
+    from pilip.potential.md_runs import RunStore
     from pilip.potential.md_spread import (
         candidates_table,
         require_committee,
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if threshold is not None:
         require_committee(calculator, starts[0], f"--spread-threshold {threshold:g}", args.model)
     # finished runs are kept in --out/md_runs: a rerun after a kill simulates only the rest
-    store = RunStore(args.out, file_digest(args.model))
+    store = RunStore(args.out, file_sha256(args.model))
     summary, frames = stability_test(starts, calculator, settings, by_system(structures), store)
     candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(

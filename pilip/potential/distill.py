@@ -30,19 +30,12 @@ import pyarrow as pa
 import torch
 
 from pilip import keys, splits, tables
+from pilip.digests import file_sha256
 from pilip.errors import PilipError
 
 POOL_FILE = "pool.parquet"  # the teacher's labels of the pool: a dataset table in the run folder
 VAL_FRACTION = 0.1
 STRUCTURE_FILES = (".extxyz", ".xyz")  # pool files read as structures, not tables
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_pool(paths: list[str | Path], log: Callable[[str], None]) -> tuple[pa.Table, list[str]]:

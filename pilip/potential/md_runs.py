@@ -34,15 +34,6 @@ RUNS_DIR = "md_runs"
 RUN_INFO = ("run", "system", "config_id")
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes (a model checkpoint: a few MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_key(model_digest: str, start: Atoms, settings: Any) -> str:
     """What one MD run is a result of: model bytes, start structure and settings (an
     ``MDSettings`` with the run's seed), as a sha256 hex digest."""
