@@ -333,18 +333,20 @@ def stability_test(
     runs, frames = [], []
     for k, atoms in enumerate(starts):
         run_settings = replace(settings, seed=settings.seed + k)
-        stored = None if store is None else store.load(k, atoms, run_settings)
-        if stored is None:
+        kept = None if store is None else store.load(k, atoms, run_settings)
+        if kept is not None:
+            run, run_frames = kept
+        else:
             result = run_langevin(atoms, calculator, run_settings)
             system, config_id = atoms.info.get("system"), atoms.info.get("id")
             run = {"run": k, "system": system, "config_id": config_id, **result.summary()}
-            for frame in result.frames:
+            run_frames = result.frames
+            for frame in run_frames:
                 frame.info.update(run=k, system=system, config_id=config_id)
             if store is not None:
-                store.save(k, atoms, run_settings, run, result.frames)
-            stored = run, result.frames
-        runs.append(stored[0])
-        frames.extend(stored[1])
+                store.save(k, atoms, run_settings, run, run_frames)
+        runs.append(run)
+        frames.extend(run_frames)
     failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
     steps = np.array([r["steps_done"] for r in runs], dtype=float)
     temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan

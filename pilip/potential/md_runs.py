@@ -22,19 +22,21 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pilip.atomic_io import atomic_path
 
 if TYPE_CHECKING:  # ase is imported where it is used: ``pilip md --help`` reads RUNS_DIR
     from ase import Atoms
 
+    from pilip.potential.md import MDSettings
+
 RUNS_DIR = "md_runs"
 # frame info the run's json holds exactly (extxyz would turn a numeric-looking id into an int)
 RUN_INFO = ("run", "system", "config_id")
 
 
-def run_key(model_digest: str, start: Atoms, settings: Any) -> str:
+def run_key(model_digest: str, start: Atoms, settings: MDSettings) -> str:
     """What one MD run is a result of: model bytes, start structure and settings (an
     ``MDSettings`` with the run's seed), as a sha256 hex digest."""
     h = hashlib.sha256()
@@ -61,7 +63,7 @@ class RunStore:
         stem = self.folder / f"run-{k:04d}"
         return stem.with_suffix(".json"), stem.with_suffix(".extxyz")
 
-    def load(self, k: int, start: Atoms, settings: Any) -> tuple[dict, list[Atoms]] | None:
+    def load(self, k: int, start: Atoms, settings: MDSettings) -> tuple[dict, list[Atoms]] | None:
         """Run ``k``'s md.json entry and frames if it finished with this model, start and
         ``settings`` (the run's seed included); None otherwise (simulate it)."""
         import ase.io
@@ -79,7 +81,9 @@ class RunStore:
             frame.info.update({name: run[name] for name in RUN_INFO})
         return run, frames
 
-    def save(self, k: int, start: Atoms, settings: Any, run: dict, frames: list[Atoms]) -> None:
+    def save(
+        self, k: int, start: Atoms, settings: MDSettings, run: dict, frames: list[Atoms]
+    ) -> None:
         """Keep finished run ``k`` (its md.json entry ``run`` and its ``frames``)."""
         import ase.io
 

@@ -463,6 +463,8 @@ def test_an_interrupted_md_command_resumes_without_redoing_finished_runs(tmp_pat
 
 
 def test_kept_runs_belong_to_one_model_start_and_settings(tmp_path):
+    from dataclasses import replace
+
     from pilip.potential.md_runs import RunStore
 
     atoms = molecule("H2O")
@@ -482,12 +484,6 @@ def test_kept_runs_belong_to_one_model_start_and_settings(tmp_path):
     moved = atoms.copy()
     moved.positions[0, 0] += 1e-6
     assert store.load(0, moved, settings) is None  # another start
-    assert store.load(0, atoms, replace_seed(settings, 1)) is None  # another seed
+    assert store.load(0, atoms, replace(settings, seed=1)) is None  # another seed
     assert RunStore(tmp_path, "model-b").load(0, atoms, settings) is None  # another model
     assert store.load(1, atoms, settings) is None  # another run index
-
-
-def replace_seed(settings, seed):
-    from dataclasses import replace
-
-    return replace(settings, seed=seed)
