@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pilip.potential.md_runs import RUNS_DIR
+from pilip.potential.md_runs import CHECKPOINT_S, RUNS_DIR
 
 if TYPE_CHECKING:
     from pilip.potential.md import MDSettings
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help=f"folder for {MD_FILE}, {TRAJECTORY_FILE}, {SPREAD_FILE} and {CANDIDATES_FILE}; "
         f"finished runs are kept in {RUNS_DIR}/ and reused by a rerun with the same model, "
-        "starts and settings",
+        "starts and settings; a run cut short continues from its last saved step",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--temperature", type=float, help="thermostat, K (default 300)")
@@ -89,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fail: every broken starting bond ends a run (Fu et al.; default); allow: a "
         "hydrogen that leaves an N, O, F or S for another one is a proton transfer, counted "
         "in md.json, not a failure",
+    )
+    parser.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=CHECKPOINT_S,
+        metavar="SECONDS",
+        help=f"wall-clock seconds between saves of a running run's progress in {RUNS_DIR}/ "
+        f"(default {CHECKPOINT_S:g}): a killed run loses at most this much simulation",
     )
     parser.add_argument(
         "--spread-threshold",
@@ -125,6 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
     }.items():
         if value < 0:
             raise PilipError(f"{flag} {value}: use a number >= 0")
+    if not args.checkpoint_s >= 0:  # NaN too
+        raise PilipError(f"--checkpoint-s {args.checkpoint_s}: use a number of seconds >= 0")
     return settings
 
 
@@ -157,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
     calculator = PilipCalculator(args.model, device=args.device)
     if threshold is not None:
         require_committee(calculator, starts[0], f"--spread-threshold {threshold:g}", args.model)
-    # finished runs are kept in --out/md_runs: a rerun after a kill simulates only the rest
-    store = RunStore(args.out, file_sha256(args.model))
+    # runs are kept in --out/md_runs, finished or every --checkpoint-s seconds: a rerun after
+    # a kill simulates only what is left
+    store = RunStore(args.out, file_sha256(args.model), args.checkpoint_s)
     summary, frames = stability_test(starts, calculator, settings, by_system(structures), store)
     candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(

@@ -35,7 +35,7 @@ from pilip import keys
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
 from pilip.potential.distances import BINS, R_MAX, runs_hr
-from pilip.potential.md_runs import RunStore
+from pilip.potential.md_runs import RunCheckpoint, RunProgress, RunStore
 from pilip.potential.md_spread import FORCE_SPREAD, force_spread, spread_statistics
 from pilip.rows import MD_START, RowFlags, stage_rows
 from pilip.tables import atoms_list, read_table
@@ -125,22 +125,38 @@ def bond_lengths(atoms: Atoms, pairs: np.ndarray) -> np.ndarray:
     return np.linalg.norm(vectors, axis=1)
 
 
-def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> MDResult:
+def run_langevin(
+    atoms: Atoms,
+    calculator: Calculator,
+    settings: MDSettings,
+    checkpoint: RunCheckpoint | None = None,
+) -> MDResult:
     """Run Langevin NVT from ``atoms`` (not modified) with ``calculator`` until failure or end.
 
     Frames (positions, momenta, energy and forces in eV and eV/A, ``info`` with ``step``,
     ``time_fs``, ``temperature_K`` and, for a committee model, ``force_spread`` in eV/A) are
     kept every ``trajectory_interval`` steps, plus the first and the last (failing) one.
+    With a ``checkpoint`` (:meth:`pilip.potential.md_runs.RunStore.checkpoint`) the run
+    continues from its saved progress, if any, and saves its progress whenever the
+    checkpoint is due: an interrupted run taken up again takes the steps it would have taken.
     """
-    start = time.perf_counter()
+    started = time.perf_counter()
     atoms = atoms.copy()
     atoms.calc = calculator
-    pairs, reference = bonded_pairs(atoms)
     rng = np.random.default_rng(settings.seed)
-    thermalize_momenta(atoms, settings.temperature, rng=rng)
-    Stationary(atoms)
-    if len(atoms) > 2:  # a diatomic's rotation about its axis is undefined (ASE divides by 0)
-        ZeroRotation(atoms)
+    p = None if checkpoint is None else checkpoint.load()  # the run's progress
+    if p is None:
+        thermalize_momenta(atoms, settings.temperature, rng=rng)
+        Stationary(atoms)
+        if len(atoms) > 2:  # a diatomic's rotation about its axis is undefined (ASE divides by 0)
+            ZeroRotation(atoms)
+        pairs, reference = bonded_pairs(atoms)
+        p = RunProgress(0, pairs, reference, [_frame(atoms, 0, settings.timestep)])
+    else:  # the state after step ``p.step``, bit for bit
+        atoms.set_positions(p.positions, apply_constraint=False)
+        atoms.set_momenta(p.momenta, apply_constraint=False)
+        rng.bit_generator.state = p.rng_state
+    earlier_s = p.wall_time_s
     atoms.set_constraint(FixCom())
     dynamics = Langevin(
         atoms,
@@ -150,15 +166,10 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
         fixcm=False,
         rng=rng,
     )
-    frames = [_frame(atoms, 0, settings.timestep)]
-    temperatures: list[float] = []
-    max_deviation = 0.0
-    transfers = 0
     reason = "completed"
-    step = 0
-    while step < settings.steps:
+    while p.step < settings.steps:
         dynamics.step()
-        step += 1
+        p.step += 1
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
         if not math.isfinite(energy):
@@ -166,47 +177,52 @@ def run_langevin(atoms: Atoms, calculator: Calculator, settings: MDSettings) -> 
         elif not (np.isfinite(forces).all() and np.isfinite(atoms.positions).all()):
             reason = "non-finite forces or positions"
         else:
-            temperatures.append(atoms.get_temperature())
-            if len(pairs):
-                change = np.abs(bond_lengths(atoms, pairs) - reference)
-                max_deviation = max(max_deviation, float(np.max(change)))
-                broken = pairs[change > settings.bond_threshold]
+            p.temperatures.append(atoms.get_temperature())
+            if len(p.pairs):
+                change = np.abs(bond_lengths(atoms, p.pairs) - p.reference)
+                p.max_deviation = max(p.max_deviation, float(np.max(change)))
+                broken = p.pairs[change > settings.bond_threshold]
                 if (
                     len(broken)
                     and settings.proton_transfer == "allow"
                     and all(proton_transferred(atoms, pair) for pair in broken)
                 ):
-                    transfers += 1
-                    pairs, reference = bonded_pairs(atoms)  # the new topology from here on
+                    p.transfers += 1
+                    p.pairs, p.reference = bonded_pairs(atoms)  # the new topology from here on
                 elif len(broken):
                     reason = "bond"
         if (
             reason != "completed"
-            or step % settings.trajectory_interval == 0
-            or step == settings.steps
+            or p.step % settings.trajectory_interval == 0
+            or p.step == settings.steps
         ):
-            frames.append(_frame(atoms, step, settings.timestep))
+            p.frames.append(_frame(atoms, p.step, settings.timestep))
         if reason != "completed":
             break
-    wall_time_s = time.perf_counter() - start
+        if checkpoint is not None and p.step < settings.steps and checkpoint.due():
+            p.positions, p.momenta = atoms.get_positions(), atoms.get_momenta()
+            p.rng_state = rng.bit_generator.state
+            p.wall_time_s = earlier_s + time.perf_counter() - started
+            checkpoint.save(p)
+    wall_time_s = earlier_s + time.perf_counter() - started
     stable = reason == "completed"
-    time_ps = step * settings.timestep / 1000.0
-    spread = spread_statistics(frames)
+    time_ps = p.step * settings.timestep / 1000.0
+    spread = spread_statistics(p.frames)
     return MDResult(
         stable=stable,
         reason=reason,
-        steps_done=step,
+        steps_done=p.step,
         time_ps=time_ps,
         time_to_failure_ps=None if stable else time_ps,
-        mean_temperature_K=float(np.mean(temperatures)) if temperatures else float("nan"),
-        max_bond_deviation=max_deviation,
-        n_proton_transfers=transfers,
-        n_bonds=len(pairs),
+        mean_temperature_K=float(np.mean(p.temperatures)) if p.temperatures else float("nan"),
+        max_bond_deviation=p.max_deviation,
+        n_proton_transfers=p.transfers,
+        n_bonds=len(p.pairs),
         wall_time_s=wall_time_s,
-        steps_per_s=step / wall_time_s if wall_time_s > 0 else float("nan"),
+        steps_per_s=p.step / wall_time_s if wall_time_s > 0 else float("nan"),
         mean_force_spread=spread["mean"],
         max_force_spread=spread["max"],
-        frames=frames,
+        frames=p.frames,
     )
 
 
@@ -328,7 +344,8 @@ def stability_test(
     summarised (``force_spread_mean``, ``force_spread_max``; None for a single model).
     With a ``store`` (:class:`pilip.potential.md_runs.RunStore`) every finished run is kept
     on disk and a run it already holds for this model, start and settings is not simulated
-    again (its wall time is the one measured then).
+    again (its wall time is the one measured then); a run it holds unfinished continues from
+    its last saved step.
     """
     runs, frames = [], []
     for k, atoms in enumerate(starts):
@@ -337,7 +354,8 @@ def stability_test(
         if kept is not None:
             run, run_frames = kept
         else:
-            result = run_langevin(atoms, calculator, run_settings)
+            checkpoint = None if store is None else store.checkpoint(k, atoms, run_settings)
+            result = run_langevin(atoms, calculator, run_settings, checkpoint)
             system, config_id = atoms.info.get("system"), atoms.info.get("id")
             run = {"run": k, "system": system, "config_id": config_id, **result.summary()}
             run_frames = result.frames

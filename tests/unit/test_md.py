@@ -405,9 +405,9 @@ def _count_runs(monkeypatch):
 
     calls, original = [], md_module.run_langevin
 
-    def counted(atoms, calculator, settings):
+    def counted(atoms, calculator, settings, *args):
         calls.append(settings.seed)
-        return original(atoms, calculator, settings)
+        return original(atoms, calculator, settings, *args)
 
     monkeypatch.setattr(md_module, "run_langevin", counted)
     return calls
@@ -487,3 +487,99 @@ def test_kept_runs_belong_to_one_model_start_and_settings(tmp_path):
     assert store.load(0, atoms, replace(settings, seed=1)) is None  # another seed
     assert RunStore(tmp_path, "model-b").load(0, atoms, settings) is None  # another model
     assert store.load(1, atoms, settings) is None  # another run index
+
+
+class Interrupted(Exception):
+    """A job's kill, raised from inside a calculation."""
+
+
+class KilledCommitteeCalculator(CommitteeCalculator):
+    """CommitteeCalculator that is killed in its ``kill_at``-th calculation."""
+
+    def __init__(self, atoms: Atoms, kill_at: int, **kwargs):
+        super().__init__(atoms, **kwargs)
+        self.kill_at = kill_at
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if self.calls + 1 == self.kill_at:
+            raise Interrupted
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_a_run_killed_midway_continues_with_the_steps_it_would_have_taken(tmp_path):
+    from dataclasses import replace
+
+    from pilip.potential.md_runs import RunStore
+
+    atoms = molecule("CH3CH2OH")
+    # 500 K on weak springs: the atoms move far, and the thermostat draws 2 x 9 x 3 numbers a
+    # step, so a resumed run that lost or repeated one random number would drift apart
+    settings = MDSettings(temperature=500.0, steps=60, trajectory_interval=7, seed=3)
+    whole = run_langevin(atoms, CommitteeCalculator(atoms, k=10.0), settings)
+    store = RunStore(tmp_path, "model", checkpoint_s=0.0)  # progress saved after every step
+    killed = KilledCommitteeCalculator(atoms, kill_at=41, k=10.0)  # in step 40 (1st: step 0)
+    with pytest.raises(Interrupted):
+        run_langevin(atoms, killed, settings, store.checkpoint(0, atoms, settings))
+    progress = store.checkpoint(0, atoms, settings).load()
+    assert progress.step == 39 and [f.info["step"] for f in progress.frames] == [
+        0,
+        7,
+        14,
+        21,
+        28,
+        35,
+    ]
+    assert store.checkpoint(0, atoms, replace(settings, seed=4)).load() is None  # not its run
+    calculator = CommitteeCalculator(atoms, k=10.0)
+    resumed = run_langevin(atoms, calculator, settings, store.checkpoint(0, atoms, settings))
+    assert calculator.calls == 1 + 60 - 39  # the forces at step 39 again, then steps 40-60
+    for frame, before in zip(resumed.frames, whole.frames, strict=True):
+        assert frame.info == before.info  # step, time, temperature, force spread
+        assert np.array_equal(frame.positions, before.positions)
+        assert np.array_equal(frame.get_momenta(), before.get_momenta())
+        assert np.array_equal(frame.get_forces(), before.get_forces())
+    timing = ("wall_time_s", "steps_per_s")
+    assert {k: v for k, v in resumed.summary().items() if k not in timing} == {
+        k: v for k, v in whole.summary().items() if k not in timing
+    }
+    assert resumed.wall_time_s > progress.wall_time_s > 0  # both stretches of the run
+    # a finished run keeps its record and frames, and no progress
+    stability_test([atoms], calculator, settings, store=store)
+    assert sorted(p.name for p in store.folder.iterdir()) == ["run-0000.extxyz", "run-0000.json"]
+
+
+def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(tmp_path, monkeypatch):
+    import json
+
+    from pilip.cli import main
+    from pilip.potential.calculator import PilipCalculator
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "train", "train", "train"])
+    options = "--device cpu --steps 30 --trajectory-interval 4 --seed 2 --checkpoint-s 0"
+    argv = ["md", str(checkpoint), str(dataset), *options.split()]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    calls, original = [], PilipCalculator.calculate
+
+    def killed_in_step_25(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 26:
+            raise Interrupted
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "md"
+    with monkeypatch.context() as patch:
+        patch.setattr(PilipCalculator, "calculate", killed_in_step_25)
+        with pytest.raises(Interrupted):
+            main([*argv, "--out", str(out)])
+    assert not (out / "md.json").exists()
+    assert [p.name for p in (out / "md_runs").iterdir()] == ["run-0000.progress.npz"]
+    calls.clear()
+    monkeypatch.setattr(PilipCalculator, "calculate", killed_in_step_25)  # counts; no kill
+    assert main([*argv, "--out", str(out)]) == 0
+    assert len(calls) == 1 + 30 - 24  # step 24's forces again, then steps 25-30
+    whole = json.loads((tmp_path / "whole" / "md.json").read_text())
+    resumed = json.loads((out / "md.json").read_text())
+    assert _without_timings(resumed) == _without_timings(whole)
+    assert (out / "md.extxyz").read_text() == (tmp_path / "whole" / "md.extxyz").read_text()

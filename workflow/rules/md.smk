@@ -2,8 +2,8 @@
 # al.'s protocol: stability, time to first failure, h(r) MAE, steps/s; with a committee the
 # force spread, and the frames above md.spread_threshold as a configurations table); not with
 # a run whose baseline runs only from labels tables (a Psi4 cheap level: its student runs MD
-# instead). Finished runs are kept in results/{run}/md_runs/: a rerun after a kill redoes only
-# the unfinished ones.
+# instead). Finished runs, and a running run's progress every 2 minutes, are kept in
+# results/{run}/md_runs/: a rerun after a kill continues where it stopped.
 from pilip.commands.md import workflow_options
 
 
