@@ -116,7 +116,7 @@ class RunCheckpoint:
         with atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
             np.savez(
                 handle,
-                meta=np.array(json.dumps(meta)),
+                meta=np.array(json.dumps(meta, default=lambda value: value.item())),  # np ints
                 positions=progress.positions,
                 momenta=progress.momenta,
                 pairs=progress.pairs,
