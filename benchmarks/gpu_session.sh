@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session: CUDA proof + step-time benchmark + pilip train throughput + acac grid.
 # Runs from the repository root on a machine with torch+CUDA; results go to $OUT (default
-# benchmarks/out/gpu). Python packages missing there (ase, vesin, jsonschema) can be given
-# as wheels in .whl/. The acac data is read from $ACAC (default ../shared/data/acac).
+# benchmarks/out/gpu). Python packages missing there (ase, vesin, jsonschema; mace-torch and
+# what it imports) are given as wheels in .whl/: `bash benchmarks/gpu_wheels.sh` fetches
+# them (5 MB). The acac data is read from $ACAC (default ../shared/data/acac).
 # Through the device tool (nothing reachable from the machine, $OUT collected): copy the data
 # to .devrun/acac, then run "GRID_SECONDS=0 ACAC=.devrun/acac bash benchmarks/gpu_session.sh"
 # with carry [".whl", ".devrun"] (~5 min without the acac grid).
@@ -39,6 +40,18 @@ timeout ${STEP_SECONDS:-130} python3 -m benchmarks.step_time --device cuda --out
 # 2b. pilip train itself: three calls vs fused vs fused + static shapes (CUDA graph)
 timeout ${THROUGHPUT_SECONDS:-150} python3 -m benchmarks.train_throughput --device cuda \
     --data "$ACAC" --out "$OUT/train_throughput" 2>&1 | tail -8
+
+# 2c. MACE against PaiNN (issue 20): training-step time on CUDA at batches of 16 and 128 acac
+# geometries (e3nn kernels; cuEquivariance's wheels do not fit one call), then --model mace
+# through pilip train on CUDA
+for b in 16 128; do
+    timeout ${MACE_SECONDS:-90} python3 -m benchmarks.mace_step_time --xyz "$ACAC/train_300K.xyz" \
+        --device cuda --batch-size $b --repeats 20 2>&1 | tee "$OUT/mace_step_time_b$b.md"
+done
+timeout ${MACE_SECONDS:-90} python3 -m pilip.cli train /tmp/acac.parquet --out /tmp/acac_mace \
+    --model mace --losses energy,forces --n-train 100 --epochs 5 --device cuda --no-progress \
+    2>&1 | tail -3 | tee "$OUT/cuda_train_mace.txt"
+cp /tmp/acac_mace/metrics.csv "$OUT/cuda_train_mace_metrics.csv" 2>/dev/null
 
 # 3. data efficiency on acac (energy-only labels; forces for evaluation only); GRID_SECONDS=0
 # skips it
