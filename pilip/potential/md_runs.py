@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,7 +138,7 @@ class RunCheckpoint:
                 if meta.get("key") != self.key:
                     return None
                 arrays = {name: state[name] for name in state.files if name != "meta"}
-        except (OSError, ValueError, KeyError):  # absent, cut short or not ours
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, not ours
             return None
         return RunProgress(
             step=int(meta["step"]),

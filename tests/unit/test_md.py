@@ -517,6 +517,9 @@ def test_a_run_killed_midway_continues_with_the_steps_it_would_have_taken(tmp_pa
     settings = MDSettings(temperature=500.0, steps=60, trajectory_interval=7, seed=3)
     whole = run_langevin(atoms, CommitteeCalculator(atoms, k=10.0), settings)
     store = RunStore(tmp_path, "model", checkpoint_s=0.0)  # progress saved after every step
+    store.folder.mkdir()
+    (store.folder / "run-0000.progress.npz").write_bytes(b"PK\x03\x04cut short")
+    assert store.checkpoint(0, atoms, settings).load() is None  # unreadable: start afresh
     killed = KilledCommitteeCalculator(atoms, kill_at=41, k=10.0)  # in step 40 (1st: step 0)
     with pytest.raises(Interrupted):
         run_langevin(atoms, killed, settings, store.checkpoint(0, atoms, settings))
