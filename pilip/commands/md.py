@@ -138,6 +138,13 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
     return settings
 
 
+def report(line: str) -> None:
+    """One line of progress to stderr (stdout carries the result)."""
+    import sys
+
+    print(f"pilip md: {line}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -170,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     # runs are kept in --out/md_runs, finished or every --checkpoint-s seconds: a rerun after
     # a kill simulates only what is left
     store = RunStore(args.out, file_sha256(args.model), args.checkpoint_s)
-    summary, frames = stability_test(starts, calculator, settings, by_system(structures), store)
+    summary, frames = stability_test(
+        starts, calculator, settings, by_system(structures), store, log=report
+    )
     candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(
         spread_threshold=threshold,

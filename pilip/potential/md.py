@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import ase.io
 import numpy as np
@@ -35,7 +37,7 @@ from pilip import keys
 from pilip.atomic_io import atomic_path
 from pilip.errors import PilipError
 from pilip.potential.distances import BINS, R_MAX, runs_hr
-from pilip.potential.md_runs import RunCheckpoint, RunProgress, RunStore
+from pilip.potential.md_runs import RUNS_DIR, RunCheckpoint, RunProgress, RunStore
 from pilip.potential.md_spread import FORCE_SPREAD, force_spread, spread_statistics
 from pilip.rows import MD_START, RowFlags, stage_rows
 from pilip.tables import atoms_list, read_table
@@ -83,11 +85,13 @@ class MDResult:
     mean_force_spread: float | None  # eV/A, over the kept frames; None for a single model
     max_force_spread: float | None  # eV/A (see pilip.potential.md_spread.force_spread)
     frames: list[Atoms] = field(default_factory=list, repr=False)
+    resumed_step: int = 0  # the saved step this run continued from (0: it ran from the start)
 
     def summary(self) -> dict[str, object]:
-        """JSON-ready dict of everything but the frames (non-finite numbers become None)."""
+        """JSON-ready dict of the outcome: everything but the frames and where it resumed
+        (non-finite numbers become None)."""
         out = asdict(self)
-        del out["frames"]
+        del out["frames"], out["resumed_step"]
         return {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in out.items()
@@ -156,7 +160,7 @@ def run_langevin(
         atoms.set_positions(p.positions, apply_constraint=False)
         atoms.set_momenta(p.momenta, apply_constraint=False)
         rng.bit_generator.state = p.rng_state
-    earlier_s = p.wall_time_s
+    earlier_s, resumed_step = p.wall_time_s, p.step
     atoms.set_constraint(FixCom())
     dynamics = Langevin(
         atoms,
@@ -223,6 +227,7 @@ def run_langevin(
         mean_force_spread=spread["mean"],
         max_force_spread=spread["max"],
         frames=p.frames,
+        resumed_step=resumed_step,
     )
 
 
@@ -328,12 +333,22 @@ def median_time_to_failure(times: list[float | None]) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def outcome(run: Mapping[str, Any]) -> str:
+    """How one run of md.json's ``runs`` ended, in a few words."""
+    transfers = run["n_proton_transfers"]
+    said = f", {transfers} proton transfers" if transfers else ""
+    if run["stable"]:
+        return f"stable over {run['time_ps']:g} ps{said}"
+    return f"failed at {run['time_ps']:g} ps ({run['reason']}){said}"
+
+
 def stability_test(
     starts: list[Atoms],
     calculator: Calculator,
     settings: MDSettings,
     references: dict[str, list[Atoms]] | None = None,
     store: RunStore | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, object], list[Atoms]]:
     """One Langevin run per start (seed ``settings.seed + k``): md.json content and all frames.
 
@@ -345,7 +360,7 @@ def stability_test(
     With a ``store`` (:class:`pilip.potential.md_runs.RunStore`) every finished run is kept
     on disk and a run it already holds for this model, start and settings is not simulated
     again (its wall time is the one measured then); a run it holds unfinished continues from
-    its last saved step.
+    its last saved step. ``log`` gets one line per run as it ends (hours apart in a long test).
     """
     runs, frames = [], []
     for k, atoms in enumerate(starts):
@@ -353,9 +368,13 @@ def stability_test(
         kept = None if store is None else store.load(k, atoms, run_settings)
         if kept is not None:
             run, run_frames = kept
+            origin = f"kept in {RUNS_DIR}/"
         else:
             checkpoint = None if store is None else store.checkpoint(k, atoms, run_settings)
             result = run_langevin(atoms, calculator, run_settings, checkpoint)
+            origin = f"{result.steps_per_s:.0f} steps/s" + (
+                f", continued from step {result.resumed_step}" if result.resumed_step else ""
+            )
             system, config_id = atoms.info.get("system"), atoms.info.get("id")
             run = {"run": k, "system": system, "config_id": config_id, **result.summary()}
             run_frames = result.frames
@@ -365,6 +384,9 @@ def stability_test(
                 store.save(k, atoms, run_settings, run, run_frames)
         runs.append(run)
         frames.extend(run_frames)
+        if log is not None:
+            where = f"{run['system']} {run['config_id']}"
+            log(f"run {k + 1}/{len(starts)} ({where}): {outcome(run)} ({origin})")
     failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
     steps = np.array([r["steps_done"] for r in runs], dtype=float)
     temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan

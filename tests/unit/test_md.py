@@ -421,7 +421,9 @@ def _without_timings(summary):
     }
 
 
-def test_an_interrupted_md_command_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
+def test_an_interrupted_md_command_resumes_without_redoing_finished_runs(
+    tmp_path, monkeypatch, capsys
+):
     import json
 
     from pilip.cli import main
@@ -446,6 +448,8 @@ def test_an_interrupted_md_command_resumes_without_redoing_finished_runs(tmp_pat
     calls.clear()
     assert main(argv) == 0
     assert calls == [8, 9]  # runs 1 and 2 (seeds 8, 9) again, run 0 taken as it was
+    said = capsys.readouterr().err
+    assert "run 1/3 (CH4 " in said and "(kept in md_runs/)" in said
     resumed = json.loads((out / "md.json").read_text())
     assert resumed["runs"][0]["wall_time_s"] == whole["runs"][0]["wall_time_s"]
     assert _without_timings(resumed) == _without_timings(whole)
@@ -551,7 +555,9 @@ def test_a_run_killed_midway_continues_with_the_steps_it_would_have_taken(tmp_pa
     assert sorted(p.name for p in store.folder.iterdir()) == ["run-0000.extxyz", "run-0000.json"]
 
 
-def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(tmp_path, monkeypatch):
+def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(
+    tmp_path, monkeypatch, capsys
+):
     import json
 
     from pilip.cli import main
@@ -582,6 +588,7 @@ def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(tmp
     monkeypatch.setattr(PilipCalculator, "calculate", killed_in_step_25)  # counts; no kill
     assert main([*argv, "--out", str(out)]) == 0
     assert len(calls) == 1 + 30 - 24  # step 24's forces again, then steps 25-30
+    assert "continued from step 24" in capsys.readouterr().err  # said, and not in md.json
     whole = json.loads((tmp_path / "whole" / "md.json").read_text())
     resumed = json.loads((out / "md.json").read_text())
     assert _without_timings(resumed) == _without_timings(whole)
