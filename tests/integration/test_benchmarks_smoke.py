@@ -226,6 +226,28 @@ def test_committee_md(tmp_path):
     assert all(r["n_runs"] == 1 and r["steps_per_s"] > 0 for r in md)
     assert next(r for r in md if r["variant"] == "committee")["force_spread_max"] > 0
     assert "| committee | 300 |" in out
+    # what its spread ranks, from the same committee
+    ranked = run("committee_ranking", "--out", str(tmp_path), "--size", "8", "--seeds", "0",
+                 "--n-test", "8")  # fmt: skip
+    assert ranked.splitlines()[-1].startswith("| 0 | ")
+
+
+def test_committee_ranking_tells_a_site_effect_from_a_geometry_effect():
+    """Spreads that know only which atom sites are hard rank atoms well and geometries not at
+    all; spreads that follow each geometry's errors rank both."""
+    import numpy as np
+
+    from benchmarks.committee_ranking import rankings
+
+    rng = np.random.default_rng(0)
+    hardness = np.linspace(0.1, 1.0, 15)[None, :, None]  # 15 sites, the last ten times harder
+    scale = hardness * rng.uniform(0.2, 5.0, size=(400, 15, 1))  # varies with the geometry
+    error = rng.normal(size=(400, 15, 3)) * scale
+    sites_only = rankings(error, hardness * rng.uniform(0.9, 1.1, size=error.shape))
+    assert sites_only["site_means"] > 0.95 and sites_only["per_atom"] > 0.3
+    assert abs(sites_only["site_normalised"]) < 0.1 and abs(sites_only["within_site_median"]) < 0.1
+    following = rankings(error, scale * rng.uniform(0.9, 1.1, size=error.shape))
+    assert following["site_normalised"] > 0.5 and following["within_site_median"] > 0.5
 
 
 def test_results_of_two_processes_side_by_side_are_kept(tmp_path):
