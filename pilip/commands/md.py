@@ -139,7 +139,7 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
 
 
 def report(line: str) -> None:
-    """One line of progress to stderr (stdout carries the result)."""
+    """One line of progress or a warning to stderr (stdout carries the result)."""
     import sys
 
     print(f"pilip md: {line}", file=sys.stderr, flush=True)
@@ -147,7 +147,6 @@ def report(line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
 
     from pilip.atomic_io import atomic_path
     from pilip.digests import file_sha256
@@ -206,11 +205,10 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     for system, values in summary.get("hr_systems", {}).items():
         if values["n_frames"] < MIN_HR_FRAMES or values["n_reference"] < MIN_HR_FRAMES:
-            print(
-                f"pilip md: warning: h(r) of {system} from {values['n_frames']} MD frames and "
+            report(
+                f"warning: h(r) of {system} from {values['n_frames']} MD frames and "
                 f"{values['n_reference']} test structures: a noisy comparison (more --steps, "
-                "a smaller --trajectory-interval or more test structures sharpen it)",
-                file=sys.stderr,
+                "a smaller --trajectory-interval or more test structures sharpen it)"
             )
     hr = summary.get("hr_mae")
     spread = summary.get("force_spread_max")
