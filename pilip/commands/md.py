@@ -91,6 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in md.json, not a failure",
     )
     parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        help="runs simulated at once, each in a process of its own with one CPU thread "
+        "(default 1: one after another in this process); the runs' results do not depend on it",
+    )
+    parser.add_argument(
         "--checkpoint-s",
         type=float,
         default=CHECKPOINT_S,
@@ -133,6 +141,8 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
     }.items():
         if value < 0:
             raise PilipError(f"{flag} {value}: use a number >= 0")
+    if args.jobs < 1:
+        raise PilipError(f"--jobs {args.jobs}: use 1 or more processes")
     if not args.checkpoint_s >= 0:  # NaN too
         raise PilipError(f"--checkpoint-s {args.checkpoint_s}: use a number of seconds >= 0")
     return settings
@@ -147,6 +157,7 @@ def report(line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from functools import partial
 
     from pilip.atomic_io import atomic_path
     from pilip.digests import file_sha256
@@ -176,8 +187,12 @@ def run(args: argparse.Namespace) -> int:
     # runs are kept in --out/md_runs, finished or every --checkpoint-s seconds: a rerun after
     # a kill simulates only what is left
     store = RunStore(args.out, file_sha256(args.model), args.checkpoint_s)
+    # with --jobs > 1 every process builds its own calculator from the checkpoint
+    simulator = (
+        calculator if args.jobs == 1 else partial(PilipCalculator, args.model, device=args.device)
+    )
     summary, frames = stability_test(
-        starts, calculator, settings, by_system(structures), store, log=report
+        starts, simulator, settings, by_system(structures), store, log=report, jobs=args.jobs
     )
     candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -342,13 +342,93 @@ def outcome(run: Mapping[str, Any]) -> str:
     return f"failed at {run['time_ps']:g} ps ({run['reason']}){said}"
 
 
+def run_settings(settings: MDSettings, k: int) -> MDSettings:
+    """The settings of run ``k`` of a stability test: ``settings`` with seed + k."""
+    return replace(settings, seed=settings.seed + k)
+
+
+def simulate_run(
+    k: int, start: Atoms, calculator: Calculator, settings: MDSettings, store: RunStore | None
+) -> tuple[dict, list[Atoms], str]:
+    """Run ``k`` of a stability test from ``start`` (continued from its saved progress in
+    ``store``, kept there when it ends): its md.json entry, its frames (``info`` with
+    ``run``, ``system`` and ``config_id``) and how it went, in a few words."""
+    settings = run_settings(settings, k)
+    checkpoint = None if store is None else store.checkpoint(k, start, settings)
+    result = run_langevin(start, calculator, settings, checkpoint)
+    origin = f"{result.steps_per_s:.0f} steps/s" + (
+        f", continued from step {result.resumed_step}" if result.resumed_step else ""
+    )
+    system, config_id = start.info.get("system"), start.info.get("id")
+    run = {"run": k, "system": system, "config_id": config_id, **result.summary()}
+    for frame in result.frames:
+        frame.info.update(run=k, system=system, config_id=config_id)
+    if store is not None:
+        store.save(k, start, settings, run, result.frames)
+    return run, result.frames, origin
+
+
+def simulate_in_processes(
+    make_calculator: Callable[[], Calculator],
+    starts: list[Atoms],
+    todo: list[int],
+    settings: MDSettings,
+    store: RunStore | None,
+    jobs: int,
+) -> Iterator[tuple[int, dict, list[Atoms], str]]:
+    """:func:`simulate_run` of the runs ``todo`` (indices into ``starts``), up to ``jobs`` at
+    once in fresh ("spawn") processes of one torch thread each, every process building its
+    calculator once with ``make_calculator``; yields (k, run, frames, how) as each ends.
+
+    If a run raises, no further run starts; those running go on to their end (each is kept
+    in ``store`` when it ends) and then the error is raised.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")  # fork after torch's threads can hang
+    with ProcessPoolExecutor(min(jobs, len(todo)), context) as pool:
+        futures = {
+            pool.submit(_worker_run, make_calculator, k, starts[k], settings, store): k
+            for k in todo
+        }
+        pending = set(futures)
+        while pending:
+            ended, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in ended:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()
+                yield (futures[future], *future.result())
+
+
+_WORKER_CALCULATOR: list[Calculator] = []  # a simulate_in_processes worker's, once built
+
+
+def _worker_run(
+    make_calculator: Callable[[], Calculator],
+    k: int,
+    start: Atoms,
+    settings: MDSettings,
+    store: RunStore | None,
+) -> tuple[dict, list[Atoms], str]:
+    if not _WORKER_CALCULATOR:  # the process's first run (an error here reaches the caller)
+        import torch
+
+        torch.set_num_threads(1)
+        _WORKER_CALCULATOR.append(make_calculator())
+    return simulate_run(k, start, _WORKER_CALCULATOR[0], settings, store)
+
+
 def stability_test(
     starts: list[Atoms],
-    calculator: Calculator,
+    calculator: Calculator | Callable[[], Calculator],
     settings: MDSettings,
     references: dict[str, list[Atoms]] | None = None,
     store: RunStore | None = None,
     log: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> tuple[dict[str, object], list[Atoms]]:
     """One Langevin run per start (seed ``settings.seed + k``): md.json content and all frames.
 
@@ -361,32 +441,42 @@ def stability_test(
     on disk and a run it already holds for this model, start and settings is not simulated
     again (its wall time is the one measured then); a run it holds unfinished continues from
     its last saved step. ``log`` gets one line per run as it ends (hours apart in a long test).
+
+    ``jobs`` > 1 simulates up to that many runs at once, each in a process of its own with one
+    torch thread (:func:`simulate_in_processes`); ``calculator`` is then a picklable callable
+    that builds the calculator (once per process), e.g. ``functools.partial(PilipCalculator,
+    path)``. A run's steps do not depend on where it ran: the results are those of ``jobs=1``
+    with the same thread count, in run order, only sooner.
     """
-    runs, frames = [], []
-    for k, atoms in enumerate(starts):
-        run_settings = replace(settings, seed=settings.seed + k)
-        kept = None if store is None else store.load(k, atoms, run_settings)
-        if kept is not None:
-            run, run_frames = kept
-            origin = f"kept in {RUNS_DIR}/"
-        else:
-            checkpoint = None if store is None else store.checkpoint(k, atoms, run_settings)
-            result = run_langevin(atoms, calculator, run_settings, checkpoint)
-            origin = f"{result.steps_per_s:.0f} steps/s" + (
-                f", continued from step {result.resumed_step}" if result.resumed_step else ""
-            )
-            system, config_id = atoms.info.get("system"), atoms.info.get("id")
-            run = {"run": k, "system": system, "config_id": config_id, **result.summary()}
-            run_frames = result.frames
-            for frame in run_frames:
-                frame.info.update(run=k, system=system, config_id=config_id)
-            if store is not None:
-                store.save(k, atoms, run_settings, run, run_frames)
-        runs.append(run)
-        frames.extend(run_frames)
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: use 1 or more")
+    done: dict[int, tuple[dict, list[Atoms]]] = {}
+
+    def finished(k: int, run: dict, run_frames: list[Atoms], origin: str) -> None:
+        done[k] = run, run_frames
         if log is not None:
             where = f"{run['system']} {run['config_id']}"
             log(f"run {k + 1}/{len(starts)} ({where}): {outcome(run)} ({origin})")
+
+    todo = []
+    for k, atoms in enumerate(starts):
+        kept = None if store is None else store.load(k, atoms, run_settings(settings, k))
+        if kept is None:
+            todo.append(k)
+        else:
+            finished(k, *kept, f"kept in {RUNS_DIR}/")
+    if jobs > 1 and len(todo) > 1:
+        for k, run, run_frames, origin in simulate_in_processes(
+            calculator, starts, todo, settings, store, jobs
+        ):
+            finished(k, run, run_frames, origin)
+    else:
+        if todo and not isinstance(calculator, Calculator):
+            calculator = calculator()
+        for k in todo:
+            finished(k, *simulate_run(k, starts[k], calculator, settings, store))
+    runs = [done[k][0] for k in range(len(starts))]
+    frames = [frame for k in range(len(starts)) for frame in done[k][1]]
     failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
     steps = np.array([r["steps_done"] for r in runs], dtype=float)
     temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan

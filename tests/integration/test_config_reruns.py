@@ -33,7 +33,7 @@ STUDY = {
         "batch_size": 4,
         "threads": 1,
     },
-    "md": {"steps": 5, "trajectory_interval": 5},
+    "md": {"steps": 5, "trajectory_interval": 5, "threads": 2},  # 2 runs side by side
 }
 
 RUNS = ("energy", "weak")
@@ -76,6 +76,7 @@ def test_edits_that_change_no_setting_rerun_nothing(study):
         config["training"].update(threads=2, mem_mb=3000, runtime=30, device="cpu")
         config["labelling"].update(threads=2, mem_mb=3000, runtime=30)
         config["training"]["checkpoint_interval_s"] = 5.0
+        config["md"]["threads"] = 1  # pilip md --jobs: the same runs
 
     assert edited(study, placement) == set()
     text = yaml.safe_dump(STUDY, sort_keys=False)

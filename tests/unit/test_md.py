@@ -593,3 +593,57 @@ def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(
     resumed = json.loads((out / "md.json").read_text())
     assert _without_timings(resumed) == _without_timings(whole)
     assert (out / "md.extxyz").read_text() == (tmp_path / "whole" / "md.extxyz").read_text()
+
+
+def test_md_runs_side_by_side_in_processes_give_the_runs_of_one_process(tmp_path, capsys):
+    """--jobs 2: four runs, run 0 kept from an earlier command and three simulated in two
+    worker processes, equal bit for bit the four simulated one after another."""
+    import json
+
+    from pilip.cli import main
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)  # the workers' thread count: the same arithmetic
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test"] * 4)
+    options = "--device cpu --steps 24 --trajectory-interval 6 --seed 3 --checkpoint-s 0"
+    argv = ["md", str(checkpoint), str(dataset), *options.split()]
+    assert main([*argv, "--starts", "2", "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "side"
+    assert main([*argv, "--starts", "1", "--out", str(out)]) == 0  # keeps run 0 (CH4 a)
+    capsys.readouterr()
+    assert main([*argv, "--starts", "2", "--out", str(out), "--jobs", "2"]) == 0
+    said = capsys.readouterr().err
+    assert "run 1/4 (CH4 " in said and "(kept in md_runs/)" in said
+    assert said.count("steps/s)") == 3  # runs 2-4 simulated, by the workers
+    one = json.loads((tmp_path / "one" / "md.json").read_text())
+    side = json.loads((out / "md.json").read_text())
+    assert [r["run"] for r in side["runs"]] == [0, 1, 2, 3]
+    assert _without_timings(side) == _without_timings(one)
+    assert (out / "md.extxyz").read_text() == (tmp_path / "one" / "md.extxyz").read_text()
+
+
+def test_a_run_that_raises_in_a_worker_process_stops_the_test_with_its_error(tmp_path):
+    from functools import partial
+
+    from pilip.potential.md import MDSettings, stability_test
+
+    starts = [molecule("H2O"), molecule("H2O")]
+    with pytest.raises(ValueError, match="not a calculator"):
+        stability_test(starts, partial(_no_calculator, "not a calculator"), MDSettings(steps=3),
+                       jobs=2)  # fmt: skip
+    with pytest.raises(ValueError, match="jobs=0"):
+        stability_test(starts, partial(_no_calculator, "x"), MDSettings(steps=3), jobs=0)
+
+
+def _no_calculator(message):
+    raise ValueError(message)
+
+
+def test_md_command_refuses_jobs_below_one(tmp_path, capsys):
+    from pilip.cli import main
+
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test", "train", "train", "train"])
+    out = tmp_path / "md"
+    assert main(["md", str(checkpoint), str(dataset), "--out", str(out), "--jobs", "0"]) == 2
+    assert "--jobs 0: use 1 or more" in capsys.readouterr().err
+    assert not out.exists()

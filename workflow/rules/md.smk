@@ -3,7 +3,8 @@
 # force spread, and the frames above md.spread_threshold as a configurations table); not with
 # a run whose baseline runs only from labels tables (a Psi4 cheap level: its student runs MD
 # instead). Finished runs, and a running run's progress every 2 minutes, are kept in
-# results/{run}/md_runs/: a rerun after a kill continues where it stopped.
+# results/{run}/md_runs/: a rerun after a kill continues where it stopped. md.threads runs
+# go side by side, one process and thread each.
 from pilip.commands.md import workflow_options
 
 
@@ -24,13 +25,13 @@ rule md:
         run=one_of(MD_RUNS),
     conda:
         PILIP_ENV
-    threads: 1
+    threads: MD["threads"]
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wildcards, threads: 1000 + 1000 * threads,
         runtime=60,
     params:
         device=MD["device"],
         options=lambda wildcards: workflow_options(MD, TRAINING, wildcards.run),
     shell:
-        "OMP_NUM_THREADS={threads} pilip md {input.model} {input.dataset}"
+        "OMP_NUM_THREADS=1 pilip md {input.model} {input.dataset} --jobs {threads}"
         " --out results/{wildcards.run} --device {params.device} {params.options} > {log} 2>&1"
