@@ -21,6 +21,7 @@ committee's MD also records its force spread along the trajectory.
 
     OMP_NUM_THREADS=1 python -m benchmarks.committee_md --out benchmarks/out/committee_md
     python -m benchmarks.committee_md --out DIR --seeds 0 --md-ps 5 --md-recipes delta,committee
+    python -m benchmarks.committee_md --out DIR --md-recipes delta --md-jobs 5  # 5 runs at once
     python -m benchmarks.committee_md --out DIR --table
     python -m benchmarks.committee_md --out DIR --smoke       # a tiny run (tests)
 
@@ -92,10 +93,12 @@ def train_committee(grid: multifidelity.Grid, size: int, seed: int, members: int
 
 
 def run_md(model: Path, table: Path, out: Path, temperature: int, ps: float,
-           starts: int, proton_transfer: str) -> dict[str, Any]:  # fmt: skip
-    """``pilip md`` of ``model`` from ``table``'s test frames; what its md.json says."""
+           starts: int, proton_transfer: str, jobs: int = 1) -> dict[str, Any]:  # fmt: skip
+    """``pilip md`` of ``model`` from ``table``'s test frames (``jobs`` runs at once); what its
+    md.json says."""
     steps = max(1, round(ps * 1000 / TIMESTEP_FS))
     acac.pilip("md", str(model), str(table), "--out", str(out), "--device", "cpu",
+               "--jobs", str(jobs),
                "--temperature", str(temperature), "--steps", str(steps),
                "--timestep", str(TIMESTEP_FS), "--starts", str(starts),
                "--trajectory-interval", str(max(1, steps // 400)),
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(test_MD_600K)")  # fmt: skip
     p.add_argument("--md-ps", type=float, default=50.0, help="ps per MD run")
     p.add_argument("--starts", type=int, default=5, help="MD runs per model and temperature")
+    p.add_argument("--md-jobs", type=int, default=1,
+                   help="pilip md --jobs: MD runs at once, one process and core each")  # fmt: skip
     p.add_argument("--proton-transfer", choices=("fail", "allow"), default="allow",
                    help="pilip md --proton-transfer: acac's enol proton moves between its two "
                    "oxygens at 500 K (allow: counted, not a failure)")  # fmt: skip
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"md-{temperature}K-{args.md_ps:g}ps-{args.proton_transfer}"
                 )
                 row = run_md(model, table, out, temperature, args.md_ps, args.starts,
-                             args.proton_transfer)  # fmt: skip
+                             args.proton_transfer, args.md_jobs)  # fmt: skip
                 record({"kind": "md", "variant": name, "seed": seed, "temperature": temperature,
                         **row},
                        f"md {name} seed {seed} {temperature} K: {row['n_stable']}/"
