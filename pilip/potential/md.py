@@ -450,6 +450,8 @@ def stability_test(
     """
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: use 1 or more")
+    if jobs > 1 and isinstance(calculator, Calculator):
+        raise ValueError(f"jobs={jobs}: give a callable that builds the calculator in each process")
     done: dict[int, tuple[dict, list[Atoms]]] = {}
 
     def finished(k: int, run: dict, run_frames: list[Atoms], origin: str) -> None:

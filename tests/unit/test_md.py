@@ -633,6 +633,8 @@ def test_a_run_that_raises_in_a_worker_process_stops_the_test_with_its_error(tmp
                        jobs=2)  # fmt: skip
     with pytest.raises(ValueError, match="jobs=0"):
         stability_test(starts, partial(_no_calculator, "x"), MDSettings(steps=3), jobs=0)
+    with pytest.raises(ValueError, match="builds the calculator in each process"):
+        stability_test(starts, BondCalculator(starts[0]), MDSettings(steps=3), jobs=2)
 
 
 def _no_calculator(message):
