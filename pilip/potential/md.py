@@ -142,7 +142,8 @@ def run_langevin(
     kept every ``trajectory_interval`` steps, plus the first and the last (failing) one.
     With a ``checkpoint`` (:meth:`pilip.potential.md_runs.RunStore.checkpoint`) the run
     continues from its saved progress, if any, and saves its progress whenever the
-    checkpoint is due: an interrupted run taken up again takes the steps it would have taken.
+    checkpoint is due: an interrupted run taken up again takes the steps it would have taken;
+    it also writes the kept frames to the run's log as they come (``RunCheckpoint.log``).
     """
     started = time.perf_counter()
     atoms = atoms.copy()
@@ -160,6 +161,8 @@ def run_langevin(
         atoms.set_positions(p.positions, apply_constraint=False)
         atoms.set_momenta(p.momenta, apply_constraint=False)
         rng.bit_generator.state = p.rng_state
+    if checkpoint is not None:
+        checkpoint.start_log(p.frames)
     earlier_s, resumed_step = p.wall_time_s, p.step
     atoms.set_constraint(FixCom())
     dynamics = Langevin(
@@ -201,6 +204,8 @@ def run_langevin(
             or p.step == settings.steps
         ):
             p.frames.append(_frame(atoms, p.step, settings.timestep))
+            if checkpoint is not None:
+                checkpoint.log(p.frames[-1])
         if reason != "completed":
             break
         if checkpoint is not None and p.step < settings.steps and checkpoint.due():

@@ -20,13 +20,15 @@ momenta, the thermostat's random-number state, the current topology, the run's t
 its frames so far, in binary. A rerun continues from there and takes the steps the
 uninterrupted run would have taken (the same random numbers, and the same forces where the
 calculator is deterministic), losing at most ``CHECKPOINT_S`` of simulation. A finished
-run's record replaces its progress file.
+run's record replaces its progress file. ``run-0000.log`` says as the run goes what its kept
+frames are (step, time, energies, temperature, force spread; :meth:`RunCheckpoint.log`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -49,6 +51,11 @@ RUN_INFO = ("run", "system", "config_id")
 FRAME_INFO = ("step", "time_fs", "temperature_K", "force_spread")
 # wall-clock seconds between two saves of a running run's progress
 CHECKPOINT_S = 120.0
+# a running run's log: one line per kept frame (RunCheckpoint.log)
+LOG_HEADER = (
+    "#     step    time_ps        epot_eV      ekin_eV        etot_eV  temperature_K"
+    "  force_spread_eV_per_A\n"
+)
 
 
 def run_key(model_digest: str, start: Atoms, settings: MDSettings) -> str:
@@ -172,9 +179,37 @@ class RunCheckpoint:
             frames.append(frame)
         return frames
 
+    @property
+    def log_path(self) -> Path:
+        """``run-NNNN.log`` beside the progress file (see :meth:`log`)."""
+        return self.path.with_name(self.path.name.replace(".progress.npz", ".log"))
+
+    def start_log(self, frames: list[Atoms]) -> None:
+        """Begin the run's log with the frames kept so far: a run continued from its saved
+        progress drops the lines of the stretch it takes again."""
+        with atomic_path(self.log_path) as tmp:
+            tmp.write_text(LOG_HEADER + "".join(_log_line(frame) for frame in frames))
+
+    def log(self, frame: Atoms) -> None:
+        """Append one kept frame to the run's log (step, time, potential, kinetic and total
+        energy in eV, temperature, a committee's force spread): what ``tail -f`` shows of a
+        run still going, like an MD engine's thermo output. Kept when the run finishes."""
+        with open(self.log_path, "a") as handle:
+            handle.write(_log_line(frame))
+
     def clear(self) -> None:
-        """Remove the saved progress (the run finished)."""
+        """Remove the saved progress (the run finished; its log stays)."""
         self.path.unlink(missing_ok=True)
+
+
+def _log_line(frame: Atoms) -> str:
+    epot, ekin = frame.get_potential_energy(), frame.get_kinetic_energy()
+    spread = frame.info.get(FRAME_INFO[-1])  # None for a single model: nan
+    return (
+        f"{frame.info['step']:10d} {frame.info['time_fs'] / 1000:10.4f} {epot:14.6f} "
+        f"{ekin:12.6f} {epot + ekin:14.6f} {frame.info['temperature_K']:14.2f} "
+        f"{math.nan if spread is None else spread:22.4f}\n"
+    )
 
 
 class RunStore:

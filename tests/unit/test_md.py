@@ -552,7 +552,8 @@ def test_a_run_killed_midway_continues_with_the_steps_it_would_have_taken(tmp_pa
     assert resumed.wall_time_s > progress.wall_time_s > 0  # both stretches of the run
     # a finished run keeps its record and frames, and no progress
     stability_test([atoms], calculator, settings, store=store)
-    assert sorted(p.name for p in store.folder.iterdir()) == ["run-0000.extxyz", "run-0000.json"]
+    names = sorted(p.name for p in store.folder.iterdir())
+    assert names == ["run-0000.extxyz", "run-0000.json", "run-0000.log"]  # progress gone
 
 
 def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(
@@ -583,7 +584,14 @@ def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(
         with pytest.raises(Interrupted):
             main([*argv, "--out", str(out)])
     assert not (out / "md.json").exists()
-    assert [p.name for p in (out / "md_runs").iterdir()] == ["run-0000.progress.npz"]
+    assert sorted(p.name for p in (out / "md_runs").iterdir()) == [
+        "run-0000.log",
+        "run-0000.progress.npz",
+    ]
+    log = (out / "md_runs" / "run-0000.log").read_text().splitlines()
+    assert log[0].startswith("#") and [int(line.split()[0]) for line in log[1:]] == [
+        0, 4, 8, 12, 16, 20, 24  # every kept frame up to the kill (steps 25/26 not kept)
+    ]  # fmt: skip
     calls.clear()
     monkeypatch.setattr(PilipCalculator, "calculate", killed_in_step_25)  # counts; no kill
     assert main([*argv, "--out", str(out)]) == 0
@@ -593,6 +601,14 @@ def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(
     resumed = json.loads((out / "md.json").read_text())
     assert _without_timings(resumed) == _without_timings(whole)
     assert (out / "md.extxyz").read_text() == (tmp_path / "whole" / "md.extxyz").read_text()
+    # the resumed run's log holds each kept frame once, as the uninterrupted run's does
+    logs = [p / "md_runs" / "run-0000.log" for p in (out, tmp_path / "whole")]
+    assert logs[0].read_text() == logs[1].read_text()
+    kept = ase.io.read(out / "md_runs" / "run-0000.extxyz", ":")
+    columns = np.loadtxt(logs[0])  # step, ps, Epot, Ekin, Etot (eV), K, spread (nan: one model)
+    assert columns.shape == (len(kept), 7) and np.isnan(columns[:, 6]).all()
+    np.testing.assert_allclose(columns[:, 2], [f.get_potential_energy() for f in kept], atol=2e-6)
+    np.testing.assert_allclose(columns[:, 4] - columns[:, 3], columns[:, 2], atol=3e-6)
 
 
 def test_md_runs_side_by_side_in_processes_give_the_runs_of_one_process(tmp_path, capsys):
