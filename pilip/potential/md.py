@@ -15,6 +15,8 @@ distances`) and, for a committee model, the force spread along the trajectory
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -386,7 +388,8 @@ def simulate_in_processes(
     calculator once with ``make_calculator``; yields (k, run, frames, how) as each ends.
 
     If a run raises, no further run starts; those running go on to their end (each is kept
-    in ``store`` when it ends) and then the error is raised.
+    in ``store`` when it ends) and then the error is raised. Workers whose parent is killed
+    outright (SIGKILL, no clean-up) end within seconds; their runs' saved progress stays.
     """
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -394,7 +397,7 @@ def simulate_in_processes(
     context = multiprocessing.get_context("spawn")  # fork after torch's threads can hang
     with ProcessPoolExecutor(min(jobs, len(todo)), context) as pool:
         futures = {
-            pool.submit(_worker_run, make_calculator, k, starts[k], settings, store): k
+            pool.submit(_worker_run, make_calculator, os.getpid(), k, starts[k], settings, store): k
             for k in todo
         }
         pending = set(futures)
@@ -413,6 +416,7 @@ _WORKER_CALCULATOR: list[Calculator] = []  # a simulate_in_processes worker's, o
 
 def _worker_run(
     make_calculator: Callable[[], Calculator],
+    parent: int,
     k: int,
     start: Atoms,
     settings: MDSettings,
@@ -422,8 +426,17 @@ def _worker_run(
         import torch
 
         torch.set_num_threads(1)
+        threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
         _WORKER_CALCULATOR.append(make_calculator())
     return simulate_run(k, start, _WORKER_CALCULATOR[0], settings, store)
+
+
+def _exit_without(parent: int, every_s: float = 2.0) -> None:
+    """End this worker process once ``parent`` is gone (killed: nothing would take its runs'
+    results; what each run saved in its store stays for a rerun)."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def stability_test(

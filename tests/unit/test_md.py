@@ -1,6 +1,7 @@
 """MD stability: a stable potential stays stable, broken ones are caught at the right time."""
 
 import math
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -665,3 +666,56 @@ def test_md_command_refuses_jobs_below_one(tmp_path, capsys):
     assert main(["md", str(checkpoint), str(dataset), "--out", str(out), "--jobs", "0"]) == 2
     assert "--jobs 0: use 1 or more" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_md_worker_processes_end_when_the_command_is_killed(tmp_path):
+    """A `pilip md --jobs 2` killed outright (SIGKILL: no clean-up) leaves no worker running
+    on; each run's progress stays for a rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test"] * 4)
+    out = tmp_path / "md"
+    command = "import sys; from pilip.cli import main; sys.exit(main(sys.argv[1:]))"
+    options = "--device cpu --steps 10000000 --bond-threshold 1e6 --checkpoint-s 0 --jobs 2"
+    main = subprocess.Popen(
+        [sys.executable, "-c", command, "md", str(checkpoint), str(dataset), "--out", str(out),
+         *options.split()],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        saved = [out / "md_runs" / f"run-000{k}.progress.npz" for k in (0, 1)]
+        deadline = time.monotonic() + 120
+        while not all(path.is_file() for path in saved) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(path.is_file() for path in saved), "the two workers never saved a step"
+        workers = _children(main.pid)
+    finally:
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+    assert all(path.is_file() for path in saved)  # for a rerun to continue
+
+
+def _children(pid):
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended (its reaper is gone too)
