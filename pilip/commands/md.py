@@ -181,16 +181,15 @@ def run(args: argparse.Namespace) -> int:
     threshold = args.spread_threshold
     structures = test_structures(args.dataset)
     starts = first_per_system(structures, args.starts)
-    calculator = PilipCalculator(args.model, device=args.device)
+    # with --jobs > 1 every worker process builds its own calculator the same way
+    make_calculator = partial(PilipCalculator, args.model, device=args.device)
+    calculator = make_calculator()
     if threshold is not None:
         require_committee(calculator, starts[0], f"--spread-threshold {threshold:g}", args.model)
     # runs are kept in --out/md_runs, finished or every --checkpoint-s seconds: a rerun after
     # a kill simulates only what is left
     store = RunStore(args.out, file_sha256(args.model), args.checkpoint_s)
-    # with --jobs > 1 every process builds its own calculator from the checkpoint
-    simulator = (
-        calculator if args.jobs == 1 else partial(PilipCalculator, args.model, device=args.device)
-    )
+    simulator = calculator if args.jobs == 1 else make_calculator
     summary, frames = stability_test(
         starts, simulator, settings, by_system(structures), store, log=report, jobs=args.jobs
     )
