@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--starts", type=int, default=1, help="starting test configurations per system (default 1)"
     )
+    parser.add_argument(
+        "--runs",
+        metavar="LIST",
+        help="only these runs of the test, numbered from 0 as in md.json (e.g. 1-4 or 0,2): "
+        "a test split between jobs or sessions; each run keeps the seed and the md_runs/ "
+        "entry it has in the whole test (default: all)",
+    )
     parser.add_argument("--seed", type=int, help="random seed of run 0 (default 0)")
     parser.add_argument(
         "--trajectory-interval", type=int, help="steps between saved frames (default 10)"
@@ -148,6 +155,29 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
     return settings
 
 
+def run_numbers(spec: str, n_runs: int) -> list[int]:
+    """The run numbers of ``--runs`` (``"1-4"``, ``"0,2"``, ``"0,3-4"``), sorted, each below
+    ``n_runs``; PilipError saying what to give otherwise."""
+    from pilip.errors import PilipError
+
+    numbers: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise PilipError(
+                f"--runs {spec}: give run numbers and ranges from 0, e.g. 1-4 or 0,2"
+            ) from None
+        if not 0 <= low <= high < n_runs:
+            raise PilipError(
+                f"--runs {spec}: the test has runs 0-{n_runs - 1} ({n_runs} starts); "
+                "give numbers in that range, or more --starts"
+            )
+        numbers.update(range(low, high + 1))
+    return sorted(numbers)
+
+
 def report(line: str) -> None:
     """One line of progress or a warning to stderr (stdout carries the result)."""
     import sys
@@ -181,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = args.spread_threshold
     structures = test_structures(args.dataset)
     starts = first_per_system(structures, args.starts)
+    only = None if args.runs is None else run_numbers(args.runs, len(starts))
     # with --jobs > 1 every worker process builds its own calculator the same way
     make_calculator = partial(PilipCalculator, args.model, device=args.device)
     calculator = make_calculator()
@@ -191,10 +222,18 @@ def run(args: argparse.Namespace) -> int:
     store = RunStore(args.out, file_sha256(args.model), args.checkpoint_s)
     simulator = calculator if args.jobs == 1 else make_calculator
     summary, frames = stability_test(
-        starts, simulator, settings, by_system(structures), store, log=report, jobs=args.jobs
+        starts,
+        simulator,
+        settings,
+        by_system(structures),
+        store,
+        log=report,
+        jobs=args.jobs,
+        only=only,
     )
     candidates = candidates_table(frames, threshold, summary["settings"], str(args.model))
     summary.update(
+        selected_runs=only,
         spread_threshold=threshold,
         n_candidates=candidates.num_rows,
         model=str(args.model),

@@ -447,6 +447,7 @@ def stability_test(
     store: RunStore | None = None,
     log: Callable[[str], None] | None = None,
     jobs: int = 1,
+    only: list[int] | None = None,
 ) -> tuple[dict[str, object], list[Atoms]]:
     """One Langevin run per start (seed ``settings.seed + k``): md.json content and all frames.
 
@@ -465,6 +466,9 @@ def stability_test(
     that builds the calculator (once per process), e.g. ``functools.partial(PilipCalculator,
     path)``. A run's steps do not depend on where it ran: the results are those of ``jobs=1``
     with the same thread count, in run order, only sooner.
+
+    ``only`` (indices into ``starts``) runs those runs alone, each with the seed and kept run
+    it has in the whole test (a test split between jobs or sessions); the summary is theirs.
     """
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: use 1 or more")
@@ -478,8 +482,12 @@ def stability_test(
             where = f"{run['system']} {run['config_id']}"
             log(f"run {k + 1}/{len(starts)} ({where}): {outcome(run)} ({origin})")
 
+    chosen = list(range(len(starts))) if only is None else sorted(set(only))
+    if chosen and not 0 <= chosen[0] <= chosen[-1] < len(starts):
+        raise ValueError(f"only={only}: indices into the {len(starts)} starts")
     todo = []
-    for k, atoms in enumerate(starts):
+    for k in chosen:
+        atoms = starts[k]
         kept = None if store is None else store.load(k, atoms, run_settings(settings, k))
         if kept is None:
             todo.append(k)
@@ -495,8 +503,8 @@ def stability_test(
             calculator = calculator()
         for k in todo:
             finished(k, *simulate_run(k, starts[k], calculator, settings, store))
-    runs = [done[k][0] for k in range(len(starts))]
-    frames = [frame for k in range(len(starts)) for frame in done[k][1]]
+    runs = [done[k][0] for k in chosen]
+    frames = [frame for k in chosen for frame in done[k][1]]
     failures = [r["time_to_failure_ps"] for r in runs if not r["stable"]]
     steps = np.array([r["steps_done"] for r in runs], dtype=float)
     temps = np.array([r["mean_temperature_K"] for r in runs], dtype=float)  # None -> nan

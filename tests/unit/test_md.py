@@ -639,6 +639,47 @@ def test_md_runs_side_by_side_in_processes_give_the_runs_of_one_process(tmp_path
     assert (out / "md.extxyz").read_text() == (tmp_path / "one" / "md.extxyz").read_text()
 
 
+def test_a_test_split_by_runs_gives_the_runs_of_the_whole_test(tmp_path, capsys):
+    """--runs: a four-run test split in two commands (0,2 and 1-3, run 2 kept from the first)
+    gives each run the seed, steps and frames it has in the whole test."""
+    import json
+
+    from pilip.cli import main
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    checkpoint, dataset = _model_and_dataset(tmp_path, ["test"] * 4)
+    options = "--device cpu --steps 24 --trajectory-interval 6 --seed 3 --starts 2"
+    argv = ["md", str(checkpoint), str(dataset), *options.split()]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "md.json").read_text())
+    whole_frames = ase.io.read(tmp_path / "whole" / "md.extxyz", index=":")
+    out = tmp_path / "split"
+    assert main([*argv, "--out", str(out), "--runs", "0,2"]) == 0
+    first = json.loads((out / "md.json").read_text())
+    assert [r["run"] for r in first["runs"]] == [0, 2] and first["n_runs"] == 2
+    assert first["selected_runs"] == [0, 2]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out), "--runs", "1-3"]) == 0
+    said = capsys.readouterr().err
+    assert "run 3/4 (H2O " in said and "(kept in md_runs/)" in said
+    assert said.count("steps/s)") == 2  # runs 1 and 3 simulated
+    second = json.loads((out / "md.json").read_text())
+    assert [r["run"] for r in second["runs"]] == [1, 2, 3]
+    runs = {r["run"]: r for r in _without_timings(first)["runs"] + _without_timings(second)["runs"]}
+    assert [runs[k] for k in range(4)] == _without_timings(whole)["runs"]
+    frames = ase.io.read(out / "md.extxyz", index=":")
+    expected = [f for f in whole_frames if f.info["run"] in (1, 2, 3)]
+    assert [f.info["run"] for f in frames] == [f.info["run"] for f in expected]
+    for frame, same in zip(frames, expected, strict=True):
+        np.testing.assert_array_equal(frame.positions, same.positions)
+    # run numbers the test does not have, or not numbers: one line, before any MD
+    for spec, said in (("4", "runs 0-3 (4 starts)"), ("2-1", "runs 0-3"), ("a", "e.g. 1-4")):
+        assert main([*argv, "--out", str(tmp_path / "bad"), "--runs", spec]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_run_that_raises_in_a_worker_process_stops_the_test_with_its_error(tmp_path):
     from functools import partial
 
