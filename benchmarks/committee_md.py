@@ -93,19 +93,21 @@ def train_committee(grid: multifidelity.Grid, size: int, seed: int, members: int
 
 
 def run_md(model: Path, table: Path, out: Path, temperature: int, ps: float,
-           starts: int, proton_transfer: str, jobs: int = 1) -> dict[str, Any]:  # fmt: skip
-    """``pilip md`` of ``model`` from ``table``'s test frames (``jobs`` runs at once); what its
-    md.json says."""
+           starts: int, proton_transfer: str, jobs: int = 1,
+           runs: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """``pilip md`` of ``model`` from ``table``'s test frames (``jobs`` runs at once; only the
+    runs ``runs`` of the ``starts``, e.g. "1-4", when given); what its md.json says."""
     steps = max(1, round(ps * 1000 / TIMESTEP_FS))
+    only = [] if runs is None else ["--runs", runs]
     acac.pilip("md", str(model), str(table), "--out", str(out), "--device", "cpu",
-               "--jobs", str(jobs),
+               "--jobs", str(jobs), *only,
                "--temperature", str(temperature), "--steps", str(steps),
                "--timestep", str(TIMESTEP_FS), "--starts", str(starts),
                "--trajectory-interval", str(max(1, steps // 400)),
                "--proton-transfer", proton_transfer)  # fmt: skip
     md = json.loads((out / "md.json").read_text())
     return {
-        "n_stable": md["n_stable"], "n_runs": md["n_runs"], "md_ps": ps,
+        "n_stable": md["n_stable"], "n_runs": md["n_runs"], "md_ps": ps, "runs": runs,
         "proton_transfer": proton_transfer, "n_proton_transfers": md["n_proton_transfers"],
         "min_time_to_failure_ps": md.get("min_time_to_failure_ps"),
         "median_time_to_failure_ps": md.get("median_time_to_failure_ps"),
@@ -123,9 +125,14 @@ def md_mode(row: dict[str, Any]) -> str | None:
 
 def row_key(row: dict[str, Any]) -> tuple:
     """What a results row is a result of: training (kind, variant, seed) or MD (also its
-    temperature, length and --proton-transfer)."""
+    temperature, length, --proton-transfer and --runs, None for all)."""
     return (row["kind"], row["variant"], row["seed"], row.get("temperature"), row.get("md_ps"),
-            md_mode(row))  # fmt: skip
+            md_mode(row), row.get("runs"))  # fmt: skip
+
+
+def train_key(variant: str, seed: int) -> tuple:
+    """The :func:`row_key` of the training row of ``variant`` and ``seed``."""
+    return row_key({"kind": "train", "variant": variant, "seed": seed})
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -214,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(test_MD_600K)")  # fmt: skip
     p.add_argument("--md-ps", type=float, default=50.0, help="ps per MD run")
     p.add_argument("--starts", type=int, default=5, help="MD runs per model and temperature")
+    p.add_argument("--runs", help="pilip md --runs: only these of the --starts runs (e.g. 1-4: "
+                   "the rest of a test begun in an earlier --out)")  # fmt: skip
     p.add_argument("--md-jobs", type=int, default=1,
                    help="pilip md --jobs: MD runs at once, one process and core each")  # fmt: skip
     p.add_argument("--proton-transfer", choices=("fail", "allow"), default="allow",
@@ -240,15 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {what}", flush=True)
 
     for seed in seeds:
-        if "finetune" in recipes and ("train", "pretrain", seed, None, None, None) not in done:
+        if "finetune" in recipes and train_key("pretrain", seed) not in done:
             row = grid.run_one("pretrain", None, seed, args.pretrain_cpu_s)
             record({"kind": "train", **row}, f"pretrain seed {seed}")
         for name in recipes:
-            if ("train", name, seed, None, None, None) not in done:
+            if train_key(name, seed) not in done:
                 row = grid.run_one(name, args.size, seed, args.cpu_s)
                 record({"kind": "train", **row},
                        f"{name} seed {seed}: F {row[multifidelity.F_KEY]:.3f} eV/A")  # fmt: skip
-        if args.members > 1 and ("train", COMMITTEE, seed, None, None, None) not in done:
+        if args.members > 1 and train_key(COMMITTEE, seed) not in done:
             row = train_committee(grid, args.size, seed, args.members, args.cpu_s)
             record({"kind": "train", **row},
                    f"committee seed {seed}: F {row[multifidelity.F_KEY]:.3f} eV/A, members "
@@ -258,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         table = md_table(args.data, args.out, temperature, args.n_test)
         for seed in md_seeds:
             for name in args.md_recipes.split(","):
-                key = ("md", name, seed, temperature, args.md_ps, args.proton_transfer)
+                key = ("md", name, seed, temperature, args.md_ps, args.proton_transfer,
+                       args.runs)  # fmt: skip
                 model = grid.run_dir(name, args.size, seed) / "model.pt"
                 if key in done or not model.is_file():
                     continue
@@ -266,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"md-{temperature}K-{args.md_ps:g}ps-{args.proton_transfer}"
                 )
                 row = run_md(model, table, out, temperature, args.md_ps, args.starts,
-                             args.proton_transfer, args.md_jobs)  # fmt: skip
+                             args.proton_transfer, args.md_jobs, args.runs)  # fmt: skip
                 record({"kind": "md", "variant": name, "seed": seed, "temperature": temperature,
                         **row},
                        f"md {name} seed {seed} {temperature} K: {row['n_stable']}/"

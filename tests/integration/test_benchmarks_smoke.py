@@ -226,6 +226,13 @@ def test_committee_md(tmp_path):
     assert all(r["n_runs"] == 1 and r["steps_per_s"] > 0 for r in md)
     assert next(r for r in md if r["variant"] == "committee")["force_spread_max"] > 0
     assert "| committee | 300 |" in out
+    # a part of a test (--runs; --smoke has one start): rows of their own, the others kept
+    run("committee_md", "--smoke", "--out", str(tmp_path), "--runs", "0")
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    part = [r for r in rows if r["kind"] == "md" and r.get("runs") == "0"]
+    assert {r["variant"] for r in part} == {"delta", "committee"}
+    assert all(r["n_runs"] == 1 for r in part)
+    assert len([r for r in rows if r["kind"] == "md"]) == len(md) + 2
     # what its spread ranks, from the same committee
     ranked = run("committee_ranking", "--out", str(tmp_path), "--size", "8", "--seeds", "0",
                  "--n-test", "8")  # fmt: skip
