@@ -22,6 +22,7 @@ committee's MD also records its force spread along the trajectory.
     OMP_NUM_THREADS=1 python -m benchmarks.committee_md --out benchmarks/out/committee_md
     python -m benchmarks.committee_md --out DIR --seeds 0 --md-ps 5 --md-recipes delta,committee
     python -m benchmarks.committee_md --out DIR --md-recipes delta --md-jobs 5  # 5 runs at once
+    python -m benchmarks.committee_md --out DIR --md-recipes committee --runs 1-2  # runs 1, 2
     python -m benchmarks.committee_md --out DIR --table
     python -m benchmarks.committee_md --out DIR --smoke       # a tiny run (tests)
 
