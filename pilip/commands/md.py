@@ -171,7 +171,7 @@ def run_numbers(spec: str, n_runs: int) -> list[int]:
             ) from None
         if not 0 <= low <= high < n_runs:
             raise PilipError(
-                f"--runs {spec}: the test has runs 0-{n_runs - 1} ({n_runs} starts); "
+                f"--runs {spec}: this test has runs 0-{n_runs - 1} (--starts per system); "
                 "give numbers in that range, or more --starts"
             )
         numbers.update(range(low, high + 1))
