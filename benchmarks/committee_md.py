@@ -268,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         table = md_table(args.data, args.out, temperature, args.n_test)
         for seed in md_seeds:
             for name in args.md_recipes.split(","):
-                key = ("md", name, seed, temperature, args.md_ps, args.proton_transfer,
-                       args.runs)  # fmt: skip
+                key = row_key({"kind": "md", "variant": name, "seed": seed,
+                               "temperature": temperature, "md_ps": args.md_ps,
+                               "proton_transfer": args.proton_transfer,
+                               "runs": args.runs})  # fmt: skip
                 model = grid.run_dir(name, args.size, seed) / "model.pt"
                 if key in done or not model.is_file():
                     continue
