@@ -557,6 +557,45 @@ def test_a_run_killed_midway_continues_with_the_steps_it_would_have_taken(tmp_pa
     assert names == ["run-0000.extxyz", "run-0000.json", "run-0000.log"]  # progress gone
 
 
+def test_a_kill_during_a_save_keeps_the_save_before_it(tmp_path, monkeypatch):
+    """A job killed (SIGINT: KeyboardInterrupt) while it writes its progress, half the file
+    written, leaves the previous save whole and no temporary file; the run continues from it
+    with the steps it would have taken."""
+    from pilip.potential import md_runs
+    from pilip.potential.md_runs import RunStore
+
+    atoms = molecule("CH3CH2OH")
+    settings = MDSettings(temperature=500.0, steps=30, trajectory_interval=4, seed=5)
+    whole = run_langevin(atoms, CommitteeCalculator(atoms, k=10.0), settings)
+    store = RunStore(tmp_path, "model", checkpoint_s=0.0)  # progress saved after every step
+    saves, savez = [], np.savez
+
+    def killed_in_save_20(handle, **arrays):
+        saves.append(1)
+        if len(saves) == 20:  # the save after step 20: half a file, then the kill
+            handle.write(b"PK\x03\x04" + b"\0" * 1000)
+            raise KeyboardInterrupt
+        savez(handle, **arrays)
+
+    monkeypatch.setattr(md_runs.np, "savez", killed_in_save_20)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint = store.checkpoint(0, atoms, settings)
+        run_langevin(atoms, CommitteeCalculator(atoms, k=10.0), settings, checkpoint)
+    monkeypatch.setattr(md_runs.np, "savez", savez)
+    assert sorted(p.name for p in store.folder.iterdir()) == [
+        "run-0000.log",
+        "run-0000.progress.npz",
+    ]  # no temporary file beside them
+    assert store.checkpoint(0, atoms, settings).load().step == 19  # the save before the kill
+    calculator = CommitteeCalculator(atoms, k=10.0)
+    resumed = run_langevin(atoms, calculator, settings, store.checkpoint(0, atoms, settings))
+    assert calculator.calls == 1 + 30 - 19
+    for frame, before in zip(resumed.frames, whole.frames, strict=True):
+        assert frame.info == before.info
+        assert np.array_equal(frame.positions, before.positions)
+        assert np.array_equal(frame.get_momenta(), before.get_momenta())
+
+
 def test_a_killed_md_command_continues_its_unfinished_run_from_the_last_save(
     tmp_path, monkeypatch, capsys
 ):
