@@ -140,9 +140,18 @@ def fmt(value: Any, spec: str) -> str:
     return "–" if value is None else f"{value:{spec}}"
 
 
+def md_rows_counted(md: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The MD rows a table sums: per recipe, seed, temperature, length and --proton-transfer,
+    the whole test's row (``runs`` None: ``pilip md`` over every start's saved run) where there
+    is one, else the parts (``--runs``) run so far, so that no run is counted twice."""
+    whole = {row_key(r)[1:6] for r in md if r.get("runs") is None}
+    return [r for r in md if r.get("runs") is None or row_key(r)[1:6] not in whole]
+
+
 def summarise(rows: list[dict]) -> str:
     """The tables of results.json: test errors per recipe, the committee against its members,
-    and MD per recipe and temperature (means over seeds; n/N summed)."""
+    and MD per recipe and temperature (means over seeds; n/N summed over
+    :func:`md_rows_counted`)."""
     lines = ["| run | seeds | test energy RMSE (meV) | test force RMSE (eV/A) |",
              "|---|---:|---:|---:|"]  # fmt: skip
     trained = [r for r in rows if r.get("kind") == "train"]
@@ -170,7 +179,7 @@ def summarise(rows: list[dict]) -> str:
                 f"{fmt(r['miscalibration_area_energy_scaled'], '.3f')} | {fmt(r['scale'], '.2f')}"
                 f" | {fmt(r['forces_fitted_scale'], '.2f')} |"
             )
-    md = [r for r in rows if r.get("kind") == "md"]
+    md = md_rows_counted([r for r in rows if r.get("kind") == "md"])
     if md:
         lines += ["", "| run | T (K) | ps per run | proton transfer | stable | first failure "
                   "(ps) | proton transfers | h(r) MAE (floor) | steps/s | force spread mean / "

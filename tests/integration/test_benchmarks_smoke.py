@@ -239,6 +239,26 @@ def test_committee_md(tmp_path):
     assert ranked.splitlines()[-1].startswith("| 0 | ")
 
 
+def test_md_table_counts_each_run_once():
+    """A test run in parts (--runs 0-1, then 2-4) and then summarised whole (no --runs, which
+    only reads the saved runs) counts its five runs once; a seed with parts only sums them."""
+    from benchmarks.committee_md import summarise
+
+    def md(seed: int, runs: str | None, n: int, transfers: int) -> dict:
+        return {"kind": "md", "variant": "committee", "seed": seed, "temperature": 300,
+                "md_ps": 50.0, "proton_transfer": "allow", "runs": runs, "n_runs": n,
+                "n_stable": n, "min_time_to_failure_ps": None, "n_proton_transfers": transfers,
+                "hr_mae": 0.19, "hr_mae_reference_halves": 0.095, "steps_per_s": 30.0,
+                "force_spread_mean": 0.23, "force_spread_max": 0.4}  # fmt: skip
+
+    parts = [md(2, "0-1", 2, 7), md(2, "2-4", 3, 14)]
+    assert "| committee | 300 | 50 | allow | 5/5 | – | 21 |" in summarise(parts)
+    whole = [*parts, md(2, None, 5, 21)]
+    assert "| committee | 300 | 50 | allow | 5/5 | – | 21 |" in summarise(whole)
+    other_seed = [*whole, md(1, "0", 1, 3)]
+    assert "| committee | 300 | 50 | allow | 6/6 | – | 24 |" in summarise(other_seed)
+
+
 def test_committee_ranking_tells_a_site_effect_from_a_geometry_effect():
     """Spreads that know only which atom sites are hard rank atoms well and geometries not at
     all; spreads that follow each geometry's errors rank both."""
