@@ -141,11 +141,27 @@ def fmt(value: Any, spec: str) -> str:
 
 
 def md_rows_counted(md: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The MD rows a table sums: per recipe, seed, temperature, length and --proton-transfer,
-    the whole test's row (``runs`` None: ``pilip md`` over every start's saved run) where there
-    is one, else the parts (``--runs``) run so far, so that no run is counted twice."""
-    whole = {row_key(r)[1:6] for r in md if r.get("runs") is None}
-    return [r for r in md if r.get("runs") is None or row_key(r)[1:6] not in whole]
+    """The MD rows a table sums, so that no run is counted twice: per recipe, seed,
+    temperature, length and --proton-transfer, the whole test with the most runs (``runs``
+    None: runs 0 to n_runs - 1, e.g. ``pilip md`` summarising every start's saved run), then
+    each part (``--runs``) with a run that row and the parts before it do not have."""
+    from pilip.commands.md import run_numbers
+
+    counted = []
+    for key in dict.fromkeys(row_key(r)[1:6] for r in md):
+        group = [r for r in md if row_key(r)[1:6] == key]
+        whole = [r for r in group if r.get("runs") is None]
+        covered: set[int] = set()
+        if whole:
+            best = max(whole, key=lambda r: r["n_runs"])
+            counted.append(best)
+            covered = set(range(best["n_runs"]))
+        for part in (r for r in group if r.get("runs") is not None):
+            numbers = set(run_numbers(part["runs"], 1 << 30))
+            if not numbers <= covered:
+                counted.append(part)
+                covered |= numbers
+    return counted
 
 
 def summarise(rows: list[dict]) -> str:

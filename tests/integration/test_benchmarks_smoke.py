@@ -241,7 +241,8 @@ def test_committee_md(tmp_path):
 
 def test_md_table_counts_each_run_once():
     """A test run in parts (--runs 0-1, then 2-4) and then summarised whole (no --runs, which
-    only reads the saved runs) counts its five runs once; a seed with parts only sums them."""
+    only reads the saved runs) counts its five runs once; a seed with parts only sums them;
+    a whole test of fewer starts counts with the parts it lacks."""
     from benchmarks.committee_md import summarise
 
     def md(seed: int, runs: str | None, n: int, transfers: int) -> dict:
@@ -257,6 +258,9 @@ def test_md_table_counts_each_run_once():
     assert "| committee | 300 | 50 | allow | 5/5 | – | 21 |" in summarise(whole)
     other_seed = [*whole, md(1, "0", 1, 3)]
     assert "| committee | 300 | 50 | allow | 6/6 | – | 24 |" in summarise(other_seed)
+    # a first test of one start (run 0, summarised whole), then the other four as parts
+    first_then_parts = [md(2, None, 1, 19), md(2, "1-2", 2, 70), md(2, "3-4", 2, 61)]
+    assert "| committee | 300 | 50 | allow | 5/5 | – | 150 |" in summarise(first_then_parts)
 
 
 def test_committee_ranking_tells_a_site_effect_from_a_geometry_effect():
