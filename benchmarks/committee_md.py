@@ -147,9 +147,11 @@ def md_rows_counted(md: list[dict[str, Any]]) -> list[dict[str, Any]]:
     each part (``--runs``) with a run that row and the parts before it do not have."""
     from pilip.commands.md import run_numbers
 
+    tests: dict[tuple, list[dict[str, Any]]] = {}
+    for r in md:  # one test: its row_key without --runs
+        tests.setdefault(row_key(r)[:-1], []).append(r)
     counted = []
-    for key in dict.fromkeys(row_key(r)[1:6] for r in md):
-        group = [r for r in md if row_key(r)[1:6] == key]
+    for group in tests.values():
         whole = [r for r in group if r.get("runs") is None]
         covered: set[int] = set()
         if whole:
@@ -157,6 +159,7 @@ def md_rows_counted(md: list[dict[str, Any]]) -> list[dict[str, Any]]:
             counted.append(best)
             covered = set(range(best["n_runs"]))
         for part in (r for r in group if r.get("runs") is not None):
+            # rows do not keep --starts; the part's run went through pilip md's own check
             numbers = set(run_numbers(part["runs"], 1 << 30))
             if not numbers <= covered:
                 counted.append(part)
