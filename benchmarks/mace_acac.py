@@ -27,6 +27,8 @@ as soon as the run it starts from (pretrain, the teacher) has finished.
     python -m benchmarks.mace_acac --out benchmarks/out/mace_acac --jobs 2    # the grid
     python -m benchmarks.mace_acac --out ... --recipes ceiling --sizes 100 --seeds 0
     python -m benchmarks.mace_acac --out ... --table          # the tables from results.json
+    python -m benchmarks.mace_acac --out LONG --recipes ceiling,distilled --cpu-minutes 60 \
+        --reuse benchmarks/out/mace_acac     # students at 60 minutes of the 10-minute teachers
     python -m benchmarks.mace_acac --out DIR --smoke           # a tiny grid (tests)
 
 Every finished run is appended to ``--out/results.json`` at once (an interrupted grid
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -83,6 +86,16 @@ class Run:
 
 def variant(recipe: str, model: str) -> str:
     return f"{model}_{recipe}"
+
+
+def starts_from(run: Run, teacher: str = "same") -> Run | None:
+    """The run ``run`` starts from: the pretraining run, the teacher (``--teacher``: the
+    student's own model's Delta run, or this model's), or none."""
+    if run.recipe == "finetune":
+        return Run("pretrain", run.model, None, run.seed)
+    if run.recipe == "distilled":
+        return Run("delta", run.model if teacher == "same" else teacher, run.size, run.seed)
+    return None
 
 
 class Grid:
@@ -132,13 +145,7 @@ class Grid:
         return path
 
     def needs(self, run: Run) -> Run | None:
-        """The run this one starts from: the pretraining run, the teacher, or none."""
-        if run.recipe == "finetune":
-            return Run("pretrain", run.model, None, run.seed)
-        if run.recipe == "distilled":
-            teacher = run.model if self.teacher == "same" else self.teacher
-            return Run("delta", teacher, run.size, run.seed)
-        return None
+        return starts_from(run, self.teacher)
 
     def run_dir(self, run: Run) -> Path:
         return self.out / "runs" / run.name
@@ -175,22 +182,59 @@ class Grid:
         return row
 
 
-def plan(grid: Grid, recipes: list[str], models: list[str], sizes: list[int],
-         seeds: list[int]) -> list[Run]:  # fmt: skip
+def plan(recipes: list[str], models: list[str], sizes: list[int], seeds: list[int],
+         teacher: str = "same") -> list[Run]:  # fmt: skip
     """Every run the grid needs, those it starts from first; the costliest first within."""
     runs = [Run(r, m, n, s) for n in sorted(sizes, reverse=True) for s in seeds
             for r in recipes for m in models]  # fmt: skip
-    needed = [grid.needs(r) for r in runs]
+    needed = [starts_from(r, teacher) for r in runs]
     first = list(dict.fromkeys(n for n in needed if n is not None and n not in runs))
     return first + runs
+
+
+def reuse_runs(runs: list[Run], rows: list[dict], source: Path, out: Path,
+               teacher: str = "same") -> list[dict]:  # fmt: skip
+    """The runs that ``runs`` start from (pretraining, teachers) taken from the grid at
+    ``source`` (the same data and splits): their rows and run directories copied into
+    ``out`` (this grid's ``--out``) instead of trained again, so that only the runs built on
+    them change. Exits naming the run when ``source`` has not finished one."""
+    have = {row_key(r) for r in rows}
+    theirs = {row_key(r): r for r in acac.load_rows(source)}
+    needed = (starts_from(run, teacher) for run in runs)
+    for need in dict.fromkeys(n for n in needed if n is not None):
+        key = run_key(need)
+        if key in have:
+            continue
+        if key not in theirs or not (source / "runs" / need.name / "model.pt").is_file():
+            raise SystemExit(
+                f"--reuse {source}: no finished run {need.name} in its results.json and "
+                "runs/; run it there first, or leave out --reuse to train it here"
+            )
+        dest = out / "runs" / need.name
+        tmp = dest.with_name(dest.name + ".reusing")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source / "runs" / need.name, tmp)
+        shutil.rmtree(dest, ignore_errors=True)  # a run of it started here and not finished
+        tmp.rename(dest)
+        rows.append({**theirs[key], "reused_from": str(source)})
+        print(f"{need.name}: reused from {source}", flush=True)
+    return rows
+
+
+def row_key(row: dict) -> tuple:
+    return row["recipe"], row["model"], row["size"], row["seed"]
+
+
+def run_key(run: Run) -> tuple:
+    return run.recipe, run.model, run.size, run.seed
 
 
 def run_grid(grid: Grid, runs: list[Run], rows: list[dict], jobs: int) -> list[dict]:
     """Train and evaluate ``runs`` (those not in ``rows`` yet), ``jobs`` at a time, each as
     soon as the run it needs has finished; ``rows`` grows and is written after every run."""
-    done = {(r["recipe"], r["model"], r["size"], r["seed"]) for r in rows}
-    key = lambda run: (run.recipe, run.model, run.size, run.seed)  # noqa: E731
-    finished = {run for run in runs if key(run) in done}
+    done = {row_key(r) for r in rows}
+    finished = {run for run in runs if run_key(run) in done}
     pending = [run for run in runs if run not in finished]
     failed: set[Run] = set()
     print(f"{len(pending)} runs to do, {len(finished)} done, {jobs} at a time", flush=True)
@@ -343,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the delta run a distilled student learns from: the student's own "
                    "model's (same) or this model's")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--reuse", type=Path, metavar="DIR",
+                   help="take the pretraining runs and teachers from the grid at DIR (its "
+                   "--out) instead of training them: fine-tunes or students at another "
+                   "budget, of the same starting runs")  # fmt: skip
     acac.add_grid_options(p, SMOKE)
     args = p.parse_args(argv)
     if acac.nothing_to_run(args, SMOKE, summarise):
@@ -360,9 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
+    runs = plan(recipes, models, sizes, seeds, args.teacher)
+    rows = acac.load_rows(args.out)
+    if args.reuse:  # before the grid's import and xTB labels: a missing run fails at once
+        rows = reuse_runs(runs, rows, args.reuse, args.out, args.teacher)
     grid = Grid(args)
-    runs = plan(grid, recipes, models, sizes, seeds)
-    rows = run_grid(grid, runs, acac.load_rows(args.out), max(1, args.jobs))
+    rows = run_grid(grid, runs, rows, max(1, args.jobs))
     acac.write_results(args.out, rows, summarise(rows))
     write_summary(args.out, rows)
     print(summarise(rows))

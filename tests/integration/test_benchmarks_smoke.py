@@ -210,6 +210,35 @@ def test_mace_acac(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 8 | finetune | 1 |" in proc.stdout
+    # students of the same teachers at another budget: --reuse copies the teacher, not trains it
+    again = tmp_path / "again"
+    run("mace_acac", "--out", str(again), "--recipes", "distilled", "--models", "painn",
+        "--sizes", "8", "--seeds", "0", "--cpu-minutes", "0.02", "--n-pool", "60",
+        "--n-test", "8", "--reuse", str(tmp_path))  # fmt: skip
+    rows = json.loads((again / "results.json").read_text())["rows"]
+    assert [(r["recipe"], r.get("reused_from")) for r in rows] == [
+        ("delta", str(tmp_path)),
+        ("distilled", None),
+    ]
+    assert rows[0] == {**runs[("delta", "painn")], "reused_from": str(tmp_path)}
+    assert (again / "runs" / "delta-painn-n8-s0" / "model.pt").is_file()
+    assert rows[1]["teacher"] == "delta-painn-n8-s0" and rows[1]["stop_reason"] == "cpu_minutes"
+
+
+def test_mace_acac_reuse_names_a_run_it_lacks(tmp_path):
+    from benchmarks import mace_acac
+
+    runs = mace_acac.plan(["finetune", "distilled"], ["mace"], [8], [0], teacher="painn")
+    assert runs[:2] == [mace_acac.Run("pretrain", "mace", None, 0),
+                        mace_acac.Run("delta", "painn", 8, 0)]  # fmt: skip
+    with pytest.raises(SystemExit, match="no finished run pretrain-mace-s0 .* --reuse"):
+        mace_acac.reuse_runs(runs, [], tmp_path / "other", tmp_path / "out", teacher="painn")
+    # what this grid has finished already is not taken again
+    done = [{"recipe": "pretrain", "model": "mace", "size": None, "seed": 0},
+            {"recipe": "delta", "model": "painn", "size": 8, "seed": 0}]  # fmt: skip
+    assert mace_acac.reuse_runs(runs, list(done), tmp_path / "other", tmp_path / "out",
+                                teacher="painn") == done  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 @needs_acac
