@@ -198,14 +198,13 @@ def reuse_runs(runs: list[Run], rows: list[dict], source: Path, out: Path,
     ``source`` (the same data and splits): their rows and run directories copied into
     ``out`` (this grid's ``--out``) instead of trained again, so that only the runs built on
     them change. Exits naming the run when ``source`` has not finished one."""
-    have = {row_key(r) for r in rows}
-    theirs = {row_key(r): r for r in acac.load_rows(source)}
+    have = {row_run(r) for r in rows}
+    theirs = {row_run(r): r for r in acac.load_rows(source)}
     needed = (starts_from(run, teacher) for run in runs)
     for need in dict.fromkeys(n for n in needed if n is not None):
-        key = run_key(need)
-        if key in have:
+        if need in have:
             continue
-        if key not in theirs or not (source / "runs" / need.name / "model.pt").is_file():
+        if need not in theirs or not (source / "runs" / need.name / "model.pt").is_file():
             raise SystemExit(
                 f"--reuse {source}: no finished run {need.name} in its results.json and "
                 "runs/; run it there first, or leave out --reuse to train it here"
@@ -217,24 +216,21 @@ def reuse_runs(runs: list[Run], rows: list[dict], source: Path, out: Path,
         shutil.copytree(source / "runs" / need.name, tmp)
         shutil.rmtree(dest, ignore_errors=True)  # a run of it started here and not finished
         tmp.rename(dest)
-        rows.append({**theirs[key], "reused_from": str(source)})
+        rows.append({**theirs[need], "reused_from": str(source)})
         print(f"{need.name}: reused from {source}", flush=True)
     return rows
 
 
-def row_key(row: dict) -> tuple:
-    return row["recipe"], row["model"], row["size"], row["seed"]
-
-
-def run_key(run: Run) -> tuple:
-    return run.recipe, run.model, run.size, run.seed
+def row_run(row: dict) -> Run:
+    """The run a row of results.json is of."""
+    return Run(row["recipe"], row["model"], row["size"], row["seed"])
 
 
 def run_grid(grid: Grid, runs: list[Run], rows: list[dict], jobs: int) -> list[dict]:
     """Train and evaluate ``runs`` (those not in ``rows`` yet), ``jobs`` at a time, each as
     soon as the run it needs has finished; ``rows`` grows and is written after every run."""
-    done = {row_key(r) for r in rows}
-    finished = {run for run in runs if run_key(run) in done}
+    done = {row_run(r) for r in rows}
+    finished = {run for run in runs if run in done}
     pending = [run for run in runs if run not in finished]
     failed: set[Run] = set()
     print(f"{len(pending)} runs to do, {len(finished)} done, {jobs} at a time", flush=True)
